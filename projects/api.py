@@ -1,0 +1,95 @@
+"""REST API of the projects app (DRF, token auth): projects, datasets, bulk import."""
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.decorators import api_view, parser_classes
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from projects import actions
+from projects.access import get_project_for_user
+from projects.models import Dataset, DatasetStatus, Project, Role
+from projects.serializers import (
+    BulkImportSerializer,
+    DatasetSerializer,
+    FileImportSerializer,
+    ProjectSerializer,
+)
+
+
+@extend_schema(responses=ProjectSerializer(many=True), summary="Projects you can see")
+@api_view(["GET"])
+def project_list(request: Request) -> Response:
+    projects = Project.objects.visible_to(request.user).select_related("team").distinct()
+    return Response(ProjectSerializer(projects, many=True).data)
+
+
+@extend_schema(responses=ProjectSerializer, summary="One project with its current taxonomy")
+@api_view(["GET"])
+def project_detail(request: Request, pk: int) -> Response:
+    return Response(ProjectSerializer(get_project_for_user(request, pk)).data)
+
+
+@extend_schema(responses=DatasetSerializer(many=True), summary="Import batches of a project")
+@api_view(["GET"])
+def dataset_list(request: Request, pk: int) -> Response:
+    project = get_project_for_user(request, pk)
+    return Response(DatasetSerializer(project.datasets.all()[:100], many=True).data)
+
+
+@extend_schema(responses=DatasetSerializer, summary="Status, progress and error report of one import")
+@api_view(["GET"])
+def dataset_detail(request: Request, pk: int, dataset_pk: int) -> Response:
+    project = get_project_for_user(request, pk)
+    return Response(DatasetSerializer(get_object_or_404(Dataset, pk=dataset_pk, project=project)).data)
+
+
+@extend_schema(
+    request=BulkImportSerializer,
+    responses={201: DatasetSerializer, 400: DatasetSerializer},
+    summary="Push examples as JSON (all or nothing)",
+    description="Imports up to LABELHUB_BULK_MAX_ROWS examples inside the request. Examples carrying a label "
+    "become annotations. Duplicate texts are skipped and counted. If any row is invalid nothing is imported "
+    "and the response (400) lists every row's error.",
+)
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def bulk_import(request: Request, pk: int) -> Response:
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    serializer = BulkImportSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    try:
+        dataset = actions.import_records(
+            project, records=serializer.validated_data["examples"], user=request.user,
+            add_unknown_labels=serializer.validated_data["add_unknown_labels"],
+        )
+    except actions.ActionError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    ok = dataset.status == DatasetStatus.DONE
+    return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST)
+
+
+@extend_schema(
+    request={"multipart/form-data": FileImportSerializer},
+    responses={202: DatasetSerializer},
+    summary="Upload a file to import in the background",
+    description="Queues the import and answers 202 at once; poll the dataset's URL for progress and errors.",
+)
+@api_view(["POST"])
+@parser_classes([MultiPartParser, FormParser])
+def file_import(request: Request, pk: int) -> Response:
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    serializer = FileImportSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    try:
+        dataset = actions.create_dataset_from_upload(project, upload=data["file"], user=request.user, source="api")
+        dataset = actions.start_import(dataset, text_column=data["text_column"], label_column=data["label_column"],
+                                       id_column=data["id_column"], add_unknown_labels=data["add_unknown_labels"])
+    except actions.ActionError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    return Response(DatasetSerializer(dataset).data, status=status.HTTP_202_ACCEPTED,
+                    headers={"Location": f"/api/v1/projects/{project.pk}/datasets/{dataset.pk}/"})

@@ -1,0 +1,70 @@
+"""Forms of the projects pages."""
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from projects.actions import LabelSpec, parse_label_lines
+from projects.models import Dataset, Project, TaskType
+
+
+class ProjectCreateForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=None, empty_label=None)  # type: ignore[arg-type]
+    name = forms.CharField(max_length=200)
+    task_type = forms.ChoiceField(choices=TaskType.choices, initial=TaskType.SINGLE_LABEL)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    guidelines = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                                 help_text="What annotators read before they label.")
+    labels = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5, "placeholder": "Yes | the sentence overrules a precedent\nNo"}),
+        help_text="One label per line; optionally 'name | description'. Shortcut keys 1–9 are given in order.",
+        required=False,
+    )
+
+    def __init__(self, *args: Any, teams: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams
+
+    def clean_labels(self) -> list[LabelSpec]:
+        specs = parse_label_lines(self.cleaned_data["labels"])
+        if not specs and self.data.get("task_type") != TaskType.SPAN:
+            # A classification project without labels can still start: an
+            # import with a label column (and "add unknown labels") fills it.
+            return []
+        return specs
+
+
+class ProjectSettingsForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = ["name", "description", "guidelines"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 2}), "guidelines": forms.Textarea(attrs={"rows": 6})}
+
+
+class LabelAddForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    description = forms.CharField(max_length=2000, required=False)
+    expected_version = forms.IntegerField(widget=forms.HiddenInput)
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header row, JSONL (one object per line) or JSON (an array of objects).")
+
+
+class ColumnMapForm(forms.Form):
+    text_column = forms.ChoiceField(label="Text column")
+    label_column = forms.ChoiceField(label="Label column", required=False,
+                                     help_text="Rows with a label become annotations and start training.")
+    id_column = forms.ChoiceField(label="ID column", required=False, help_text="Your own id for each row.")
+    add_unknown_labels = forms.BooleanField(
+        required=False, label="Add labels that are not in the taxonomy yet",
+        help_text="Unticked, a row with an unknown label is an error and nothing is imported.",
+    )
+
+    def __init__(self, *args: Any, dataset: Dataset, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        columns = [(c, c) for c in dataset.columns]
+        self.fields["text_column"].choices = columns
+        self.fields["label_column"].choices = [("", "— none (unlabelled) —"), *columns]
+        self.fields["id_column"].choices = [("", "— none —"), *columns]

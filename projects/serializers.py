@@ -1,0 +1,80 @@
+"""Explicit serializers of the projects REST API."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from projects.models import Dataset, Label, Project, TaxonomyVersion
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Label
+        fields = ["key", "name", "description", "colour", "shortcut", "is_deprecated"]
+
+
+class TaxonomyVersionSerializer(serializers.ModelSerializer):
+    labels = LabelSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = TaxonomyVersion
+        fields = ["number", "created_at", "changelog", "labels"]
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.name")
+    taxonomy = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = ["id", "name", "team", "task_type", "description", "guidelines", "created_at", "taxonomy"]
+
+    def get_taxonomy(self, project: Project) -> dict[str, Any]:
+        return TaxonomyVersionSerializer(project.current_taxonomy()).data
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "source", "status", "file_format", "text_column", "label_column", "id_column",
+                  "total_rows", "imported_count", "duplicate_count", "labelled_count", "error_count", "errors",
+                  "progress", "created_at", "finished_at"]
+
+    def get_progress(self, dataset: Dataset) -> dict[str, Any]:
+        return dataset.progress()
+
+
+class ExampleInSerializer(serializers.Serializer):
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False,
+                                 help_text="The text to label. Empty text is rejected.")
+    label = serializers.JSONField(required=False, help_text="A label name; for multi-label projects a list of names.")
+    labels = serializers.ListField(child=serializers.CharField(), required=False,
+                                   help_text="Label names (multi-label projects).")
+    external_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    metadata = serializers.DictField(required=False)
+
+
+class BulkImportSerializer(serializers.Serializer):
+    examples = ExampleInSerializer(many=True)
+    add_unknown_labels = serializers.BooleanField(default=False)
+
+    def validate_examples(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not value:
+            raise serializers.ValidationError("Send at least one example.")
+        if len(value) > settings.BULK_IMPORT_MAX_ROWS:
+            raise serializers.ValidationError(
+                f"{len(value):,} examples; the limit is {settings.BULK_IMPORT_MAX_ROWS:,} per request."
+            )
+        return value
+
+
+class FileImportSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="CSV, JSONL or JSON (array of objects).")
+    text_column = serializers.CharField(default="text")
+    label_column = serializers.CharField(required=False, allow_blank=True, default="")
+    id_column = serializers.CharField(required=False, allow_blank=True, default="")
+    add_unknown_labels = serializers.BooleanField(default=False)
