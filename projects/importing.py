@@ -1,0 +1,658 @@
+"""Read an uploaded dataset file (CSV, JSON Lines or a JSON array) row by row.
+
+Pure on purpose: no Django models or settings, so an import job, a management
+command and the upload preview can all share it and it can be tested alone.
+Every reader streams, so a million-row upload costs the memory of a few rows.
+
+File-level problems (no header, not UTF-8, a broken JSON document) raise
+`ImportFormatError`; problems with one row become a `RowError` so the caller
+can report every bad row at once instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Collection, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+StrPath = str | os.PathLike[str]
+
+FORMATS_BY_EXTENSION: Final[Mapping[str, str]] = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+}
+
+# The csv default (128 KiB) rejects long documents outright with an unhelpful
+# csv.Error; well above any sane text limit, so an over-long text reaches the
+# row check and gets a RowError that names the limit.
+_CSV_FIELD_LIMIT: Final = 64 * 1024 * 1024
+_JSON_CHUNK_CHARS: Final = 64 * 1024
+# A value that ends this close to the end of the buffer may be cut off by the
+# chunk boundary (a number "12" of "123", a literal "tru" of "true"), so the
+# decoder reads on before trusting it.
+_JSON_LOOKAHEAD: Final = 64
+_JSON_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
+_KNOWN_LABELS_SHOWN: Final = 20
+_RESAVE_HINT: Final = (
+    "Re-save the file as UTF-8 (in Excel: Save As → 'CSV UTF-8'; in most editors: "
+    "Save with encoding → UTF-8) and upload it again."
+)
+
+
+class ImportFormatError(Exception):
+    """A file-level problem that makes the whole file unreadable (message names the file and, where known, the row/line)."""
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    text: str
+    label: str | None = None
+    external_id: str | None = None
+    # None means every column not mapped above becomes metadata.
+    metadata: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ParsedRow:
+    row: int
+    text: str
+    labels: tuple[str, ...]
+    external_id: str
+    metadata: dict[str, object]
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int
+    reason: str
+
+
+class _Invalid(Exception):
+    """One row's problem; `_build_row` turns it into a RowError."""
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+# A JSON key that is absent, as opposed to one whose value is null.
+_MISSING: Final = _Missing()
+
+
+@dataclass(frozen=True)
+class _RowRules:
+    columns: ColumnMap
+    known_labels: frozenset[str] | None
+    multi_label: bool
+    max_text_chars: int
+    separator: str
+    # "column" for CSV, "key" for JSON, so messages use the user's vocabulary.
+    field_word: str
+
+
+def detect_format(filename: str) -> str:
+    """The import format ("csv", "jsonl" or "json") implied by a file name's extension."""
+    suffix = Path(filename).suffix.lower()
+    try:
+        return FORMATS_BY_EXTENSION[suffix]
+    except KeyError:
+        accepted = ", ".join(FORMATS_BY_EXTENSION)
+        found = f"extension {suffix!r}" if suffix else "no extension"
+        raise ImportFormatError(
+            f"{filename!r} has {found}; accepted file types are {accepted}"
+        ) from None
+
+
+def content_hash(text: str) -> str:
+    """sha256 hex of the text, NFC-normalised with whitespace collapsed, for duplicate detection."""
+    canonical = " ".join(unicodedata.normalize("NFC", text).split())
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def read_columns(
+    path: StrPath, fmt: str, *, display_name: str | None = None, sample_rows: int = 50
+) -> list[str]:
+    """The column names the UI offers for mapping: the CSV header, or the union of keys of the first `sample_rows` objects for JSONL/JSON, in first-seen order."""
+    name = _display_name(path, display_name)
+    if fmt == "csv":
+        with _open_text(path, name) as f:
+            header = _read_csv_header(csv.reader(f), name)
+        return list(dict.fromkeys(column for column in header if column))
+    keys: dict[str, None] = {}
+    for _, value in _islice(_iter_json_values(path, fmt, name), sample_rows):
+        if isinstance(value, dict):
+            keys.update(dict.fromkeys(value))
+    return list(keys)
+
+
+def iter_rows(
+    path: StrPath,
+    fmt: str,
+    columns: ColumnMap,
+    *,
+    known_labels: Collection[str] | None,
+    multi_label: bool,
+    max_text_chars: int,
+    display_name: str | None = None,
+    label_separator: str = "|",
+) -> Iterator[ParsedRow | RowError]:
+    """Stream the file, yielding one ParsedRow or RowError per data row. Raises ImportFormatError for file-level problems.
+
+    The error can come part-way through (a bad byte near the end of the file
+    is only seen when the reader gets there), so callers should treat the
+    rows already yielded as provisional until the iterator is exhausted.
+    """
+    name = _display_name(path, display_name)
+    rules = _RowRules(
+        columns=columns,
+        known_labels=None if known_labels is None else frozenset(label.strip() for label in known_labels),
+        multi_label=multi_label,
+        max_text_chars=max_text_chars,
+        separator=label_separator,
+        field_word="column" if fmt == "csv" else "key",
+    )
+    if fmt == "csv":
+        yield from _iter_csv_rows(path, name, rules)
+    elif fmt in ("jsonl", "json"):
+        yield from _iter_json_rows(path, fmt, name, rules)
+    else:
+        raise ValueError(f"unknown import format {fmt!r}; expected csv, jsonl or json")
+
+
+def count_rows(path: StrPath, fmt: str) -> int:
+    """A fast upper bound on the number of data rows, for progress bars."""
+    if fmt == "csv":
+        return _count_csv_records(path)
+    if fmt == "jsonl":
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    if fmt == "json":
+        # Counting elements needs a real parse: commas inside strings and
+        # nested objects make any cheaper trick wrong by an unbounded amount.
+        return sum(1 for _ in _iter_json_values(path, fmt, _display_name(path, None)))
+    raise ValueError(f"unknown import format {fmt!r}; expected csv, jsonl or json")
+
+
+# --- reading files -----------------------------------------------------------
+
+
+def _display_name(path: StrPath, display_name: str | None) -> str:
+    return display_name if display_name is not None else Path(path).name
+
+
+@contextmanager
+def _open_text(path: StrPath, name: str) -> Iterator[IO[str]]:
+    # The BOM that Excel and Notepad prepend would otherwise end up glued to
+    # the first column name (or make json reject the first line).
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        try:
+            yield f
+        except UnicodeDecodeError as exc:
+            raise ImportFormatError(_describe_bad_utf8(path, name)) from exc
+
+
+def _describe_bad_utf8(path: StrPath, name: str) -> str:
+    # The text reader decodes 8 KiB ahead of the row being parsed, so its
+    # error cannot say where the bad byte is; a second pass line by line can.
+    # "\n" never occurs inside a multi-byte UTF-8 sequence, so splitting bytes
+    # on it is safe.
+    offset = 0
+    with open(path, "rb") as f:
+        for line_number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte = line[exc.start]
+                return (
+                    f"{name!r} is not valid UTF-8: byte 0x{byte:02x} on line {line_number} "
+                    f"(byte offset {offset + exc.start}) cannot be decoded. {_RESAVE_HINT}"
+                )
+            offset += len(line)
+    return f"{name!r} is not valid UTF-8. {_RESAVE_HINT}"
+
+
+def _islice(values: Generator[tuple[int, object], None, None], limit: int) -> Iterator[tuple[int, object]]:
+    # itertools.islice would leave the generator (and its open file) suspended
+    # until garbage collection; closing it releases the file now.
+    try:
+        for count, item in enumerate(values):
+            if count >= limit:
+                return
+            yield item
+    finally:
+        values.close()
+
+
+# --- CSV ---------------------------------------------------------------------
+
+
+def _read_csv_header(reader: Iterator[list[str]], name: str) -> list[str]:
+    _raise_csv_field_limit()
+    header = next(reader, None)
+    if header is None:
+        raise ImportFormatError(f"{name!r} is empty; the first line must be a header naming the columns")
+    header = [column.strip() for column in header]
+    if not any(header):
+        raise ImportFormatError(
+            f"{name!r} has a blank first line; the first line must be a header naming the columns"
+        )
+    return header
+
+
+def _raise_csv_field_limit() -> None:
+    # The limit is process-wide, so only ever raise it: lowering it could
+    # break another reader in the same process.
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+
+
+def _iter_csv_rows(path: StrPath, name: str, rules: _RowRules) -> Iterator[ParsedRow | RowError]:
+    columns = rules.columns
+    with _open_text(path, name) as f:
+        reader = csv.reader(f)
+        header = _read_csv_header(reader, name)
+        mapped = [c for c in (columns.text, columns.label, columns.external_id) if c is not None]
+        if columns.metadata is None:
+            metadata_columns = [c for c in header if c and c not in mapped]
+        else:
+            metadata_columns = list(columns.metadata)
+        _check_csv_header(header, [*mapped, *metadata_columns], name)
+        position = {column: index for index, column in enumerate(header)}
+        text_at = position[columns.text]
+        label_at = None if columns.label is None else position[columns.label]
+        id_at = None if columns.external_id is None else position[columns.external_id]
+        metadata_at = [(column, position[column]) for column in metadata_columns]
+
+        # Rows are numbered as a spreadsheet shows them (header = row 1), which
+        # matches the line number unless a quoted text spans several lines.
+        row_number = 1
+        last_line = reader.line_num
+        try:
+            for cells in reader:
+                row_number += 1
+                first_line, last_line = last_line + 1, reader.line_num
+                if not cells:
+                    continue  # a blank line, usually a trailing one
+                if len(cells) != len(header):
+                    yield RowError(
+                        row_number, _describe_width_mismatch(len(cells), len(header), first_line, row_number)
+                    )
+                    continue
+                yield _build_row(
+                    row_number,
+                    text=cells[text_at],
+                    label=_MISSING if label_at is None else cells[label_at],
+                    external_id=_MISSING if id_at is None else cells[id_at],
+                    # An empty cell means "no value", not the value "".
+                    metadata={column: cells[at] for column, at in metadata_at if cells[at].strip()},
+                    rules=rules,
+                )
+        except csv.Error as exc:
+            raise ImportFormatError(f"{name!r} cannot be read as CSV at line {reader.line_num}: {exc}") from exc
+
+
+def _check_csv_header(header: list[str], wanted: list[str], name: str) -> None:
+    missing = [column for column in dict.fromkeys(wanted) if column not in header]
+    if missing:
+        existing = ", ".join(repr(column) for column in header if column)
+        noun = "column" if len(missing) == 1 else "columns"
+        message = (
+            f"{name!r} has no {noun} {', '.join(repr(c) for c in missing)}; "
+            f"the columns in its header are: {existing}"
+        )
+        if len(header) == 1 and any(separator in header[0] for separator in ";\t"):
+            message += " — the file looks separated by semicolons or tabs; save it with commas instead"
+        raise ImportFormatError(message)
+    duplicated = [column for column in dict.fromkeys(wanted) if header.count(column) > 1]
+    if duplicated:
+        raise ImportFormatError(
+            f"{name!r} has more than one column named {', '.join(repr(c) for c in duplicated)}; "
+            "rename them so each column name is unique"
+        )
+
+
+def _describe_width_mismatch(found: int, expected: int, first_line: int, row_number: int) -> str:
+    reason = f"row has {found} field{'s' if found != 1 else ''} but the header has {expected}"
+    if first_line != row_number:
+        # Text editors number lines, not rows; after a multi-line text the
+        # two drift apart and the user needs the line to find the row.
+        reason += f" (it starts on line {first_line} of the file)"
+    if found > expected:
+        return reason + " — a text containing a comma must be wrapped in double quotes"
+    return reason + " — check for a missing comma or an unclosed double quote on an earlier row"
+
+
+def _count_csv_records(path: StrPath) -> int:
+    line_feeds = carriage_returns = 0
+    last = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            line_feeds += chunk.count(b"\n")
+            carriage_returns += chunk.count(b"\r")
+            last = chunk[-1:]
+    if not last:
+        return 0
+    # Classic Mac files end lines with a bare "\r"; taking the larger count
+    # keeps the bound an upper bound for them too.
+    lines = max(line_feeds, carriage_returns) + (0 if last in (b"\n", b"\r") else 1)
+    return max(lines - 1, 0)
+
+
+# --- JSON Lines and JSON arrays ----------------------------------------------
+
+
+def _iter_json_values(path: StrPath, fmt: str, name: str) -> Generator[tuple[int, object], None, None]:
+    """(row number, decoded value) per row; a JSONL line that is not JSON yields a _Invalid."""
+    with _open_text(path, name) as f:
+        if fmt == "jsonl":
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    # Without its line break, so an error at the end of the
+                    # line reports a column on this line rather than the next.
+                    yield line_number, json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as exc:
+                    yield line_number, _Invalid(f"invalid JSON at column {exc.colno}: {exc.msg}")
+        elif fmt == "json":
+            yield from enumerate(_JsonArrayStream(f, name).elements(), start=1)
+        else:
+            raise ValueError(f"unknown import format {fmt!r}; expected csv, jsonl or json")
+
+
+def _iter_json_rows(path: StrPath, fmt: str, name: str, rules: _RowRules) -> Iterator[ParsedRow | RowError]:
+    columns = rules.columns
+    mapped = {c for c in (columns.text, columns.label, columns.external_id) if c is not None}
+    for row_number, value in _iter_json_values(path, fmt, name):
+        if isinstance(value, _Invalid):
+            yield RowError(row_number, str(value))
+            continue
+        if not isinstance(value, dict):
+            where = "line" if fmt == "jsonl" else "element"
+            yield RowError(row_number, f"{where} is {_json_kind(value)}, not an object ({{...}})")
+            continue
+        if columns.metadata is None:
+            metadata = {key: item for key, item in value.items() if key not in mapped}
+        else:
+            metadata = {key: value[key] for key in columns.metadata if key in value}
+        yield _build_row(
+            row_number,
+            text=value.get(columns.text, _MISSING),
+            label=_MISSING if columns.label is None else value.get(columns.label, _MISSING),
+            external_id=_MISSING if columns.external_id is None else value.get(columns.external_id, _MISSING),
+            metadata=metadata,
+            rules=rules,
+        )
+
+
+class _JsonArrayStream:
+    """Decodes a top-level JSON array one element at a time, reading the file in chunks.
+
+    json.load would hold the whole document and every decoded object in
+    memory at once; this holds one chunk and one element.
+    """
+
+    def __init__(self, f: IO[str], name: str, chunk_chars: int = _JSON_CHUNK_CHARS) -> None:
+        self._file = f
+        self._name = name
+        self._chunk_chars = chunk_chars
+        self._decoder = json.JSONDecoder()
+        self._buffer = ""
+        self._pos = 0
+        self._at_eof = False
+        # Where the buffer starts in the file, so errors can name a line.
+        self._line = 1
+        self._column = 1
+
+    def elements(self) -> Iterator[object]:
+        first = self._peek()
+        if first == "":
+            raise ImportFormatError(f"{self._name!r} is empty; expected a JSON array of objects: [{{...}}, {{...}}]")
+        if first != "[":
+            if first == "{":
+                hint = (
+                    "holds a single JSON object, not an array of objects — wrap the objects in [ ] "
+                    "or upload one object per line as JSON Lines (.jsonl)"
+                )
+            else:
+                hint = f"must hold a JSON array of objects ([{{...}}, {{...}}]) but starts with {first!r}"
+            raise ImportFormatError(f"{self._name!r} {hint}")
+        self._pos += 1
+        if self._peek() == "]":
+            self._pos += 1
+            self._expect_end()
+            return
+        index = 0
+        while True:
+            index += 1
+            yield self._decode(index)
+            separator = self._peek()
+            if separator == ",":
+                self._pos += 1
+                self._peek()
+            elif separator == "]":
+                self._pos += 1
+                self._expect_end()
+                return
+            elif separator == "":
+                raise ImportFormatError(
+                    f"{self._name!r} ends after element {index} without the closing ']' — the file looks truncated"
+                )
+            else:
+                raise self._error(self._pos, f"expected ',' or ']' after element {index}, found {separator!r}")
+
+    def _decode(self, index: int) -> object:
+        while True:
+            if len(self._buffer) - self._pos < self._chunk_chars:
+                self._read()
+            try:
+                value, end = self._decoder.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as exc:
+                if self._may_be_cut_off(exc):
+                    # Grow geometrically so one huge element costs O(size) to
+                    # decode rather than O(size²) from retrying per chunk.
+                    self._read(len(self._buffer) - self._pos)
+                    continue
+                raise self._error(exc.pos, f"invalid JSON in element {index}: {exc.msg}") from None
+            if end + _JSON_LOOKAHEAD >= len(self._buffer) and self._read(len(self._buffer) - self._pos):
+                continue
+            self._pos = end
+            return value
+
+    def _may_be_cut_off(self, exc: json.JSONDecodeError) -> bool:
+        if self._at_eof:
+            return False
+        # An unterminated string reports where the string starts, however
+        # far from the end of the buffer that is.
+        return exc.pos + _JSON_LOOKAHEAD >= len(self._buffer) or exc.msg.startswith("Unterminated string")
+
+    def _peek(self) -> str:
+        """Skip whitespace; the next character, or "" at end of file."""
+        while True:
+            self._pos = _JSON_WHITESPACE.match(self._buffer, self._pos).end()  # type: ignore[union-attr]
+            if self._pos < len(self._buffer):
+                return self._buffer[self._pos]
+            if not self._read():
+                return ""
+
+    def _read(self, at_least: int = 0) -> bool:
+        """Append the next chunk (or `at_least` characters) to the buffer; False at end of file."""
+        if self._at_eof:
+            return False
+        chunk = self._file.read(max(at_least, self._chunk_chars))
+        if not chunk:
+            self._at_eof = True
+            return False
+        # Only now: a caller that gets False may still hold offsets into the buffer.
+        self._drop_consumed()
+        self._buffer += chunk
+        return True
+
+    def _drop_consumed(self) -> None:
+        consumed = self._buffer[: self._pos]
+        newlines = consumed.count("\n")
+        if newlines:
+            self._line += newlines
+            self._column = len(consumed) - consumed.rfind("\n")
+        else:
+            self._column += len(consumed)
+        self._buffer = self._buffer[self._pos :]
+        self._pos = 0
+
+    def _expect_end(self) -> None:
+        trailing = self._peek()
+        if trailing:
+            raise self._error(self._pos, f"has data after the closing ']' of the array, starting with {trailing!r}")
+
+    def _error(self, pos: int, problem: str) -> ImportFormatError:
+        before = self._buffer[:pos]
+        newlines = before.count("\n")
+        line = self._line + newlines
+        column = pos - before.rfind("\n") if newlines else self._column + pos
+        return ImportFormatError(f"{self._name!r}: {problem} (line {line}, column {column})")
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+# --- one row's rules ---------------------------------------------------------
+
+
+def _build_row(
+    row: int,
+    *,
+    text: object,
+    label: object,
+    external_id: object,
+    metadata: dict[str, object],
+    rules: _RowRules,
+) -> ParsedRow | RowError:
+    try:
+        clean_text = _clean_text(text, rules)
+        return ParsedRow(
+            row=row,
+            text=clean_text,
+            labels=_clean_labels(label, rules),
+            external_id=_clean_external_id(external_id, rules),
+            metadata=metadata,
+            content_hash=content_hash(clean_text),
+        )
+    except _Invalid as exc:
+        return RowError(row, str(exc))
+
+
+def _clean_text(value: object, rules: _RowRules) -> str:
+    key = rules.columns.text
+    if value is _MISSING:
+        raise _Invalid(f"missing key {key!r}")
+    if not isinstance(value, str):
+        raise _Invalid(f"text in {rules.field_word} {key!r} is {_json_kind(value)}, not a string")
+    text = value.strip()
+    if not text:
+        raise _Invalid(f"empty text in {rules.field_word} {key!r}")
+    if len(text) > rules.max_text_chars:
+        raise _Invalid(
+            f"text is {len(text):,} characters; the limit is {rules.max_text_chars:,} "
+            "— shorten it or raise LABELHUB_MAX_TEXT_CHARS"
+        )
+    return text
+
+
+def _clean_labels(value: object, rules: _RowRules) -> tuple[str, ...]:
+    # A missing, null or empty label leaves the row unlabelled, so a file can
+    # mix labelled and unlabelled rows.
+    if value is _MISSING or value is None:
+        return ()
+    key = rules.columns.label
+    if isinstance(value, list):
+        parts = [_label_name(item, key, rules) for item in value]
+    else:
+        name = _label_name(value, key, rules)
+        parts = name.split(rules.separator) if rules.multi_label else [name]
+    labels = tuple(dict.fromkeys(part.strip() for part in parts if part.strip()))
+    if not rules.multi_label and len(labels) > 1:
+        raise _Invalid(_describe_too_many(labels))
+    if rules.known_labels is not None:
+        _check_known(labels, rules)
+    return labels
+
+
+def _label_name(value: object, key: str | None, rules: _RowRules) -> str:
+    if isinstance(value, str):
+        return value
+    # Integer class ids ("label": 0) are common in exported datasets.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _Invalid(
+        f"label in {rules.field_word} {key!r} is {_json_kind(value)}; expected a string or a list of strings"
+    )
+
+
+def _check_known(labels: tuple[str, ...], rules: _RowRules) -> None:
+    known = rules.known_labels
+    assert known is not None
+    unknown = [label for label in labels if label not in known]
+    if not unknown:
+        return
+    if not rules.multi_label and rules.separator in unknown[0]:
+        # "a|b" in a single-label project is one (unknown) name, but if its
+        # parts are known labels the user almost certainly meant several.
+        parts = tuple(dict.fromkeys(p.strip() for p in unknown[0].split(rules.separator) if p.strip()))
+        if len(parts) > 1 and all(part in known for part in parts):
+            raise _Invalid(_describe_too_many(parts))
+    names = ", ".join(repr(label) for label in unknown)
+    if len(unknown) == 1:
+        fix = "add it to the taxonomy or tick 'add unknown labels'"
+    else:
+        fix = "add them to the taxonomy or tick 'add unknown labels'"
+    raise _Invalid(f"unknown label{'s' if len(unknown) > 1 else ''} {names} ({_describe_known(known)}) — {fix}")
+
+
+def _describe_known(known: frozenset[str]) -> str:
+    if not known:
+        return "the taxonomy has no labels yet"
+    names = sorted(known)
+    shown = ", ".join(names[:_KNOWN_LABELS_SHOWN])
+    if len(names) > _KNOWN_LABELS_SHOWN:
+        shown += f", … and {len(names) - _KNOWN_LABELS_SHOWN} more"
+    return f"known: {shown}"
+
+
+def _describe_too_many(labels: tuple[str, ...]) -> str:
+    return f"{len(labels)} labels ({', '.join(repr(label) for label in labels)}) in a single-label project"
+
+
+def _clean_external_id(value: object, rules: _RowRules) -> str:
+    if value is _MISSING or value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _Invalid(
+        f"id in {rules.field_word} {rules.columns.external_id!r} is {_json_kind(value)}; "
+        "expected a string or a number"
+    )
