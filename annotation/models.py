@@ -23,7 +23,7 @@ class Annotation(models.Model):
     example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="annotations")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
                                   related_name="annotations")
-    taxonomy_version = models.ForeignKey(TaxonomyVersion, on_delete=models.PROTECT, related_name="annotations")
+    taxonomy_version = models.ForeignKey(TaxonomyVersion, on_delete=models.CASCADE, related_name="annotations")
     # Stable label keys (Label.key), so a rename never touches annotations.
     label_keys = models.JSONField(default=list)
     source = models.CharField(max_length=8, choices=AnnotationSource.choices, default=AnnotationSource.UI)
