@@ -206,3 +206,13 @@ LOGGING = {
 # In development whitenoise serves straight from the app folders, no collectstatic.
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# Workers run jobs in their own process instead of forking one per job: the
+# encoder and a project's embeddings stay loaded between jobs, and torch's
+# thread pools do not survive a fork safely.
+RQ = {"WORKER_CLASS": "rq.worker.SimpleWorker"}
+
+# Learning loop
+TRAIN_DEBOUNCE_SECONDS = float(os.environ.get("LABELHUB_TRAIN_DEBOUNCE_SECONDS", "2"))
+EMBED_BATCH = int(os.environ.get("LABELHUB_EMBED_BATCH", "2048"))
+SEED_SIZE = int(os.environ.get("LABELHUB_SEED_SIZE", "20"))

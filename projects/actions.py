@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, reset_queries, transaction
 
 from annotation.models import Annotation, AnnotationSource
 from labelhub.jobs import enqueue
@@ -266,6 +266,11 @@ def run_import(dataset_id: int, *, progress: ProgressCallback | None = None) -> 
         with transaction.atomic():
             imported, labelled = _insert(dataset, project, unknown, report)
             dataset.mark_done(imported=imported, duplicates=valid - imported, labelled=labelled, total=valid)
+            if imported:
+                # New examples need embeddings before the model can learn from or score them.
+                from learning.jobs import embed_project
+
+                enqueue(embed_project, project.pk)
     except (ImportFormatError, ActionError, IntegrityError) as exc:
         # The file changed between the passes, or a label clash: nothing was kept.
         dataset.refresh_from_db()
@@ -342,6 +347,9 @@ def _insert(dataset: Dataset, project: Project, unknown: list[str], report: Prog
             labelled += len(annotations)
         done += len(batch)
         report(done, dataset.total_rows, DatasetStatus.IMPORTING)
+        # With DEBUG on, Django keeps every query's SQL; a million-row import
+        # would hold gigabytes of INSERT text.
+        reset_queries()
     imported = Example.objects.filter(dataset=dataset).count()
     return imported, labelled
 

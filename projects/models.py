@@ -71,6 +71,12 @@ class Project(models.Model):
     description = models.TextField(blank=True)
     guidelines = models.TextField(blank=True, help_text="Shown to annotators beside every item.")
     task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.SINGLE_LABEL)
+    acquisition_strategy = models.CharField(
+        max_length=32, default="bald_diversity",
+        choices=[("bald_diversity", "BALD + diversity (recommended)"), ("bald", "BALD"), ("entropy", "Entropy"),
+                 ("margin", "Margin"), ("least_confidence", "Least confidence"), ("random", "Random")],
+        help_text="How the next items to label are chosen once a model exists.",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

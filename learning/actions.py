@@ -1,0 +1,310 @@
+"""The learning loop: embed examples, fit the Bayesian model, score the pool, record versions."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from annotation.models import Annotation
+from labelhub.jobs import enqueue
+from learning import acquisition, bayes, quality, store
+from learning.models import EmbeddingChunk, ExampleScore, ModelVersion, RunStatus, TrainingRun
+from projects.models import Example, Label, Project
+
+logger = logging.getLogger(__name__)
+
+UPSERT_BATCH = 5000
+
+
+class TrainingError(Exception):
+    """Why a model could not be fitted, in words a project manager can act on."""
+
+
+def current_encoder() -> Any:
+    from learning.encoder import get_encoder
+
+    return get_encoder(settings.ENCODER or None)
+
+
+# --- Embeddings -------------------------------------------------------------------------------------------------
+
+
+def embed_progress_key(project_id: int) -> str:
+    return f"labelhub:embed-progress:{project_id}"
+
+
+def embedding_progress(project: Project) -> dict[str, int] | None:
+    """{'done', 'total'} while the project's examples are being encoded, else None."""
+    return cache.get(embed_progress_key(project.pk))
+
+
+def embed_project(project_id: int, *, progress: Callable[[int, int], None] | None = None) -> int:
+    """Encode every example of the project that has no embedding yet; returns how many were encoded."""
+    encoder = current_encoder()
+    have = store.load(project_id, encoder.name).example_ids
+    all_ids = np.fromiter(Example.objects.filter(project_id=project_id).values_list("id", flat=True), dtype=np.int64)
+    todo = np.setdiff1d(all_ids, have, assume_unique=True)
+    total = len(todo)
+    key = embed_progress_key(project_id)
+    for start in range(0, total, settings.EMBED_BATCH):
+        ids = todo[start:start + settings.EMBED_BATCH]
+        rows = dict(Example.objects.filter(id__in=ids.tolist()).values_list("id", "text"))
+        ids = np.array([i for i in ids.tolist() if i in rows], dtype=np.int64)  # deleted meanwhile
+        if len(ids) == 0:
+            continue
+        vectors = encoder.encode([rows[i] for i in ids.tolist()])
+        EmbeddingChunk.objects.create(
+            project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
+            example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
+        )
+        done = min(start + settings.EMBED_BATCH, total)
+        cache.set(key, {"done": done, "total": total}, timeout=3600)
+        if progress:
+            progress(done, total)
+    cache.delete(key)
+    project = Project.objects.get(pk=project_id)
+    if Annotation.objects.in_project(project).exists():
+        request_training(project, reason="new examples embedded")
+    elif total:
+        seed_queue(project)
+    return total
+
+
+def seed_queue(project: Project) -> int:
+    """Before any model: rank a diverse, representative seed batch first in the queue."""
+    emb = store.load(project.pk, current_encoder().name)
+    labelled = _labelled_ids(project)
+    pool = np.setdiff1d(emb.example_ids, labelled, assume_unique=True)
+    if len(pool) == 0:
+        return 0
+    rows = emb.rows_of(pool)
+    chosen = acquisition.select_seed(emb.vectors[rows], settings.SEED_SIZE, np.random.default_rng(project.pk))
+    now = timezone.now()
+    scores = [
+        ExampleScore(example_id=int(pool[i]), project=project, score=0.0, priority=float(len(chosen) - rank),
+                     is_seed=True, updated_at=now)
+        for rank, i in enumerate(chosen.tolist())
+    ]
+    with transaction.atomic():
+        ExampleScore.objects.filter(project=project, model_version__isnull=True).delete()
+        _upsert_scores(scores)
+    return len(scores)
+
+
+# --- Training runs ----------------------------------------------------------------------------------------------
+
+
+def request_training(project: Project, *, reason: str) -> TrainingRun | None:
+    """Ask for a model update; a burst of requests shares the one queued run."""
+    try:
+        with transaction.atomic():
+            run = TrainingRun.objects.create(project=project, reason=reason)
+    except IntegrityError:
+        return None  # a queued run exists and will see these labels too
+    from learning.jobs import train_project
+
+    enqueue(train_project, project.pk, queue="default")
+    return run
+
+
+def _claim(project_id: int) -> TrainingRun | None:
+    queued = TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).first()
+    if queued is None:
+        return None
+    # Debounce: labels arriving in the next seconds join this run instead of
+    # starting another.
+    wait = (queued.requested_at.timestamp() + settings.TRAIN_DEBOUNCE_SECONDS) - time.time()
+    if wait > 0:
+        time.sleep(wait)
+    try:
+        with transaction.atomic():
+            claimed = TrainingRun.objects.filter(pk=queued.pk, status=RunStatus.QUEUED).update(
+                status=RunStatus.RUNNING, started_at=timezone.now())
+    except IntegrityError:
+        return None  # another update is running; it re-queues this one when it ends
+    if not claimed:
+        return None
+    queued.refresh_from_db()
+    return queued
+
+
+def run_training(project_id: int) -> TrainingRun | None:
+    """Claim the project's queued run, fit and score, and record the outcome. Safe to call twice."""
+    run = _claim(project_id)
+    if run is None:
+        return None
+    try:
+        version = fit_and_score(run)
+    except (TrainingError, bayes.ModelFitError) as exc:
+        run.mark_failed(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed run must be recorded, never crash-loop the worker
+        logger.exception("training run %s failed", run.pk)
+        run.mark_failed(f"Unexpected error: {exc!r}. The previous model keeps serving.")
+    else:
+        run.mark_succeeded(version)
+    if TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).exists():
+        from learning.jobs import train_project
+
+        enqueue(train_project, project_id, queue="default")
+    return run
+
+
+@dataclass
+class TrainingSet:
+    label_keys: list[str]
+    label_names: list[str]
+    example_ids: np.ndarray
+    targets: np.ndarray  # (N,) class indices, or (N, K) 0/1 for multi-label
+    skipped_deprecated: int
+
+
+def _labelled_ids(project: Project) -> np.ndarray:
+    ids = Annotation.objects.in_project(project).values_list("example_id", flat=True).distinct()
+    return np.unique(np.fromiter(ids, dtype=np.int64))
+
+
+def training_set(project: Project) -> TrainingSet:
+    """The latest annotation of each example, mapped onto the current taxonomy's active labels."""
+    taxonomy = project.current_taxonomy()
+    labels: list[Label] = list(taxonomy.active_labels().order_by("position", "id"))
+    index = {label.key: i for i, label in enumerate(labels)}
+    latest: dict[int, list[str]] = {}
+    rows = (Annotation.objects.in_project(project).order_by("example_id", "-created_at", "-id")
+            .values_list("example_id", "label_keys"))
+    for example_id, keys in rows.iterator(chunk_size=10000):
+        latest.setdefault(example_id, keys)
+    ids, targets, skipped = [], [], 0
+    for example_id, keys in latest.items():
+        mapped = [index[k] for k in keys if k in index]
+        if project.is_multi_label:
+            if len(mapped) < len(keys):
+                skipped += 1
+                continue
+            row = np.zeros(len(labels), dtype=np.int8)
+            row[mapped] = 1
+            targets.append(row)
+        else:
+            if len(mapped) != 1:
+                skipped += 1
+                continue
+            targets.append(mapped[0])
+        ids.append(example_id)
+    order = np.argsort(np.array(ids, dtype=np.int64))
+    id_array = np.array(ids, dtype=np.int64)[order]
+    if project.is_multi_label:
+        target_array = np.array(targets, dtype=np.int8).reshape(-1, len(labels))[order]
+    else:
+        target_array = np.array(targets, dtype=np.int64)[order]
+    return TrainingSet([label.key for label in labels], [label.name for label in labels], id_array,
+                       target_array, skipped)
+
+
+def fit_and_score(run: TrainingRun) -> ModelVersion:
+    """Refit the model on every current label, measure it, rescore the pool, store a new version."""
+    project = run.project
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = training_set(project)
+    if len(data.label_keys) < (1 if project.is_multi_label else 2):
+        raise TrainingError("The taxonomy needs at least two active labels before a model can learn.")
+    encoder = current_encoder()
+    emb = store.load(project.pk, encoder.name)
+    present = emb.has(data.example_ids)
+    ids, targets = data.example_ids[present], data.targets[present]
+    run.n_labels = int(len(ids))
+    if len(ids) < 2:
+        raise TrainingError(
+            f"{len(data.example_ids)} labelled example(s), {len(ids)} with embeddings: a model needs at least two. "
+            "Label more, or wait for the embedding job to finish."
+        )
+    X = emb.vectors[emb.rows_of(ids)]
+    timings["load_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    if project.is_multi_label:
+        posterior = bayes.fit_multilabel(X, targets)
+    else:
+        posterior = bayes.fit(X, targets, n_classes=len(data.label_keys))
+    timings["fit_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
+                              multi_label=project.is_multi_label, seed=run.pk)
+    posterior = quality.calibrate(posterior, X, targets, seed=run.pk)
+    timings["quality_s"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    pool_ids = np.setdiff1d(emb.example_ids, _labelled_ids(project), assume_unique=True)
+    strategy = project.acquisition_strategy
+    scores: list[ExampleScore] = []
+    if len(pool_ids):
+        X_pool = emb.vectors[emb.rows_of(pool_ids)]
+        rng = np.random.default_rng(run.pk)
+        pooled = acquisition.score_pool(posterior, X_pool, strategy=strategy, rng=rng)
+        priority = pooled.scores.astype(np.float64).copy()
+        spec = acquisition.get_strategy(strategy)
+        if spec.diversity:
+            # The next batch is spread over the embedding space and goes first.
+            batch = acquisition.select_batch(strategy, scores=pooled.scores, embeddings=X_pool,
+                                             batch_size=settings.SEED_SIZE, rng=rng)
+            top = float(priority.max()) if len(priority) else 0.0
+            priority[batch] = top + 1.0 + (len(batch) - np.arange(len(batch)))
+        predicted = _predicted_keys(pooled.proba, data.label_keys, project.is_multi_label)
+        confidence = _confidence(pooled.proba, project.is_multi_label)
+        now = timezone.now()
+        scores = [
+            ExampleScore(example_id=int(pool_ids[i]), project=project, predicted_keys=predicted[i],
+                         confidence=float(confidence[i]), score=float(pooled.scores[i]), priority=float(priority[i]),
+                         updated_at=now)
+            for i in range(len(pool_ids))
+        ]
+    timings["score_s"] = time.perf_counter() - t3
+
+    t4 = time.perf_counter()
+    with transaction.atomic():
+        number = (ModelVersion.objects.filter(project=project).order_by("-number")
+                  .values_list("number", flat=True).first() or 0) + 1
+        version = ModelVersion.objects.create(
+            project=project, number=number, taxonomy_version=project.current_taxonomy(),
+            label_keys=data.label_keys, encoder=encoder.name, strategy=strategy, n_labels=len(ids),
+            artifact=posterior.to_bytes(), metrics=report.as_dict(),
+        )
+        for score in scores:
+            score.model_version = version
+        ExampleScore.objects.filter(project=project).exclude(example_id__in=pool_ids.tolist()).delete()
+        _upsert_scores(scores)
+    timings["write_s"] = time.perf_counter() - t4
+    timings["total_s"] = time.perf_counter() - t0
+    run.timings = {k: round(v, 4) for k, v in timings.items()}
+    return version
+
+
+def _predicted_keys(proba: np.ndarray, keys: list[str], multi_label: bool) -> list[list[str]]:
+    if multi_label:
+        return [[keys[j] for j in np.flatnonzero(row >= 0.5)] for row in proba]
+    best = np.argmax(proba, axis=1)
+    return [[keys[j]] for j in best.tolist()]
+
+
+def _confidence(proba: np.ndarray, multi_label: bool) -> np.ndarray:
+    if multi_label:
+        # The probability that every per-label decision is right, under independence.
+        return np.prod(np.maximum(proba, 1 - proba), axis=1)
+    return proba.max(axis=1)
+
+
+def _upsert_scores(scores: list[ExampleScore]) -> None:
+    for start in range(0, len(scores), UPSERT_BATCH):
+        ExampleScore.objects.bulk_create(
+            scores[start:start + UPSERT_BATCH], update_conflicts=True, unique_fields=["example"],
+            update_fields=["model_version", "predicted_keys", "confidence", "score", "priority", "is_seed",
+                           "updated_at"],
+        )

@@ -1,0 +1,30 @@
+"""REST API of the learning app."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.decorators import api_view
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from learning.serializers import ModelSummarySerializer
+from learning.views import learning_summary
+from projects.access import get_project_for_user
+
+
+@extend_schema(responses=ModelSummarySerializer, summary="Live model quality, learning curve and training runs")
+@api_view(["GET"])
+def model_summary(request: Request, pk: int) -> Response:
+    project = get_project_for_user(request, pk)
+    summary = learning_summary(project)
+    latest = summary["latest"]
+    data = {
+        "version": latest["number"] if latest else None,
+        "n_labels": latest["n_labels"] if latest else None,
+        "metrics": latest["metrics"] if latest else None,
+        "learning_curve": summary["curve"],
+        "runs": summary["runs"],
+        "embedding": summary["embedding"],
+        "labelled": summary["labelled"],
+        "examples": summary["examples"],
+    }
+    return Response(ModelSummarySerializer(data).data)

@@ -1,0 +1,129 @@
+"""Embeddings, training runs, model versions and per-example scores."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from projects.models import Example, Project, TaxonomyVersion
+
+
+class EmbeddingChunk(models.Model):
+    """The embeddings of up to a few thousand examples of a project, as one float16 blob.
+
+    Stored in the database (not on a local disk) so every worker machine reads
+    the same vectors; a project's chunks load in one query.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="embedding_chunks")
+    encoder = models.CharField(max_length=200)
+    dim = models.PositiveIntegerField()
+    count = models.PositiveIntegerField()
+    example_ids = models.BinaryField()
+    vectors = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["project", "encoder"], name="embedding_chunk_project")]
+
+    def ids_array(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.example_ids), dtype=np.int64)
+
+    def vectors_array(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.vectors), dtype=np.float16).reshape(self.count, self.dim)
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class TrainingRun(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="training_runs")
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    reason = models.CharField(max_length=200, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    n_labels = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+    model_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+
+    class Meta:
+        ordering = ["-requested_at"]
+        constraints = [
+            # Coalescing: a burst of labels adds to the one queued run.
+            models.UniqueConstraint(fields=["project"], condition=Q(status="queued"),
+                                    name="one_queued_run_per_project"),
+            # An update never runs twice at once for a project.
+            models.UniqueConstraint(fields=["project"], condition=Q(status="running"),
+                                    name="one_running_run_per_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.project} ({self.status})"
+
+    def mark_failed(self, reason: str) -> None:
+        self.status = RunStatus.FAILED
+        self.error = reason
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "error", "finished_at", "timings", "n_labels"])
+
+    def mark_succeeded(self, version: "ModelVersion") -> None:
+        self.status = RunStatus.SUCCEEDED
+        self.model_version = version
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "model_version", "finished_at", "timings", "n_labels"])
+
+
+class ModelVersion(models.Model):
+    """A fitted model: the posterior over last-layer weights and its cross-validated quality."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    number = models.PositiveIntegerField()
+    taxonomy_version = models.ForeignKey(TaxonomyVersion, on_delete=models.CASCADE, related_name="+")
+    label_keys = models.JSONField(help_text="Label keys in the order of the model's outputs.")
+    encoder = models.CharField(max_length=200)
+    strategy = models.CharField(max_length=32)
+    n_labels = models.PositiveIntegerField()
+    artifact = models.BinaryField()
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["project", "number"], name="unique_model_version_number")]
+
+    def __str__(self) -> str:
+        return f"{self.project} model v{self.number}"
+
+    def metric(self, name: str) -> Any:
+        return self.metrics.get(name)
+
+
+class ExampleScore(models.Model):
+    """The current model's view of one example: what it predicts and how much labelling it would help."""
+
+    example = models.OneToOneField(Example, primary_key=True, on_delete=models.CASCADE, related_name="score")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+    predicted_keys = models.JSONField(default=list)
+    confidence = models.FloatField(null=True)
+    score = models.FloatField(default=0.0, help_text="The strategy's acquisition score (uncertainty).")
+    # Queue order, higher first. Differs from `score` where a batch is spread
+    # for diversity or where the cold-start seed ranks items before any model.
+    priority = models.FloatField(default=0.0)
+    is_seed = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "-priority"], name="example_score_queue")]

@@ -1,0 +1,59 @@
+"""Pages of the learning app: the model panel (live quality, learning curve, training runs)."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
+
+from annotation.models import Annotation
+from learning.actions import embedding_progress
+from learning.models import ExampleScore, ModelVersion, TrainingRun
+from projects.access import get_project_for_user
+from projects.models import Example, Project
+
+
+def learning_summary(project: Project) -> dict[str, Any]:
+    """What the model panel and the metrics endpoint show: latest quality, the curve, recent runs."""
+    versions = list(ModelVersion.objects.filter(project=project).order_by("number")
+                    .values("number", "n_labels", "metrics", "created_at", "strategy"))
+    latest = versions[-1] if versions else None
+    names = dict(project.current_taxonomy().labels.values_list("key", "name"))
+    curve = [
+        {
+            "version": v["number"], "n_labels": v["n_labels"], "created_at": v["created_at"].isoformat(),
+            "accuracy": (v["metrics"].get("accuracy") or {}).get("value"),
+            "accuracy_low": (v["metrics"].get("accuracy") or {}).get("low"),
+            "accuracy_high": (v["metrics"].get("accuracy") or {}).get("high"),
+            "macro_f1": (v["metrics"].get("macro_f1") or {}).get("value"),
+            "macro_f1_low": (v["metrics"].get("macro_f1") or {}).get("low"),
+            "macro_f1_high": (v["metrics"].get("macro_f1") or {}).get("high"),
+            "ece": v["metrics"].get("ece"),
+        }
+        for v in versions
+    ]
+    runs = list(TrainingRun.objects.filter(project=project)[:8])
+    return {
+        "latest": latest,
+        "curve": curve,
+        "runs": runs,
+        "label_names": names,
+        "embedding": embedding_progress(project),
+        "labelled": Annotation.objects.in_project(project).values("example").distinct().count(),
+        "examples": Example.objects.in_project(project).count(),
+        "queued_scores": ExampleScore.objects.filter(project=project).count(),
+    }
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request")
+def model_panel(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk)
+    context = {"project": project, **learning_summary(project)}
+    if request.htmx:
+        return render(request, "learning/partials/project-model.html", context)
+    return render(request, "learning/model.html", context)

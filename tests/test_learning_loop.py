@@ -1,0 +1,158 @@
+"""The learning loop in the app: coalesced training runs, the training set, failures, the model panel."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from annotation.models import Annotation, AnnotationSource
+from learning import actions, store
+from learning.models import EmbeddingChunk, ExampleScore, ModelVersion, RunStatus, TrainingRun
+from projects.models import Example
+from tests.conftest import api_client, htmx, login
+
+ENCODER = SimpleNamespace(name="unit-test-vectors")
+
+
+@pytest.fixture(autouse=True)
+def _fast(settings, monkeypatch):
+    settings.TRAIN_DEBOUNCE_SECONDS = 0
+    # Unit tests store their own vectors; the real encoder runs in the worker tests.
+    monkeypatch.setattr(actions, "current_encoder", lambda: ENCODER)
+    yield
+    store._cache.clear()
+
+
+def make_examples(project, alice, n: int, *, labelled: int, seed: int = 0):
+    """n examples in two well-separated clusters, the first `labelled` of them labelled."""
+    rng = np.random.default_rng(seed)
+    keys = [label.key for label in project.current_taxonomy().labels.all()]
+    examples = Example.objects.bulk_create(
+        Example(project=project, text=f"example {seed}-{i}", content_hash=f"{seed}-{i}") for i in range(n))
+    classes = np.arange(n) % 2
+    centres = rng.normal(size=(2, 16)) * 3
+    vectors = (centres[classes] + rng.normal(size=(n, 16))).astype(np.float16)
+    ids = np.array([e.pk for e in examples], dtype=np.int64)
+    EmbeddingChunk.objects.create(project=project, encoder=ENCODER.name, dim=16, count=n,
+                                  example_ids=ids.tobytes(), vectors=vectors.tobytes())
+    version = project.current_taxonomy()
+    Annotation.objects.bulk_create(
+        Annotation(example=examples[i], annotator=alice, taxonomy_version=version, label_keys=[keys[classes[i]]],
+                   source=AnnotationSource.UI) for i in range(labelled))
+    return examples
+
+
+def test_it_coalesces_a_burst_of_requests_into_one_queued_run(project, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = actions.request_training(project, reason="labels")
+        for _ in range(9):
+            assert actions.request_training(project, reason="labels") is None
+    assert first is not None
+    assert TrainingRun.objects.filter(project=project, status=RunStatus.QUEUED).count() == 1
+    assert len(callbacks) == 1
+
+
+def test_it_never_runs_two_updates_at_once(project):
+    TrainingRun.objects.create(project=project, status=RunStatus.RUNNING)
+    queued = TrainingRun.objects.create(project=project, status=RunStatus.QUEUED)
+    assert actions.run_training(project.pk) is None
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.QUEUED  # left for the running update to pick up
+
+
+def test_it_fits_a_model_scores_the_pool_and_records_quality(project, alice):
+    make_examples(project, alice, 300, labelled=60)
+    TrainingRun.objects.create(project=project)
+    run = actions.run_training(project.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    version = ModelVersion.objects.get(project=project)
+    assert version.n_labels == 60 and run.n_labels == 60
+    assert version.metrics["accuracy"]["value"] > 0.9
+    assert version.metrics["accuracy"]["low"] <= version.metrics["accuracy"]["value"] <= version.metrics["accuracy"]["high"]
+    assert set(version.metrics) >= {"macro_f1", "ece", "per_class", "confusion", "reliability"}
+    scores = ExampleScore.objects.filter(project=project)
+    assert scores.count() == 240  # the unlabelled pool
+    assert all(0.5 <= s.confidence <= 1.0 for s in scores)
+    assert not scores.filter(example__annotations__isnull=False).exists()
+    assert set(run.timings) >= {"fit_s", "score_s", "total_s"}
+
+
+def test_it_rescores_the_pool_after_new_labels(project, alice):
+    examples = make_examples(project, alice, 300, labelled=20)
+    TrainingRun.objects.create(project=project)
+    actions.run_training(project.pk)
+    before = dict(ExampleScore.objects.filter(project=project).values_list("example_id", "confidence"))
+    keys = [label.key for label in project.current_taxonomy().labels.all()]
+    Annotation.objects.bulk_create(
+        Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
+                   label_keys=[keys[i % 2]]) for i in range(20, 80))
+    actions.request_training(project, reason="labels")
+    run = actions.run_training(project.pk)
+    assert run.status == RunStatus.SUCCEEDED
+    after = dict(ExampleScore.objects.filter(project=project).values_list("example_id", "confidence"))
+    assert len(after) == 220
+    assert not ExampleScore.objects.filter(project=project, model_version__number=1).exists()
+    common = set(before) & set(after)
+    assert sum(abs(before[i] - after[i]) > 1e-9 for i in common) > len(common) / 2
+    assert list(ModelVersion.objects.filter(project=project).values_list("number", "n_labels")) == [(2, 80), (1, 20)]
+
+
+def test_it_records_a_one_class_failure_and_keeps_the_previous_model(project, alice):
+    make_examples(project, alice, 100, labelled=20)
+    TrainingRun.objects.create(project=project)
+    actions.run_training(project.pk)
+    # Now every label is the same: a degenerate training set.
+    yes = project.current_taxonomy().labels.get(name="Yes").key
+    Annotation.objects.in_project(project).update(label_keys=[yes])
+    TrainingRun.objects.create(project=project)
+    run = actions.run_training(project.pk)
+    assert run.status == RunStatus.FAILED
+    assert "same class" in run.error
+    assert ModelVersion.objects.filter(project=project).count() == 1
+    assert ExampleScore.objects.filter(project=project, model_version__number=1).count() == 80
+
+
+def test_it_explains_too_few_labels(project, alice):
+    make_examples(project, alice, 50, labelled=1)
+    TrainingRun.objects.create(project=project)
+    run = actions.run_training(project.pk)
+    assert run.status == RunStatus.FAILED and "at least two" in run.error
+
+
+def test_it_ignores_labels_that_are_deprecated_in_the_current_taxonomy(project, alice):
+    make_examples(project, alice, 40, labelled=20)
+    from projects.actions import _copy_version
+
+    _, new = _copy_version(project, user=alice, expected_number=None, changelog=["Deprecated No"])
+    new.labels.filter(name="No").update(is_deprecated=True)
+    data = actions.training_set(project)
+    assert data.label_names == ["Yes"] and data.skipped_deprecated == 10 and len(data.example_ids) == 10
+
+
+def test_it_seeds_the_queue_with_a_diverse_batch_before_any_model(project, alice, settings):
+    settings.SEED_SIZE = 6
+    make_examples(project, alice, 120, labelled=0)
+    assert actions.seed_queue(project) == 6
+    seeds = ExampleScore.objects.filter(project=project, is_seed=True).order_by("-priority")
+    assert seeds.count() == 6
+    assert sorted(s.priority for s in seeds) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_it_shows_the_model_panel_and_summary_to_members_only(project, alice, bob, charlie):
+    make_examples(project, alice, 200, labelled=40)
+    TrainingRun.objects.create(project=project)
+    actions.run_training(project.pk)
+    url = reverse("learning:model", args=[project.pk])
+    page = login(bob).get(url)
+    assert page.status_code == 200 and "Learning curve" in page.text and "<html" in page.text
+    partial = login(bob).get(url, **htmx(None))
+    assert 'id="project-model"' in partial.text and "<html" not in partial.text
+    assert login(charlie).get(url).status_code == 404
+    summary = api_client(alice).get(reverse("api-model-summary", args=[project.pk]))
+    assert summary.status_code == 200
+    body = summary.json()
+    assert body["version"] == 1 and body["n_labels"] == 40 and len(body["learning_curve"]) == 1
+    assert body["runs"][0]["status"] == "succeeded"
+    assert api_client(charlie).get(reverse("api-model-summary", args=[project.pk])).status_code == 404
