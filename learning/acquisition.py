@@ -1,0 +1,311 @@
+"""Acquisition: which unlabelled items to show annotators next.
+
+Plain module (numpy only, no Django). Every score is "higher = more worth labelling".
+Strategies read predictive probabilities (N, K) and, for BALD, probabilities under posterior
+weight samples (S, N, K). Multi-label probabilities are per-label Bernoulli probabilities and
+every uncertainty is the sum (entropy, BALD) or mean (confidence, margin) over labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from learning.bayes import Posterior
+
+EPS = 1e-12
+
+
+# ---- uncertainty measures ----------------------------------------------------------------
+def _xlogx(p: np.ndarray) -> np.ndarray:
+    return p * np.log(np.clip(p, EPS, 1.0))
+
+
+def entropy(proba: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
+    """Predictive entropy in nats per item (sum of Bernoulli entropies for multi-label)."""
+    p = np.asarray(proba, dtype=np.float64)
+    if multi_label:
+        return -(_xlogx(p) + _xlogx(1.0 - p)).sum(axis=-1)
+    return -_xlogx(p).sum(axis=-1)
+
+
+def least_confidence(proba: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
+    p = np.asarray(proba, dtype=np.float64)
+    if multi_label:
+        return (1.0 - np.maximum(p, 1.0 - p)).mean(axis=-1)
+    return 1.0 - p.max(axis=-1)
+
+
+def margin(proba: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
+    """1 - (top probability - runner-up): 1 on a tie, 0 when one class has everything."""
+    p = np.asarray(proba, dtype=np.float64)
+    if multi_label:
+        return (1.0 - np.abs(2.0 * p - 1.0)).mean(axis=-1)
+    if p.shape[-1] < 2:
+        return np.zeros(p.shape[:-1])
+    top2 = np.partition(p, -2, axis=-1)[..., -2:]
+    return 1.0 - (top2[..., 1] - top2[..., 0])
+
+
+def bald(sample_proba: np.ndarray, *, multi_label: bool = False) -> np.ndarray:
+    """Mutual information between the label and the weights: H[E_w p] - E_w H[p].
+
+    High where posterior samples disagree (the model lacks data: worth labelling), low where
+    they agree even if each is unsure (ambiguous text: more labels will not help). Uses the
+    Monte Carlo mean of the same samples, so by Jensen it is >= 0 and <= predictive entropy up
+    to rounding, which the clip removes.
+    """
+    s = np.asarray(sample_proba, dtype=np.float64)
+    mean = s.mean(axis=0)
+    total = entropy(mean, multi_label=multi_label)
+    expected = entropy(s, multi_label=multi_label).mean(axis=0)
+    return np.clip(total - expected, 0.0, total)
+
+
+# ---- registry ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    needs_samples: bool
+    diversity: bool
+    score: Callable[[np.ndarray, np.ndarray | None, np.random.Generator, bool], np.ndarray]
+
+
+def _random_score(proba: np.ndarray, samples: np.ndarray | None, rng: np.random.Generator, ml: bool) -> np.ndarray:
+    return rng.random(proba.shape[0])
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "random": Strategy("random", False, False, _random_score),
+    "least_confidence": Strategy(
+        "least_confidence", False, False, lambda p, s, r, ml: least_confidence(p, multi_label=ml)
+    ),
+    "margin": Strategy("margin", False, False, lambda p, s, r, ml: margin(p, multi_label=ml)),
+    "entropy": Strategy("entropy", False, False, lambda p, s, r, ml: entropy(p, multi_label=ml)),
+    "bald": Strategy("bald", True, False, lambda p, s, r, ml: bald(s, multi_label=ml)),  # type: ignore[arg-type]
+    "bald_diversity": Strategy("bald_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml)),  # type: ignore[arg-type]
+}
+DEFAULT_STRATEGY = "bald_diversity"
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}") from None
+
+
+# ---- scoring a pool ----------------------------------------------------------------------
+@dataclass
+class PoolScores:
+    proba: np.ndarray  # (N, K) float32 predictive probabilities
+    scores: np.ndarray  # (N,) float64 acquisition scores, higher = label first
+
+
+def score_pool(
+    posterior: Posterior,
+    X: np.ndarray,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    n_samples: int = 32,
+    rng: np.random.Generator | None = None,
+    chunk_size: int = 32_768,
+) -> PoolScores:
+    """Predictive probabilities and acquisition scores for a whole pool, chunk by chunk.
+
+    One set of antithetic weight samples serves every chunk, and each chunk costs one float32
+    matrix product X_chunk @ [W_mean, W_1..W_S]; memory stays O(chunk * S * K) however large
+    the pool. Predictive probabilities use the probit formula with each logit's variance
+    estimated from the samples (exact variances would cost K * D^2 per item).
+    """
+    rng = rng or np.random.default_rng()
+    spec = get_strategy(strategy)
+    X = np.asarray(X)
+    n = X.shape[0]
+    proba = np.empty((n, posterior.n_classes), dtype=np.float32)
+    scores = np.empty(n, dtype=np.float64)
+    deviations = posterior.weight_samples(max(2, n_samples), rng)
+    weights = posterior.raw_sample_weights(deviations)
+    t = np.float32(posterior.temperature)
+    c = posterior.variance_scale
+    for start in range(0, n, chunk_size):
+        F = posterior.chunk_logits(X[start : start + chunk_size], weights)  # (B, S+1, K) float32
+        mean, samples = F[:, 0, :], F[:, 1:, :]
+        # Samples already carry the variance scale c; proba_from_moments applies it itself.
+        var = np.mean((samples - mean[:, None, :]) ** 2, axis=1) / c
+        p = posterior.proba_from_moments(mean.astype(np.float64), var.astype(np.float64))
+        proba[start : start + len(F)] = p
+        if spec.name.startswith("bald"):
+            part = _bald_from_logits(samples / t, multi_label=posterior.multi_label)
+        else:
+            part = spec.score(p, None, rng, posterior.multi_label)
+        scores[start : start + len(F)] = part
+    return PoolScores(proba=proba, scores=scores)
+
+
+def _bald_from_logits(z: np.ndarray, *, multi_label: bool) -> np.ndarray:
+    """BALD from sampled logits (B, S, K) in float32, without materialising float64 copies.
+
+    The pool path: entropies come from log-probabilities directly, which is both faster and
+    more accurate than log(clip(p)).
+    """
+    if multi_label:
+        logp = -np.logaddexp(np.float32(0.0), -z)  # log sigmoid
+        lognp = -np.logaddexp(np.float32(0.0), z)
+        p = np.exp(logp)
+        h_samples = -(p * logp + (1 - p) * lognp).sum(axis=-1)
+        mean = p.mean(axis=1)
+        h_mean = entropy(mean, multi_label=True)
+    else:
+        z = z - z.max(axis=-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        p = np.exp(logp)
+        h_samples = -(p * logp).sum(axis=-1)
+        mean = p.mean(axis=1)
+        h_mean = -(mean * np.log(np.clip(mean, EPS, 1.0))).sum(axis=-1)
+    total = h_mean.astype(np.float64)
+    return np.clip(total - h_samples.mean(axis=1), 0.0, total)
+
+
+# ---- batch selection ---------------------------------------------------------------------
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(norms, 1e-12)
+
+
+def select_batch(
+    strategy: str,
+    *,
+    scores: np.ndarray,
+    embeddings: np.ndarray,
+    batch_size: int,
+    diversity: bool | None = None,
+    rng: np.random.Generator | None = None,
+    candidates_per_item: int = 10,
+    min_distance: float = 0.02,
+) -> np.ndarray:
+    """Indices (into ``scores``) of the next batch, best first.
+
+    Without diversity: the top ``batch_size`` scores (ties broken at random). With diversity
+    (default for strategies that ask for it): take the top ``candidates_per_item * batch_size``
+    candidates, then pick greedily the candidate maximising score x (cosine distance to the
+    nearest item already picked): a score-weighted farthest-first traversal. A near-duplicate
+    of a picked item (cosine distance <= ``min_distance``) is never picked while anything
+    else is left (the candidate set widens if needed), so several annotators labelling one
+    batch do not see the same text twice.
+    """
+    rng = rng or np.random.default_rng()
+    scores = np.asarray(scores, dtype=np.float64)
+    n = scores.shape[0]
+    k = min(batch_size, n)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if diversity is None:
+        diversity = get_strategy(strategy).diversity
+    # Random jitter far below any real score difference breaks ties randomly, not by index.
+    jitter = rng.random(n) * 1e-12
+    keyed = scores + jitter
+    if not diversity:
+        top = np.argpartition(-keyed, k - 1)[:k] if k < n else np.arange(n)
+        return top[np.argsort(-keyed[top])].astype(np.int64)
+    ranked = np.argsort(-keyed)
+    m = min(n, max(k, candidates_per_item * k))
+    while True:
+        picked = _weighted_farthest_first(keyed[ranked[:m]], _unit(embeddings[ranked[:m]]), k, min_distance)
+        # Too few distinct candidates (the top scores are all copies of a few texts): widen
+        # the candidate set rather than hand annotators duplicates.
+        if picked is not None or m == n:
+            break
+        m = min(n, m * 2)
+    if picked is None:
+        picked = _weighted_farthest_first(keyed[ranked[:m]], _unit(embeddings[ranked[:m]]), k, 0.0)
+    assert picked is not None
+    return ranked[picked].astype(np.int64)
+
+
+def _weighted_farthest_first(s: np.ndarray, E: np.ndarray, k: int, min_distance: float) -> np.ndarray | None:
+    """Greedy picks maximising score x distance to the picked set; None if the pool runs out
+    of items farther than ``min_distance`` from everything picked."""
+    weight = s - s.min() + 1e-6 * (s.max() - s.min() + 1e-12)
+    chosen = [0]
+    min_dist = 1.0 - E @ E[0]
+    min_dist[0] = -np.inf
+    for _ in range(1, k):
+        gain = weight * np.maximum(min_dist, 0.0)
+        gain[~(min_dist > min_distance)] = -np.inf
+        j = int(np.argmax(gain))
+        if not np.isfinite(gain[j]):
+            return None
+        chosen.append(j)
+        min_dist = np.minimum(min_dist, 1.0 - E @ E[j])
+        min_dist[chosen] = -np.inf
+    return np.array(chosen)
+
+
+def select_seed(
+    embeddings: np.ndarray,
+    size: int,
+    rng: np.random.Generator | None = None,
+    *,
+    max_points: int = 20_000,
+    iterations: int = 15,
+) -> np.ndarray:
+    """A diverse, representative cold-start batch: the item nearest each k-means centroid.
+
+    k-means (k = size, k-means++ start, cosine geometry) runs on a random subsample of at most
+    ``max_points`` items so a 1M pool costs no more than a 20k one. Representative because
+    centroids sit where the data is dense; diverse because each comes from its own cluster.
+    """
+    rng = rng or np.random.default_rng()
+    n = embeddings.shape[0]
+    size = min(size, n)
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
+    sub = rng.choice(n, size=min(n, max_points), replace=False) if n > max_points else np.arange(n)
+    E = _unit(embeddings[sub])
+    centers = _kmeans_pp(E, size, rng)
+    for _ in range(iterations):
+        assign = np.argmax(E @ centers.T, axis=1)
+        new = np.zeros_like(centers)
+        np.add.at(new, assign, E)
+        empty = np.linalg.norm(new, axis=1) < 1e-12
+        new[empty] = centers[empty]
+        new = _unit(new)
+        if np.allclose(new, centers, atol=1e-5):
+            centers = new
+            break
+        centers = new
+    sims = E @ centers.T
+    chosen: list[int] = []
+    taken = np.zeros(len(sub), dtype=bool)
+    # Each centroid takes its nearest item not already taken (clusters of duplicates could
+    # otherwise hand two centroids the same item).
+    for c in np.argsort(-sims.max(axis=0)):
+        order = np.argsort(-sims[:, c])
+        for i in order[:64]:
+            if not taken[i]:
+                taken[i] = True
+                chosen.append(int(i))
+                break
+        else:
+            free = np.flatnonzero(~taken)
+            i = int(free[np.argmax(sims[free, c])])
+            taken[i] = True
+            chosen.append(i)
+    return sub[np.array(chosen)].astype(np.int64)
+
+
+def _kmeans_pp(E: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    n = E.shape[0]
+    centers = np.empty((k, E.shape[1]), dtype=E.dtype)
+    centers[0] = E[rng.integers(n)]
+    dist = np.maximum(1.0 - E @ centers[0], 0.0)
+    for i in range(1, k):
+        total = dist.sum()
+        j = int(rng.choice(n, p=dist / total)) if total > 1e-12 else int(rng.integers(n))
+        centers[i] = E[j]
+        dist = np.minimum(dist, np.maximum(1.0 - E @ centers[i], 0.0))
+    return centers

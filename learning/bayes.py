@@ -1,0 +1,599 @@
+"""Bayesian last layer on frozen sentence embeddings (Laplace approximation).
+
+Plain module (numpy/scipy only, no Django) so it can be tested and benchmarked alone.
+
+Model
+-----
+Single-label: multinomial (softmax) logistic regression, logits f = W^T [x, 1].
+Multi-label: one independent sigmoid logistic regression per label.
+Prior: w ~ N(0, lambda^-1 I) on every weight, bias included (embeddings are unit norm, so
+the bias feature has the same scale as the others).
+
+Posterior
+---------
+The MAP is found with L-BFGS. The Gaussian posterior uses the generalised Gauss-Newton
+Hessian at the MAP, kept block-diagonal over outputs: class k's block is
+X^T diag(p_k (1 - p_k)) X + lambda I. For the multi-label sigmoid model this is the exact GGN;
+for softmax it drops the cross-class blocks, which turns the cost from K^2 N D^2 into
+K N D^2 and still keeps the part BALD needs (how much data constrains each direction of each
+class's weight vector). Each block is stored as its Cholesky factor.
+
+Prior precision
+---------------
+Chosen by maximising the Laplace evidence with MacKay's fixed point
+lambda <- gamma / |w_MAP|^2, gamma = sum_i e_i / (e_i + lambda), where e_i are the eigenvalues
+of the data Hessian. Nothing dataset-specific: the data decide. Callers that refit every few
+labels can pass the previous posterior's ``prior_precision`` as a warm start (``fit(...,
+prior_precision=p)`` fixes it; ``init_prior_precision`` only starts the search there).
+
+Predictive
+----------
+``predict_proba`` integrates over the posterior with the probit / mean-field approximation
+p = softmax(mu / sqrt(1 + pi/8 * var)) using each logit's exact posterior variance.
+``sample_logits`` draws antithetic posterior weight samples and pushes the whole batch of
+samples through one matrix product, which is how a 100k pool is scored in well under a second
+(see ``learning.acquisition.score_pool``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+
+PI_OVER_8 = math.pi / 8.0
+MIN_PRIOR_PRECISION = 1e-4
+MAX_PRIOR_PRECISION = 1e4
+FORMAT_VERSION = 1
+
+
+class ModelFitError(ValueError):
+    """The data cannot give a model (too few classes, non-finite values, failed optimisation)."""
+
+
+def _with_bias(X: np.ndarray) -> np.ndarray:
+    return np.concatenate([X, np.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
+
+
+def _check_X(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ModelFitError(f"embeddings must be a 2-D array, got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ModelFitError("no labelled examples to fit on")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise ModelFitError(f"{bad} embedding row(s) contain NaN or infinity")
+    return X
+
+
+def _log_softmax(F: np.ndarray) -> np.ndarray:
+    F = F - F.max(axis=1, keepdims=True)
+    return F - np.log(np.exp(F).sum(axis=1, keepdims=True))
+
+
+def _softmax(F: np.ndarray) -> np.ndarray:
+    F = F - F.max(axis=-1, keepdims=True)
+    E = np.exp(F)
+    return E / E.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(F: np.ndarray) -> np.ndarray:
+    # Written via exp of a non-positive number so large |F| neither overflows nor warns.
+    E = np.exp(-np.abs(F))
+    return np.where(F >= 0, 1.0 / (1.0 + E), E / (1.0 + E))
+
+
+def _log_sigmoid(F: np.ndarray) -> np.ndarray:
+    return np.minimum(F, 0.0) - np.log1p(np.exp(-np.abs(F)))
+
+
+@dataclass
+class Posterior:
+    """Gaussian posterior over last-layer weights: mean (D+1, K) and per-output precision factors."""
+
+    mean: np.ndarray  # (D+1, K) in standardised coordinates; last row is the bias
+    chol: np.ndarray  # (K, D+1, D+1): lower Cholesky factors of each output's precision
+    prior_precision: float
+    shift: np.ndarray  # (D,) feature centre the weights are expressed around
+    scale: float  # one scalar, so the isotropic prior stays isotropic
+    multi_label: bool = False
+    temperature: float = 1.0
+    variance_scale: float = 1.0
+    log_evidence: float = float("nan")
+    n_train: int = 0
+    info: dict[str, float | int | str] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0] - 1)
+
+    def design(self, X: np.ndarray) -> np.ndarray:
+        """Standardised features with the bias column, float64 (N, D+1)."""
+        return _with_bias((np.asarray(X, dtype=np.float64) - self.shift) / self.scale)
+
+    def raw_weights(self, W: np.ndarray) -> np.ndarray:
+        """Fold the standardisation into weights (..., D+1, K) so raw X @ W[:D] + W[D] gives logits."""
+        linear = W[..., :-1, :] / self.scale
+        bias = W[..., -1:, :] - np.einsum("d,...dk->...k", self.shift, linear)[..., None, :]
+        return np.concatenate([linear, bias], axis=-2)
+
+    # ---- predictive -------------------------------------------------------------------
+    def logit_mean_var(self, X: np.ndarray, *, chunk_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and exact variance of every logit, each (N, K)."""
+        X = np.asarray(X)
+        n = X.shape[0]
+        mu = np.empty((n, self.n_classes))
+        var = np.empty((n, self.n_classes))
+        for start in range(0, n, chunk_size):
+            Xb = self.design(X[start : start + chunk_size])
+            mu[start : start + len(Xb)] = Xb @ self.mean
+            for k in range(self.n_classes):
+                # x^T H_k^-1 x = |L_k^-1 x|^2 with H_k = L_k L_k^T.
+                Z = scipy.linalg.solve_triangular(self.chol[k], Xb.T, lower=True, check_finite=False)
+                var[start : start + len(Xb), k] = np.einsum("ij,ij->j", Z, Z)
+        return mu, var
+
+    def proba_from_moments(self, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """Probit (mean-field) approximation of E[softmax(f / T)] under f ~ N(mu, c * var).
+
+        ``var`` is the unscaled Laplace variance; T (temperature) and c (variance_scale) come
+        from ``calibrate``.
+        """
+        scaled = mu / np.sqrt(self.temperature**2 + PI_OVER_8 * self.variance_scale * var)
+        if self.multi_label:
+            return _sigmoid(scaled)
+        return _softmax(scaled)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Predictive probabilities (N, K) integrated over the posterior; rows sum to 1 if single-label."""
+        mu, var = self.logit_mean_var(X)
+        return self.proba_from_moments(mu, var)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        proba = self.predict_proba(X)
+        if self.multi_label:
+            return (proba >= 0.5).astype(np.int8)
+        return proba.argmax(axis=1)
+
+    def weight_samples(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Antithetic posterior weight deviations (n_samples, D+1, K); add ``mean`` for samples.
+
+        Pairs (+d, -d) keep the sample mean exactly at the MAP, so Monte Carlo noise only
+        touches the spread, never the centre of the predictive.
+        """
+        half = max(1, (n_samples + 1) // 2)
+        d1 = self.dim + 1
+        dev = np.empty((half, d1, self.n_classes))
+        for k in range(self.n_classes):
+            eps = rng.standard_normal((d1, half))
+            # H = L L^T, so L^-T eps ~ N(0, H^-1).
+            dev[:, :, k] = scipy.linalg.solve_triangular(self.chol[k], eps, lower=True, trans="T", check_finite=False).T
+        dev *= math.sqrt(self.variance_scale)
+        both = np.concatenate([dev, -dev], axis=0)[:n_samples]
+        return both
+
+    def raw_sample_weights(self, deviations: np.ndarray) -> np.ndarray:
+        """float32 (D+1, (S+1)*K) weights [mean, mean+dev_1, ...] acting on raw embeddings."""
+        S = deviations.shape[0]
+        W = self.raw_weights(np.concatenate([self.mean[None], self.mean[None] + deviations], axis=0))
+        # float32 for the big product: it halves the cost and the memory, and logits need no
+        # more than 7 significant digits.
+        return W.transpose(1, 0, 2).reshape(self.dim + 1, (S + 1) * self.n_classes).astype(np.float32)
+
+    def chunk_logits(self, X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Logits (N, S+1, K) for raw X under ``raw_sample_weights``; [:, 0] is the mean."""
+        X = np.asarray(X, dtype=np.float32)
+        F = X @ weights[:-1]
+        F += weights[-1]
+        return F.reshape(X.shape[0], -1, self.n_classes)
+
+    def sample_logits(
+        self, X: np.ndarray, n_samples: int, rng: np.random.Generator, *, deviations: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mean logits (N, K), sampled logits (S, N, K)) from one matrix product over X."""
+        dev = self.weight_samples(n_samples, rng) if deviations is None else deviations
+        F = self.chunk_logits(X, self.raw_sample_weights(dev))
+        return F[:, 0, :], F[:, 1:, :].transpose(1, 0, 2)
+
+    def proba_from_logit_samples(self, samples: np.ndarray) -> np.ndarray:
+        scaled = samples / self.temperature
+        return _sigmoid(scaled) if self.multi_label else _softmax(scaled)
+
+    def sample_proba(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Probabilities under ``n_samples`` posterior weight samples, shape (S, N, K) (for BALD)."""
+        _, samples = self.sample_logits(X, n_samples, rng)
+        return self.proba_from_logit_samples(samples)
+
+    def covariance_trace(self) -> float:
+        """Total posterior variance of the weights (shrinks as data accumulates)."""
+        total = 0.0
+        for k in range(self.n_classes):
+            Linv = scipy.linalg.solve_triangular(self.chol[k], np.eye(self.dim + 1), lower=True)
+            total += float(np.sum(Linv * Linv))
+        return total
+
+    # ---- storage ----------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": FORMAT_VERSION,
+            "prior_precision": self.prior_precision,
+            "multi_label": self.multi_label,
+            "temperature": self.temperature,
+            "variance_scale": self.variance_scale,
+            "log_evidence": self.log_evidence,
+            "n_train": self.n_train,
+            "info": self.info,
+        }
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            mean=self.mean,
+            chol=self.chol.astype(np.float32),
+            shift=self.shift,
+            scale=np.array(self.scale),
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Posterior:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            meta = json.loads(arrays["meta"].tobytes().decode())
+            if meta.get("format") != FORMAT_VERSION:
+                raise ValueError(f"unsupported posterior format {meta.get('format')!r}")
+            return cls(
+                mean=arrays["mean"].astype(np.float64),
+                chol=arrays["chol"].astype(np.float64),
+                shift=arrays["shift"].astype(np.float64),
+                scale=float(arrays["scale"]),
+                prior_precision=float(meta["prior_precision"]),
+                multi_label=bool(meta["multi_label"]),
+                temperature=float(meta["temperature"]),
+                variance_scale=float(meta.get("variance_scale", 1.0)),
+                log_evidence=float(meta["log_evidence"]),
+                n_train=int(meta["n_train"]),
+                info=dict(meta.get("info", {})),
+            )
+
+
+# ---- fitting ------------------------------------------------------------------------------
+class _Objective:
+    """Negative log joint (likelihood + Gaussian prior) and gradient, in preconditioned coordinates.
+
+    The weights are W = R V with R = U diag(1/sqrt(s/4 + lambda)), where U, s are the
+    eigenvectors/values of X^T X. Since p(1-p) <= 1/4, R^T H R has eigenvalues in (0, 1],
+    so L-BFGS converges in tens of iterations instead of hundreds on well-separated data.
+    """
+
+    def __init__(self, Xb: np.ndarray, targets: np.ndarray, multi_label: bool) -> None:
+        self.Xb = Xb
+        self.targets = targets  # (N, K) one-hot or 0/1
+        self.multi_label = multi_label
+        self.n = Xb.shape[0]
+        self.shape = (Xb.shape[1], targets.shape[1])
+        gram = Xb.T @ Xb
+        self.eigvals, self.eigvecs = np.linalg.eigh(gram)
+        self.eigvals = np.clip(self.eigvals, 0.0, None)
+        self.set_prior_precision(1.0)
+
+    def set_prior_precision(self, lam: float) -> None:
+        self.prior_precision = lam
+        self.R = self.eigvecs / np.sqrt(self.eigvals / 4.0 + lam)
+        self.Z = self.Xb @ self.R
+        # Prior lambda |W|^2 = lambda |R V|^2 = V^T (lambda R^T R) V and R^T R is diagonal.
+        self.prior_diag = lam / (self.eigvals / 4.0 + lam)
+
+    def to_weights(self, V: np.ndarray) -> np.ndarray:
+        return self.R @ V
+
+    def to_coords(self, W: np.ndarray) -> np.ndarray:
+        return (self.eigvecs.T @ W) * np.sqrt(self.eigvals / 4.0 + self.prior_precision)[:, None]
+
+    def nll_and_probs(self, W: np.ndarray) -> tuple[float, np.ndarray]:
+        return self._nll(self.Xb @ W)
+
+    def _nll(self, F: np.ndarray) -> tuple[float, np.ndarray]:
+        if self.multi_label:
+            nll = -float(np.sum(self.targets * _log_sigmoid(F) + (1 - self.targets) * _log_sigmoid(-F)))
+            return nll, _sigmoid(F)
+        logp = _log_softmax(F)
+        return -float(np.sum(self.targets * logp)), np.exp(logp)
+
+    def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        V = v.reshape(self.shape)
+        nll, P = self._nll(self.Z @ V)
+        value = (nll + 0.5 * float(np.sum(self.prior_diag[:, None] * V * V))) / self.n
+        grad = (self.Z.T @ (P - self.targets) + self.prior_diag[:, None] * V) / self.n
+        return value, grad.ravel()
+
+
+def _map(objective: _Objective, W0: np.ndarray) -> np.ndarray:
+    result = scipy.optimize.minimize(
+        objective,
+        objective.to_coords(W0).ravel(),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 1000, "gtol": 1e-7, "ftol": 1e-11, "maxcor": 20},
+    )
+    W = objective.to_weights(result.x.reshape(objective.shape))
+    if not np.isfinite(W).all() or not np.isfinite(result.fun):
+        raise ModelFitError(f"optimisation diverged ({result.message})")
+    return W
+
+
+def _data_hessian_blocks(Xb: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Per-output GGN blocks X^T diag(p_k (1 - p_k)) X, shape (K, D+1, D+1)."""
+    A = (P * (1.0 - P)).astype(np.float32)
+    X32 = Xb.astype(np.float32)
+    blocks = np.empty((P.shape[1], Xb.shape[1], Xb.shape[1]))
+    for k in range(P.shape[1]):
+        # float32 Gram: this is the dominant cost of a refit (K N D^2) and the Hessian needs
+        # no more precision than the embeddings have.
+        blocks[k] = (X32 * A[:, k : k + 1]).T @ X32
+    return blocks
+
+
+def _log_evidence(nll: float, W: np.ndarray, eigs: np.ndarray, lam: float) -> float:
+    p = W.size
+    return float(-nll - 0.5 * lam * np.sum(W * W) + 0.5 * p * math.log(lam) - 0.5 * np.sum(np.log(eigs + lam)))
+
+
+def _fit(
+    X: np.ndarray,
+    targets: np.ndarray,
+    *,
+    multi_label: bool,
+    prior_precision: float | None,
+    init_prior_precision: float | None,
+    init_mean: np.ndarray | None,
+    max_evidence_iterations: int,
+) -> Posterior:
+    # Centre and scale (one scalar) before the isotropic prior: sentence embeddings share a
+    # large common direction, and without centring the prior fights the bias for it, which
+    # costs a lot of accuracy with few labels.
+    shift = X.mean(axis=0).astype(np.float64)
+    scale = float(np.sqrt(np.mean((X - shift) ** 2)))
+    if not np.isfinite(scale) or scale < 1e-12:
+        scale = 1.0
+    Xb = _with_bias((X.astype(np.float64) - shift) / scale)
+    objective = _Objective(Xb, targets.astype(np.float64), multi_label)
+    W = np.zeros(objective.shape) if init_mean is None or init_mean.shape != objective.shape else init_mean.copy()
+    fixed = prior_precision is not None
+    lam = float(prior_precision if fixed else (init_prior_precision or 1.0))
+    if not (np.isfinite(lam) and lam > 0):
+        raise ModelFitError(f"prior precision must be a positive number, got {lam}")
+    iterations = 0
+    eigs: np.ndarray | None = None
+    while True:
+        objective.set_prior_precision(lam)
+        W = _map(objective, W)
+        iterations += 1
+        if fixed or iterations > max_evidence_iterations:
+            break
+        if eigs is None:
+            # Eigenvalues of the data Hessian at the first MAP; later steps reuse them, which
+            # costs little accuracy (the fixed point moves lambda, the curvature moves less)
+            # and saves a K N D^2 Gram plus eigen-decompositions per step.
+            _, P = objective.nll_and_probs(W)
+            eigs = np.concatenate([np.linalg.eigvalsh(b) for b in _data_hessian_blocks(Xb, P)])
+            eigs = np.clip(eigs, 0.0, None)
+        gamma = float(np.sum(eigs / (eigs + lam)))
+        new_lam = float(np.clip(gamma / max(float(np.sum(W * W)), 1e-12), MIN_PRIOR_PRECISION, MAX_PRIOR_PRECISION))
+        # 10% in lambda changes predictions far less than calibration later corrects.
+        converged = abs(math.log(new_lam) - math.log(lam)) < 0.1
+        lam = new_lam
+        if converged:
+            objective.set_prior_precision(lam)
+            W = _map(objective, W)
+            break
+    nll, P = objective.nll_and_probs(W)
+    blocks = _data_hessian_blocks(Xb, P)
+    chol = np.empty_like(blocks)
+    all_eigs = []
+    for k in range(blocks.shape[0]):
+        all_eigs.append(np.clip(np.linalg.eigvalsh(blocks[k]), 0.0, None) if not fixed else np.zeros(0))
+        blocks[k][np.diag_indices_from(blocks[k])] += lam
+        try:
+            chol[k] = np.linalg.cholesky(blocks[k])
+        except np.linalg.LinAlgError as exc:
+            raise ModelFitError(f"posterior precision is not positive definite: {exc}") from exc
+    if not np.isfinite(chol).all() or not np.isfinite(W).all():
+        raise ModelFitError("fit produced non-finite values")
+    log_ev = _log_evidence(nll, W, np.concatenate(all_eigs), lam) if not fixed else float("nan")
+    return Posterior(
+        mean=W,
+        chol=chol,
+        prior_precision=lam,
+        shift=shift,
+        scale=scale,
+        multi_label=multi_label,
+        log_evidence=log_ev,
+        n_train=int(X.shape[0]),
+        info={"evidence_iterations": iterations},
+    )
+
+
+def fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    prior_precision: float | None = None,
+    init_prior_precision: float | None = None,
+    init_mean: np.ndarray | None = None,
+    max_evidence_iterations: int = 6,
+) -> Posterior:
+    """Laplace posterior of softmax regression on embeddings ``X`` (N, D) and labels ``y`` in [0, n_classes).
+
+    Classes of the taxonomy without any example yet are allowed (the prior covers them); at
+    least two distinct classes must be present. A class with a single example is fine.
+    """
+    X = _check_X(X)
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ModelFitError(f"labels must be a vector of length {X.shape[0]}, got shape {y.shape}")
+    if n_classes < 2:
+        raise ModelFitError("a classifier needs at least two classes")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y.astype(float))) or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ModelFitError("labels must be integer class indices")
+        y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ModelFitError(f"labels must lie in [0, {n_classes}), got {int(y.min())}..{int(y.max())}")
+    present = np.unique(y)
+    if present.size < 2:
+        raise ModelFitError(
+            f"all {len(y)} labelled examples have the same class ({int(present[0])}); label at least one other class"
+        )
+    targets = np.zeros((len(y), n_classes))
+    targets[np.arange(len(y)), y] = 1.0
+    return _fit(
+        X,
+        targets,
+        multi_label=False,
+        prior_precision=prior_precision,
+        init_prior_precision=init_prior_precision,
+        init_mean=init_mean,
+        max_evidence_iterations=max_evidence_iterations,
+    )
+
+
+def fit_multilabel(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    prior_precision: float | None = None,
+    init_prior_precision: float | None = None,
+    init_mean: np.ndarray | None = None,
+    max_evidence_iterations: int = 6,
+) -> Posterior:
+    """Laplace posterior of independent per-label sigmoid regressions; ``Y`` is a 0/1 (N, L) matrix."""
+    X = _check_X(X)
+    Y = np.asarray(Y)
+    if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
+        raise ModelFitError(f"label matrix must have shape ({X.shape[0]}, L), got {Y.shape}")
+    if Y.shape[1] < 1:
+        raise ModelFitError("a multi-label classifier needs at least one label")
+    if not np.isin(Y, (0, 1)).all():
+        raise ModelFitError("multi-label targets must be 0 or 1")
+    if Y.sum() == 0:
+        raise ModelFitError("no example carries any label yet")
+    return _fit(
+        X,
+        Y.astype(np.float64),
+        multi_label=True,
+        prior_precision=prior_precision,
+        init_prior_precision=init_prior_precision,
+        init_mean=init_mean,
+        max_evidence_iterations=max_evidence_iterations,
+    )
+
+
+def calibration_loss(
+    mu: np.ndarray, var: np.ndarray, y: np.ndarray, temperature: float, variance_scale: float, multi_label: bool
+) -> float:
+    """Mean negative log-likelihood of held-out labels under the calibrated probit predictive."""
+    z = mu / np.sqrt(temperature**2 + PI_OVER_8 * variance_scale * var)
+    if multi_label:
+        return -float(np.mean(y * _log_sigmoid(z) + (1 - y) * _log_sigmoid(-z)))
+    return -float(np.mean(_log_softmax(z)[np.arange(len(y)), y]))
+
+
+# Bounds keep a calibration fitted on a few dozen held-out predictions from going wild.
+TEMPERATURE_BOUNDS = (0.25, 10.0)
+VARIANCE_SCALE_BOUNDS = (1e-3, 3.0)
+
+
+def fit_calibration(mu: np.ndarray, var: np.ndarray, y: np.ndarray, *, multi_label: bool = False) -> tuple[float, float]:
+    """(temperature, variance_scale) minimising the log loss of held-out (cross-validated) logits.
+
+    Why it exists: with an isotropic prior over 385 weights per class, the evidence-optimal
+    Laplace posterior is far too wide in directions the data never touched, and the plain
+    probit predictive is under-confident (ECE 0.1-0.3 on our sets), while the posterior mean
+    alone is close to calibrated. Scaling the posterior covariance by c (a tempered posterior)
+    and the logits by 1/T, both fitted on cross-validated predictions, brings ECE under 0.05.
+    The same c scales the weight samples used by BALD, so the two stay consistent.
+    """
+    y = np.asarray(y)
+    (t_lo, t_hi), (c_lo, c_hi) = TEMPERATURE_BOUNDS, VARIANCE_SCALE_BOUNDS
+
+    def loss(theta: np.ndarray) -> float:
+        t = math.exp(float(np.clip(theta[0], math.log(t_lo), math.log(t_hi))))
+        c = math.exp(float(np.clip(theta[1], math.log(c_lo), math.log(c_hi))))
+        return calibration_loss(mu, var, y, t, c, multi_label)
+
+    best = min(
+        (scipy.optimize.minimize(loss, np.array(start), method="Nelder-Mead", options={"xatol": 1e-2, "fatol": 1e-5})
+         for start in ([0.0, math.log(0.1)], [0.0, math.log(1.0)])),
+        key=lambda r: r.fun,
+    )
+    t = math.exp(float(np.clip(best.x[0], math.log(t_lo), math.log(t_hi))))
+    c = math.exp(float(np.clip(best.x[1], math.log(c_lo), math.log(c_hi))))
+    return t, c
+
+
+def calibrate(
+    posterior: Posterior,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    folds: int = 3,
+    rng: np.random.Generator | None = None,
+) -> Posterior:
+    """Set ``posterior``'s temperature and variance scale from ``folds``-fold cross-validated logits.
+
+    Refits reuse the posterior's prior precision (no evidence search), so this costs about
+    ``folds`` fixed-prior fits. With too few examples to hold any out, the posterior is left
+    as it is. Returns the same object for chaining.
+    """
+    rng = rng or np.random.default_rng(0)
+    X = np.asarray(X)
+    y = np.asarray(y)
+    n = X.shape[0]
+    if n < 2 * folds:
+        return posterior
+    assignment = _stratified_folds(y, folds, rng, multi_label=posterior.multi_label)
+    mus, vars_, ys = [], [], []
+    for fold in range(folds):
+        held = assignment == fold
+        try:
+            if posterior.multi_label:
+                part = fit_multilabel(X[~held], y[~held], prior_precision=posterior.prior_precision)
+            else:
+                part = fit(X[~held], y[~held], n_classes=posterior.n_classes, prior_precision=posterior.prior_precision)
+        except ModelFitError:
+            continue  # a fold left with one class: skip it, the others still inform T and c
+        mu, var = part.logit_mean_var(X[held])
+        mus.append(mu)
+        vars_.append(var)
+        ys.append(y[held])
+    if not mus or sum(len(v) for v in ys) < 10:
+        return posterior
+    t, c = fit_calibration(np.concatenate(mus), np.concatenate(vars_), np.concatenate(ys), multi_label=posterior.multi_label)
+    posterior.temperature = t
+    posterior.variance_scale = c
+    posterior.info["calibration_folds"] = folds
+    return posterior
+
+
+def _stratified_folds(y: np.ndarray, folds: int, rng: np.random.Generator, *, multi_label: bool = False) -> np.ndarray:
+    """Fold index per example; each class is dealt round-robin from a random start."""
+    keys = y.argmax(axis=1) if multi_label and y.ndim == 2 else y
+    assignment = np.empty(len(keys), dtype=np.int64)
+    offset = 0
+    for cls in np.unique(keys):
+        members = np.flatnonzero(keys == cls)
+        rng.shuffle(members)
+        assignment[members] = (np.arange(len(members)) + offset) % folds
+        offset += len(members)
+    return assignment
