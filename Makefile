@@ -57,7 +57,7 @@ test: export DATABASE_URL = $(TEST_DATABASE_URL)
 test: export REDIS_URL = $(TEST_REDIS_URL)
 test: $(VENV)/.dev services browser
 	$(BIN)/python manage.py check
-	$(BIN)/python manage.py makemigrations --check --dry-run >/dev/null
+	DATABASE_URL=sqlite:///:memory: $(BIN)/python manage.py makemigrations --check --dry-run >/dev/null
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 ## serve: production server (gunicorn, DEBUG off, static files by whitenoise); needs SECRET_KEY
