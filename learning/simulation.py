@@ -1,0 +1,245 @@
+"""Offline evaluation harness: replay a labelled set with a simulated annotator.
+
+Plain module (no Django): it runs the same bayes / acquisition / metrics code as the app,
+so a learning curve here is what a project would have seen. The management command
+``simulate`` and benchmarks/label_efficiency.py are thin wrappers around ``simulate``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from learning import acquisition, bayes, metrics
+
+ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
+
+
+def _fit(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, init_lam: float | None) -> bayes.Posterior:
+    if multi_label:
+        return bayes.fit_multilabel(X, y, init_prior_precision=init_lam)
+    return bayes.fit(X, y, n_classes=n_classes, init_prior_precision=init_lam)
+
+
+def _evaluate(posterior: bayes.Posterior | None, X_test: np.ndarray, y_test: np.ndarray, n_classes: int, multi_label: bool, fallback: np.ndarray) -> dict[str, float]:
+    if posterior is None:
+        # Before two classes are labelled there is no model; score the majority guess.
+        proba = np.tile(fallback, (len(X_test), 1))
+    else:
+        proba = posterior.predict_proba(X_test)
+    if multi_label:
+        scores = metrics.multilabel_scores(y_test, proba >= 0.5)
+        return {
+            "accuracy": scores["subset_accuracy"],
+            "macro_f1": scores["macro_f1"],
+            "micro_f1": scores["micro_f1"],
+            "ece": metrics.multilabel_calibration_error(proba, y_test),
+        }
+    pred = proba.argmax(axis=1)
+    return {
+        "accuracy": metrics.accuracy(y_test, pred),
+        "macro_f1": metrics.macro_f1(y_test, pred, n_classes),
+        "ece": metrics.expected_calibration_error(proba, y_test),
+    }
+
+
+def run_strategy(
+    strategy: str,
+    *,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    n_classes: int,
+    seed_size: int,
+    batch_size: int,
+    budget: int,
+    seed: int,
+    multi_label: bool = False,
+    n_samples: int = 32,
+    calibration_folds: int = 3,
+    progress: ProgressCallback | None = None,
+) -> list[dict[str, float]]:
+    """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``."""
+    rng = np.random.default_rng(seed)
+    n = X_train.shape[0]
+    budget = min(budget, n)
+    spec = acquisition.get_strategy(strategy)
+    if strategy == "random":
+        labelled = rng.choice(n, size=min(seed_size, budget), replace=False)
+    else:
+        labelled = acquisition.select_seed(X_train, min(seed_size, budget), rng)
+    is_labelled = np.zeros(n, dtype=bool)
+    is_labelled[labelled] = True
+    order = list(labelled)
+    points: list[dict[str, float]] = []
+    lam: float | None = None
+    while True:
+        started = time.perf_counter()
+        idx = np.array(order)
+        posterior: bayes.Posterior | None
+        try:
+            posterior = _fit(X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label, init_lam=lam)
+            lam = posterior.prior_precision
+            bayes.calibrate(posterior, X_train[idx], y_train[idx], folds=calibration_folds, rng=rng)
+        except bayes.ModelFitError:
+            posterior = None
+        remaining = budget - len(order)
+        chosen: np.ndarray = np.empty(0, dtype=np.int64)
+        if remaining > 0:
+            pool = np.flatnonzero(~is_labelled)
+            k = min(batch_size, remaining)
+            if posterior is None or strategy == "random":
+                chosen = pool[rng.choice(len(pool), size=k, replace=False)]
+            else:
+                scored = acquisition.score_pool(posterior, X_train[pool], strategy=strategy, n_samples=n_samples, rng=rng)
+                picked = acquisition.select_batch(
+                    strategy, scores=scored.scores, embeddings=X_train[pool], batch_size=k, diversity=spec.diversity, rng=rng
+                )
+                chosen = pool[picked]
+        update_seconds = time.perf_counter() - started
+        if multi_label:
+            fallback = (y_train[idx].sum(axis=0) + 1.0) / (len(idx) + 2.0)
+        else:
+            fallback = (np.bincount(y_train[idx], minlength=n_classes) + 1.0) / (len(idx) + n_classes)
+        point = {"n_labels": int(len(order)), **_evaluate(posterior, X_test, y_test, n_classes, multi_label, fallback)}
+        point["update_seconds"] = float(update_seconds)
+        points.append(point)
+        if progress is not None:
+            progress(strategy, seed, len(order), point)
+        if remaining <= 0:
+            break
+        is_labelled[chosen] = True  # the simulated annotator answers with the gold label
+        order.extend(int(i) for i in chosen)
+    return points
+
+
+def _mean_curve(runs: list[dict[str, Any]], key: str = "macro_f1") -> tuple[np.ndarray, np.ndarray]:
+    n_labels = np.array([p["n_labels"] for p in runs[0]["points"]])
+    values = np.array([[p[key] for p in run["points"]] for run in runs])
+    return n_labels, values.mean(axis=0)
+
+
+def _auc(n_labels: np.ndarray, values: np.ndarray) -> float:
+    if len(n_labels) < 2:
+        return float(values[0]) if len(values) else float("nan")
+    area = np.sum((values[1:] + values[:-1]) / 2 * np.diff(n_labels))
+    return float(area / (n_labels[-1] - n_labels[0]))
+
+
+def summarise(result: dict[str, Any]) -> None:
+    """Fill each strategy's summary: AUC and labels needed to reach random's final macro-F1."""
+    strategies = result["strategies"]
+    target = None
+    random_budget = None
+    if "random" in strategies:
+        n_labels, curve = _mean_curve(strategies["random"]["runs"])
+        target = float(curve[-1])
+        random_budget = int(n_labels[-1])
+    for entry in strategies.values():
+        n_labels, curve = _mean_curve(entry["runs"])
+        reached: int | None = None
+        if target is not None:
+            hits = np.flatnonzero(curve >= target - 1e-12)
+            reached = int(n_labels[hits[0]]) if hits.size else None
+        entry["summary"] = {
+            "auc_macro_f1": _auc(n_labels, curve),
+            "final_macro_f1": float(curve[-1]),
+            "target_macro_f1": target,
+            "labels_to_reach_random_final": reached,
+            "ratio_to_random": (reached / random_budget) if reached is not None and random_budget else None,
+        }
+
+
+def simulate(
+    *,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    n_classes: int,
+    strategies: Sequence[str] = ("random", acquisition.DEFAULT_STRATEGY),
+    seed_size: int = 50,
+    batch_size: int = 20,
+    budget: int = 1000,
+    repeats: int = 3,
+    multi_label: bool = False,
+    label_names: Sequence[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Learning curves for each strategy and repeat, in the harness's JSON shape.
+
+    Repeat r uses seed r for every strategy, so strategies are compared on the same seeds.
+    """
+    for name in strategies:
+        acquisition.get_strategy(name)  # fail before hours of work, not after
+    y_train = np.asarray(y_train)
+    y_test = np.asarray(y_test)
+    result: dict[str, Any] = {
+        "strategies": {},
+        "config": {
+            "strategies": list(strategies),
+            "seed_size": seed_size,
+            "batch_size": batch_size,
+            "budget": int(min(budget, len(y_train))),
+            "requested_budget": budget,
+            "repeats": repeats,
+            "multi_label": multi_label,
+            "n_classes": n_classes,
+            "label_names": list(label_names) if label_names is not None else None,
+            "n_train": int(len(y_train)),
+            "n_test": int(len(y_test)),
+            "dim": int(X_train.shape[1]),
+        },
+    }
+    for name in strategies:
+        runs = []
+        for seed in range(repeats):
+            points = run_strategy(
+                name,
+                X_train=X_train,
+                y_train=y_train,
+                X_test=X_test,
+                y_test=y_test,
+                n_classes=n_classes,
+                seed_size=seed_size,
+                batch_size=batch_size,
+                budget=budget,
+                seed=seed,
+                multi_label=multi_label,
+                progress=progress,
+            )
+            runs.append({"seed": seed, "points": points})
+        result["strategies"][name] = {"runs": runs}
+    summarise(result)
+    return result
+
+
+def plot_curves(result: dict[str, Any], path: str, *, title: str | None = None) -> None:
+    """PNG of the mean macro-F1 curve per strategy with a min-max band over repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, entry in result["strategies"].items():
+        runs = entry["runs"]
+        n_labels = np.array([p["n_labels"] for p in runs[0]["points"]])
+        values = np.array([[p["macro_f1"] for p in run["points"]] for run in runs])
+        (line,) = ax.plot(n_labels, values.mean(axis=0), label=name, linewidth=1.8)
+        ax.fill_between(n_labels, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
+    target = next(iter(result["strategies"].values()))["summary"].get("target_macro_f1")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="random @ budget")
+    ax.set_xlabel("labels")
+    ax.set_ylabel("macro-F1 (test)")
+    ax.set_title(title or "Learning curves (mean, min-max over repeats)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

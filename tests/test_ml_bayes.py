@@ -1,0 +1,131 @@
+"""Property tests for the Bayesian last layer (no database, no Django)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learning import acquisition, bayes
+
+
+def blobs(n: int, k: int = 3, d: int = 16, spread: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d))
+    y = rng.integers(0, k, n)
+    X = centers[y] + spread * rng.standard_normal((n, d))
+    return X.astype(np.float32), y
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 5))
+def test_it_returns_rows_that_sum_to_one(seed: int, k: int) -> None:
+    X, y = blobs(60, k=k, seed=seed)
+    y[:k] = np.arange(k)
+    post = bayes.fit(X, y, n_classes=k)
+    proba = post.predict_proba(X)
+    assert np.all(np.isfinite(proba))
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    samples = post.sample_proba(X[:5], 8, np.random.default_rng(seed))
+    assert samples.shape == (8, 5, k)
+    assert np.allclose(samples.sum(axis=2), 1.0, atol=1e-5)
+
+
+def test_it_concentrates_as_data_grows() -> None:
+    X, y = blobs(2000, seed=1)
+    probe = blobs(50, seed=2)[0]
+    traces, variances = [], []
+    for n in (30, 300, 2000):
+        post = bayes.fit(X[:n], y[:n], n_classes=3, prior_precision=1.0)
+        traces.append(post.covariance_trace())
+        variances.append(post.logit_mean_var(probe)[1].mean())
+    assert traces[0] > traces[1] > traces[2]
+    assert variances[0] > variances[1] > variances[2]
+
+
+def test_it_learns_separable_blobs() -> None:
+    X, y = blobs(400, seed=3)
+    post = bayes.fit(X[:300], y[:300], n_classes=3)
+    assert (post.predict(X[300:]) == y[300:]).mean() > 0.95
+    assert bayes.MIN_PRIOR_PRECISION <= post.prior_precision <= bayes.MAX_PRIOR_PRECISION
+
+
+def test_it_gives_high_bald_far_from_data_and_low_bald_on_a_crowded_boundary() -> None:
+    rng = np.random.default_rng(4)
+    # 1-D boundary at x0 = 0 seen many times, with labels that are a coin flip near it.
+    n = 3000
+    X = np.zeros((n, 2), dtype=np.float32)
+    X[:, 0] = rng.uniform(-1, 1, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-3 * X[:, 0]))).astype(int)
+    post = bayes.fit(X, y, n_classes=2)
+    boundary = np.array([[0.0, 0.0]], dtype=np.float32)
+    far = np.array([[0.0, 40.0]], dtype=np.float32)  # a direction no example ever varied in
+    samples = post.sample_proba(np.vstack([boundary, far]), 256, np.random.default_rng(0))
+    mi = acquisition.bald(samples)
+    h = acquisition.entropy(samples.mean(axis=0))
+    assert h[0] > 0.6  # ambiguous: high predictive entropy
+    assert mi[0] < 0.05  # ... but labelling it again teaches little
+    assert mi[1] > 5 * mi[0]
+
+
+def test_it_round_trips_through_bytes() -> None:
+    X, y = blobs(100, seed=5)
+    post = bayes.fit(X, y, n_classes=3)
+    post.temperature, post.variance_scale = 0.8, 0.3
+    again = bayes.Posterior.from_bytes(post.to_bytes())
+    assert np.allclose(again.predict_proba(X), post.predict_proba(X), atol=1e-5)
+    assert again.temperature == 0.8 and again.variance_scale == 0.3
+
+
+def test_it_refuses_a_single_class() -> None:
+    X, _ = blobs(20)
+    with pytest.raises(bayes.ModelFitError, match="same class"):
+        bayes.fit(X, np.zeros(20, dtype=int), n_classes=3)
+
+
+def test_it_refuses_non_finite_embeddings() -> None:
+    X, y = blobs(20)
+    X[3, 2] = np.nan
+    with pytest.raises(bayes.ModelFitError, match="NaN"):
+        bayes.fit(X, y, n_classes=3)
+    X[3, 2] = np.inf
+    with pytest.raises(bayes.ModelFitError):
+        bayes.fit_multilabel(X, np.eye(3, dtype=int)[y])
+
+
+def test_it_refuses_labels_out_of_range() -> None:
+    X, y = blobs(20)
+    with pytest.raises(bayes.ModelFitError):
+        bayes.fit(X, y + 5, n_classes=3)
+
+
+def test_it_handles_a_class_with_a_single_example_and_an_unseen_class() -> None:
+    X, y = blobs(50, k=3, seed=6)
+    y[y == 2] = 0
+    y[0] = 2  # one example of class 2; class 3 of 4 never labelled
+    post = bayes.fit(X, y, n_classes=4)
+    proba = post.predict_proba(X)
+    assert np.all(np.isfinite(proba))
+    assert proba[:, 3].max() < 0.5
+
+
+def test_it_fits_multilabel() -> None:
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 0] + X[:, 2] > 0], axis=1).astype(int)
+    post = bayes.fit_multilabel(X[:200], Y[:200])
+    pred = post.predict(X[200:])
+    assert (pred == Y[200:]).mean() > 0.9
+    assert post.sample_proba(X[:4], 6, rng).shape == (6, 4, 3)
+
+
+def test_it_calibrates_with_cross_validation() -> None:
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((800, 10)).astype(np.float32)
+    logits = 2.0 * X[:, 0]
+    y = (rng.random(800) < 1 / (1 + np.exp(-logits))).astype(int)
+    post = bayes.calibrate(bayes.fit(X[:500], y[:500], n_classes=2), X[:500], y[:500])
+    from learning import metrics
+
+    assert metrics.expected_calibration_error(post.predict_proba(X[500:]), y[500:]) < 0.08

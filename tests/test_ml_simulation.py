@@ -1,0 +1,46 @@
+"""The evaluation harness on synthetic embeddings (no database, no encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from learning import simulation
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((4, 12)) * 1.5
+    y = rng.integers(0, 4, n)
+    return (centers[y] + rng.standard_normal((n, 12))).astype(np.float32), y
+
+
+def test_it_returns_the_harness_shape_and_a_plot(tmp_path: Path) -> None:
+    X, y = blobs(600, 0)
+    Xt, yt = blobs(200, 1)
+    result = simulation.simulate(
+        X_train=X, y_train=y, X_test=Xt, y_test=yt, n_classes=4,
+        strategies=["random", "bald_diversity", "margin"], seed_size=20, batch_size=20, budget=80, repeats=2,
+    )
+    assert set(result) == {"strategies", "config"}
+    for name, entry in result["strategies"].items():
+        assert [run["seed"] for run in entry["runs"]] == [0, 1]
+        points = entry["runs"][0]["points"]
+        assert [p["n_labels"] for p in points] == [20, 40, 60, 80]
+        assert {"n_labels", "accuracy", "macro_f1", "ece", "update_seconds"} <= set(points[0])
+        assert {"auc_macro_f1", "labels_to_reach_random_final", "ratio_to_random"} <= set(entry["summary"])
+    assert 0 < result["strategies"]["random"]["summary"]["ratio_to_random"] <= 1.0
+    simulation.plot_curves(result, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_it_simulates_multilabel() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 6)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(int)
+    result = simulation.simulate(
+        X_train=X[:200], y_train=Y[:200], X_test=X[200:], y_test=Y[200:], n_classes=2, multi_label=True,
+        strategies=["random", "bald"], seed_size=10, batch_size=10, budget=30, repeats=1,
+    )
+    assert result["strategies"]["bald"]["runs"][0]["points"][-1]["macro_f1"] > 0.6
