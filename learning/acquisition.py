@@ -221,7 +221,9 @@ def select_batch(
             break
         m = min(n, m * 2)
     if picked is None:
-        picked = _weighted_farthest_first(keyed[ranked[:m]], _unit(embeddings[ranked[:m]]), k, 0.0)
+        # Fewer distinct texts than the batch (the pool is nearly exhausted): take duplicates
+        # rather than return a short batch.
+        picked = _weighted_farthest_first(keyed[ranked[:m]], _unit(embeddings[ranked[:m]]), k, -np.inf)
     assert picked is not None
     return ranked[picked].astype(np.int64)
 

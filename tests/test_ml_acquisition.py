@@ -95,3 +95,10 @@ def test_it_scores_a_pool_in_chunks_with_bounded_shapes() -> None:
     assert np.all(whole.scores >= 0)
     exact = post.predict_proba(pool)
     assert np.abs(exact - whole.proba).max() < 0.1
+
+
+def test_it_fills_a_diverse_batch_even_when_the_pool_is_all_duplicates():
+    embeddings = np.tile(np.array([[1.0, 0.0, 0.0]]), (12, 1))
+    picked = acquisition.select_batch("bald_diversity", scores=np.linspace(0, 1, 12), embeddings=embeddings, batch_size=5,
+                          rng=np.random.default_rng(0))
+    assert len(picked) == 5 and len(set(picked.tolist())) == 5
