@@ -231,7 +231,7 @@ def _column_map(dataset: Dataset) -> ColumnMap:
 ProgressCallback = Callable[[int, int, str], None]
 
 
-def run_import(dataset_id: int, *, progress: ProgressCallback | None = None) -> Dataset:
+def run_import(dataset_id: int, *, progress: ProgressCallback | None = None, embed: bool = True) -> Dataset:
     """Check every row of a dataset's file, then insert them all in one transaction, or none."""
     dataset = Dataset.objects.select_related("project").get(pk=dataset_id)
     if dataset.status not in {DatasetStatus.QUEUED, DatasetStatus.VALIDATING, DatasetStatus.IMPORTING}:
@@ -266,7 +266,7 @@ def run_import(dataset_id: int, *, progress: ProgressCallback | None = None) -> 
         with transaction.atomic():
             imported, labelled = _insert(dataset, project, unknown, report)
             dataset.mark_done(imported=imported, duplicates=valid - imported, labelled=labelled, total=valid)
-            if imported:
+            if imported and embed:
                 # New examples need embeddings before the model can learn from or score them.
                 from learning.jobs import embed_project
 

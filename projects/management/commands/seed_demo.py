@@ -55,8 +55,13 @@ class Command(BaseCommand):
             dataset.status = "queued"
             dataset.text_column, dataset.label_column = "text", "label"
             dataset.save()
-            dataset = actions.run_import(dataset.pk)
+            dataset = actions.run_import(dataset.pk, embed=False)
             self.stdout.write(f"Demo project: {dataset.imported_count} examples, {dataset.labelled_count} labelled.")
+            # Embedded here, with a progress bar, so the first model is ready when the page opens.
+            from learning.actions import embed_project
+
+            embed_project(project.pk, progress=self._bar)
+            self.stderr.write("\n")
         self.stdout.write(self.style.SUCCESS("=" * 64))
         self.stdout.write(self.style.SUCCESS(" LabelHub is at http://127.0.0.1:8000/"))
         if password_file.exists():
@@ -64,6 +69,11 @@ class Command(BaseCommand):
         else:
             self.stdout.write(self.style.SUCCESS(f" Log in as {username} (password set earlier)"))
         self.stdout.write(self.style.SUCCESS("=" * 64))
+
+    def _bar(self, done: int, total: int) -> None:
+        filled = int(30 * done / max(total, 1))
+        self.stderr.write(f"\rEmbedding demo examples [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", ending="")
+        self.stderr.flush()
 
     def _demo_csv(self) -> bytes:
         """The shipped file with only the first rows' labels kept: the rest is the pool to label."""
