@@ -11,7 +11,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from annotation.models import Annotation
 from learning.actions import embedding_progress
-from learning.models import ExampleScore, ModelVersion, TrainingRun
+from learning.models import ModelVersion, TrainingRun
 from projects.access import get_project_for_user
 from projects.models import Example, Project
 
@@ -44,7 +44,6 @@ def learning_summary(project: Project) -> dict[str, Any]:
         "embedding": embedding_progress(project),
         "labelled": Annotation.objects.in_project(project).values("example").distinct().count(),
         "examples": Example.objects.in_project(project).count(),
-        "queued_scores": ExampleScore.objects.filter(project=project).count(),
     }
 
 

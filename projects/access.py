@@ -11,7 +11,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
-from projects.models import ROLE_RANK, Project, Role
+from projects.models import ROLE_RANK, Project, Role, Team
 
 
 def get_project_for_user(request: Any, pk: int | str, *, role: str = Role.VIEWER) -> Project:
@@ -32,8 +32,6 @@ def get_project_for_user(request: Any, pk: int | str, *, role: str = Role.VIEWER
 
 def managed_teams(user: Any) -> Any:
     """Teams in which the user may create projects."""
-    from projects.models import Team
-
     if user.is_superuser:
         return Team.objects.all()
     return Team.objects.filter(memberships__user=user, memberships__role=Role.MANAGER)

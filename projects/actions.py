@@ -42,6 +42,10 @@ class ActionError(Exception):
     """A user-facing refusal: the message says what is wrong and what to do."""
 
 
+class StaleTaxonomyError(ActionError):
+    """Someone else changed the taxonomy since the editor loaded it."""
+
+
 @dataclass(frozen=True)
 class LabelSpec:
     name: str
@@ -109,7 +113,7 @@ def _copy_version(project: Project, *, user: Any, expected_number: int | None, c
     Project.objects.select_for_update().get(pk=project.pk)
     current = project.current_taxonomy()
     if expected_number is not None and current.number != expected_number:
-        raise ActionError(
+        raise StaleTaxonomyError(
             f"The taxonomy changed while you were editing (you had version {expected_number}, it is now "
             f"version {current.number}). Reload the page and apply your change again."
         )
@@ -201,9 +205,9 @@ def guess_column(columns: Sequence[str], candidates: Sequence[str]) -> str:
 
 
 @transaction.atomic
-def start_import(dataset: Dataset, *, text_column: str, label_column: str = "", id_column: str = "",
-                 add_unknown_labels: bool = False) -> Dataset:
-    """Record the column mapping and queue the import job."""
+def configure_import(dataset: Dataset, *, text_column: str, label_column: str = "", id_column: str = "",
+                     add_unknown_labels: bool = False) -> Dataset:
+    """Check and record a draft dataset's column mapping, making it ready to import."""
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
     if dataset.status != DatasetStatus.DRAFT:
         raise ActionError(f"{dataset.name} is already {dataset.get_status_display().lower()}.")
@@ -217,6 +221,13 @@ def start_import(dataset: Dataset, *, text_column: str, label_column: str = "", 
     dataset.add_unknown_labels = add_unknown_labels
     dataset.status = DatasetStatus.QUEUED
     dataset.save()
+    return dataset
+
+
+@transaction.atomic
+def start_import(dataset: Dataset, **mapping: Any) -> Dataset:
+    """Record the column mapping and queue the import job."""
+    dataset = configure_import(dataset, **mapping)
     from projects.jobs import import_dataset
 
     enqueue(import_dataset, dataset.pk)
@@ -291,20 +302,23 @@ def _validate(dataset: Dataset, project: Project, report: ProgressCallback
         known_labels=[name for name, label in labels.items() if not label.is_deprecated] if check_labels else None,
         multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
     )
+
+    def error(row: int, reason: str) -> None:
+        nonlocal error_count
+        error_count += 1
+        if len(errors) < Dataset.MAX_STORED_ERRORS:
+            errors.append({"file": dataset.name, "row": row, "reason": reason})
+
     for n, item in enumerate(rows, start=1):
         if isinstance(item, RowError):
-            error_count += 1
-            if len(errors) < Dataset.MAX_STORED_ERRORS:
-                errors.append({"file": dataset.name, "row": item.row, "reason": item.reason})
+            error(item.row, item.reason)
         else:
             valid += 1
             for name in item.labels:
                 if name not in labels:
                     unknown.setdefault(name)
                 elif labels[name].is_deprecated and not check_labels:
-                    error_count += 1
-                    errors.append({"file": dataset.name, "row": item.row,
-                                   "reason": f"label '{name}' is deprecated; use its replacement or un-deprecate it"})
+                    error(item.row, f"label '{name}' is deprecated; use its replacement or un-deprecate it")
         if n % PROGRESS_EVERY == 0:
             report(n, dataset.total_rows, DatasetStatus.VALIDATING)
     return errors, error_count, valid, list(unknown)

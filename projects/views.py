@@ -111,7 +111,7 @@ def taxonomy_add_label(request: HttpRequest, pk: int) -> HttpResponse:
             )
         except actions.ActionError as exc:
             form.add_error(None, str(exc))
-            status = 409 if "changed while you were editing" in str(exc) else 400
+            status = 409 if isinstance(exc, actions.StaleTaxonomyError) else 400
         else:
             form = None
             if not request.htmx:

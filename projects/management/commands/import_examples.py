@@ -54,12 +54,7 @@ class Command(BaseCommand):
                 dataset = actions.start_import(dataset, **mapping)
                 dataset = self._follow(dataset)
             else:
-                for role, column in (("text", mapping["text_column"]), ("label", mapping["label_column"]),
-                                     ("id", mapping["id_column"])):
-                    if column and column not in dataset.columns:
-                        raise actions.ActionError(f"Column '{column}' (chosen as {role}) is not in {path.name}; "
-                                                  f"its columns are: {', '.join(dataset.columns)}.")
-                Dataset.objects.filter(pk=dataset.pk).update(status=DatasetStatus.QUEUED, **mapping)
+                actions.configure_import(dataset, **mapping)
                 dataset = actions.run_import(dataset.pk, progress=self._bar)
         except actions.ActionError as exc:
             raise CommandError(str(exc)) from exc

@@ -52,9 +52,7 @@ class Command(BaseCommand):
             upload = SimpleUploadedFile("legal_overruling.csv", self._demo_csv(), content_type="text/csv")
             dataset = actions.create_dataset_from_upload(project, upload=upload, user=user,
                                                          source=DatasetSource.DEMO)
-            dataset.status = "queued"
-            dataset.text_column, dataset.label_column = "text", "label"
-            dataset.save()
+            actions.configure_import(dataset, text_column="text", label_column="label")
             dataset = actions.run_import(dataset.pk, embed=False)
             self.stdout.write(f"Demo project: {dataset.imported_count} examples, {dataset.labelled_count} labelled.")
             # Embedded here, with a progress bar, so the first model is ready when the page opens.
