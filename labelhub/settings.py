@@ -219,3 +219,7 @@ RQ = {"WORKER_CLASS": "rq.worker.SimpleWorker"}
 TRAIN_DEBOUNCE_SECONDS = float(os.environ.get("LABELHUB_TRAIN_DEBOUNCE_SECONDS", "2"))
 EMBED_BATCH = int(os.environ.get("LABELHUB_EMBED_BATCH", "2048"))
 SEED_SIZE = int(os.environ.get("LABELHUB_SEED_SIZE", "20"))
+
+# Annotation queue
+# An item served to an annotator is theirs for this long; then anyone may get it.
+LEASE_SECONDS = int(os.environ.get("LABELHUB_LEASE_SECONDS", "900"))

@@ -123,7 +123,14 @@ class ExampleScore(models.Model):
     # for diversity or where the cold-start seed ranks items before any model.
     priority = models.FloatField(default=0.0)
     is_seed = models.BooleanField(default=False)
+    # Sent to a person by the prediction API's fallback: served before anything else.
+    # Not rewritten by a retrain (it is absent from the upsert's update fields).
+    is_routed = models.BooleanField(default=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["project", "-priority"], name="example_score_queue")]
+        indexes = [
+            models.Index(fields=["project", "-priority"], name="example_score_queue"),
+            # The annotation queue walks this index: routed items, then the seed, then by priority.
+            models.Index(fields=["project", "-is_routed", "-is_seed", "-priority"], name="example_score_serve_order"),
+        ]

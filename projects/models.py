@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -76,6 +77,10 @@ class Project(models.Model):
         choices=[("bald_diversity", "BALD + diversity (recommended)"), ("bald", "BALD"), ("entropy", "Entropy"),
                  ("margin", "Margin"), ("least_confidence", "Least confidence"), ("random", "Random")],
         help_text="How the next items to label are chosen once a model exists.",
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(10)],
+        help_text="How many annotators label each item (more than one measures agreement).",
     )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
