@@ -1,6 +1,8 @@
 """Annotations: who gave which labels to which example, under which taxonomy version."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -44,3 +46,110 @@ class Annotation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.example_id}: {', '.join(self.label_keys)}"
+
+
+class AssignmentStatus(models.TextChoices):
+    LEASED = "leased", "Leased"
+    SUBMITTED = "submitted", "Submitted"
+    SKIPPED = "skipped", "Skipped"
+
+
+class Assignment(models.Model):
+    """One item served to one annotator: a lease until it is submitted, skipped or expires.
+
+    The queue's guarantee lives in two unique constraints, not in code: an item
+    has at most `project.overlap` numbered slots, so two annotators claiming at
+    once cannot both get slot 0; and an annotator is served an item once. A
+    manager picking an item by hand gets a lease without a slot, which takes
+    nothing from the queue. Skipping gives the slot back (slot becomes NULL).
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    slot = models.PositiveSmallIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=AssignmentStatus.choices, default=AssignmentStatus.LEASED)
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["example", "slot"], name="one_annotator_per_item_slot"),
+            models.UniqueConstraint(fields=["example", "annotator"], name="item_served_once_per_annotator"),
+        ]
+        indexes = [
+            models.Index(fields=["project", "annotator", "status"], name="assignment_annotator"),
+            models.Index(fields=["project", "expires_at"], condition=models.Q(status="leased"),
+                         name="assignment_open_leases"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.example_id} → {self.annotator_id} ({self.status})"
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at <= (now or timezone.now())
+
+
+class Relabel(models.Model):
+    """An example whose label must be given again, e.g. because its label was split in two."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="relabels")
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="relabels")
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+    # A lease on the row itself: claimed with SELECT … FOR UPDATE SKIP LOCKED.
+    leased_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    done_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["example"], condition=models.Q(done_at__isnull=True),
+                                    name="one_open_relabel_per_example"),
+        ]
+        indexes = [models.Index(fields=["project", "created_at"], condition=models.Q(done_at__isnull=True),
+                                name="relabel_open")]
+
+
+class Comment(models.Model):
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    body = models.TextField(max_length=5000)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["example", "created_at"], name="comment_example")]
+
+
+class Flag(models.Model):
+    """An annotator's 'something is wrong with this item', until a manager resolves it."""
+
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="flags")
+    raised_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    resolution = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["example"], condition=models.Q(resolved_at__isnull=True),
+                                name="flag_open")]
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+    def resolve(self, *, user: object, resolution: str) -> None:
+        self.resolved_at = timezone.now()
+        self.resolved_by = user  # type: ignore[assignment]
+        self.resolution = resolution
+        self.save(update_fields=["resolved_at", "resolved_by", "resolution"])

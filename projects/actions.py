@@ -5,6 +5,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, reset_queries, transaction
+from django.db import IntegrityError, connection, reset_queries, transaction
 
 from annotation.models import Annotation, AnnotationSource
 from labelhub.jobs import enqueue
@@ -63,6 +64,10 @@ def parse_label_lines(text: str) -> list[LabelSpec]:
         name, _, description = line.partition("|")
         specs.append(LabelSpec(name=name.strip(), description=description.strip()))
     return specs
+
+
+# Keys the labelling page keeps for itself (skip, undo, flag, comment, help, submit).
+RESERVED_SHORTCUTS = frozenset("sufc?")
 
 
 def _default_shortcut(position: int) -> str:
@@ -154,6 +159,216 @@ def add_labels(project: Project, *, labels: Sequence[LabelSpec], user: Any,
     except IntegrityError as exc:
         raise ActionError(f"Could not add the labels: {exc}") from exc
     return new
+
+
+def _label_in(version: TaxonomyVersion, key: str) -> Label:
+    try:
+        return version.labels.get(key=key)
+    except Label.DoesNotExist:
+        raise ActionError(f"Taxonomy v{version.number} has no label with key '{key}'.") from None
+
+
+def _retrain_after_taxonomy_change(project: Project, reason: str) -> None:
+    from learning.actions import request_training
+
+    transaction.on_commit(lambda: request_training(project, reason=reason))
+
+
+@transaction.atomic
+def edit_label(project: Project, *, key: str, user: Any, expected_number: int | None = None,
+               name: str | None = None, description: str | None = None, colour: str | None = None,
+               shortcut: str | None = None) -> TaxonomyVersion:
+    """Rename a label or change its description, colour or shortcut, as a new version."""
+    current = project.current_taxonomy()
+    old = _label_in(current, key)
+    changes: list[str] = []
+    if name is not None and name.strip() != old.name:
+        name = name.strip()
+        _validate_label_specs([LabelSpec(name=name)],
+                              existing=current.labels.exclude(key=key).values_list("name", flat=True))
+        changes.append(f"Renamed '{old.name}' to '{name}'.")
+    if description is not None and description.strip() != old.description:
+        changes.append(f"Changed the description of '{name or old.name}'.")
+    if colour is not None and colour != old.colour:
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
+            raise ActionError(f"Colour '{colour}' is not a #rrggbb hex colour.")
+        changes.append(f"Changed the colour of '{name or old.name}' to {colour}.")
+    if shortcut is not None and shortcut != old.shortcut:
+        if len(shortcut) > 1 or shortcut in RESERVED_SHORTCUTS:
+            raise ActionError(f"Shortcut '{shortcut}' cannot be used: pick one character other than "
+                              f"{', '.join(sorted(RESERVED_SHORTCUTS))} (they are the labelling page's own keys).")
+        clash = current.labels.exclude(key=key).filter(shortcut=shortcut).first() if shortcut else None
+        if clash is not None:
+            raise ActionError(f"Shortcut '{shortcut}' already belongs to '{clash.name}'.")
+        changes.append(f"Shortcut of '{name or old.name}' is now " + (f"'{shortcut}'." if shortcut else "none."))
+    if not changes:
+        raise ActionError("Nothing changed.")
+    _, new = _copy_version(project, user=user, expected_number=expected_number, changelog=changes)
+    label = new.labels.get(key=key)
+    for field, value in (("name", name), ("description", description), ("colour", colour), ("shortcut", shortcut)):
+        if value is not None:
+            setattr(label, field, value.strip() if field == "description" else value)
+    label.save()
+    return new
+
+
+@transaction.atomic
+def merge_labels(project: Project, *, into: str, merged: Sequence[str], user: Any,
+                 expected_number: int | None = None) -> TaxonomyVersion:
+    """Merge labels into one (A + B → A): their annotations move to A and they are retired."""
+    current = project.current_taxonomy()
+    target = _label_in(current, into)
+    sources = [_label_in(current, key) for key in dict.fromkeys(merged) if key != into]
+    if not sources:
+        raise ActionError("Choose at least one other label to merge into this one.")
+    if target.is_deprecated:
+        raise ActionError(f"'{target.name}' is deprecated; restore it before merging into it.")
+    source_keys = {label.key for label in sources}
+    moved = _rewrite_annotation_keys(project, {key: into for key in source_keys})
+    changelog = [f"Merged {', '.join(repr(s.name) for s in sources)} into '{target.name}' "
+                 f"({moved} annotation{'s' if moved != 1 else ''} moved)."]
+    _, new = _copy_version(project, user=user, expected_number=expected_number, changelog=changelog)
+    for label in new.labels.filter(key__in=source_keys):
+        label.is_deprecated = True
+        label.shortcut = ""
+        label.description = f"Merged into '{target.name}' in v{new.number}. {label.description}".strip()
+        label.save()
+    _retrain_after_taxonomy_change(project, f"labels merged into {target.name}")
+    return new
+
+
+def _rewrite_annotation_keys(project: Project, mapping: dict[str, str]) -> int:
+    """Replace label keys in every annotation of the project; returns how many annotations changed."""
+    annotations = Annotation.objects.in_project(project).only("id", "label_keys")
+    if connection.features.supports_json_field_contains:
+        from django.db.models import Q
+
+        query = Q()
+        for key in mapping:
+            query |= Q(label_keys__contains=[key])
+        annotations = annotations.filter(query)
+    changed: list[Annotation] = []
+    total = 0
+    for annotation in annotations.iterator(chunk_size=5000):
+        keys = list(dict.fromkeys(mapping.get(k, k) for k in annotation.label_keys))
+        if keys != annotation.label_keys:
+            annotation.label_keys = keys
+            changed.append(annotation)
+        if len(changed) >= 5000:
+            Annotation.objects.bulk_update(changed, ["label_keys"])
+            total += len(changed)
+            changed = []
+    Annotation.objects.bulk_update(changed, ["label_keys"])
+    return total + len(changed)
+
+
+@transaction.atomic
+def split_label(project: Project, *, key: str, into: Sequence[LabelSpec], user: Any,
+                expected_number: int | None = None) -> TaxonomyVersion:
+    """Split a label into new ones (A → B, C): A is retired and its items go to re-review."""
+    from annotation.models import Relabel
+
+    current = project.current_taxonomy()
+    old = _label_in(current, key)
+    if old.is_deprecated:
+        raise ActionError(f"'{old.name}' is already deprecated.")
+    if len(into) < 2:
+        raise ActionError(f"Splitting '{old.name}' needs at least two new labels.")
+    _validate_label_specs(into, existing=current.labels.exclude(key=key).values_list("name", flat=True))
+    example_ids = _examples_whose_latest_label_has(project, key)
+    names = ", ".join(repr(spec.name) for spec in into)
+    changelog = [f"Split '{old.name}' into {names}; its {len(example_ids)} labelled "
+                 f"item{'s' if len(example_ids) != 1 else ''} go to re-review."]
+    _, new = _copy_version(project, user=user, expected_number=expected_number, changelog=changelog)
+    retired = new.labels.get(key=key)
+    retired.is_deprecated = True
+    retired.shortcut = ""
+    retired.description = f"Split into {names} in v{new.number}. {retired.description}".strip()
+    retired.save()
+    used = set(new.labels.exclude(shortcut="").values_list("shortcut", flat=True))
+    position = new.labels.count()
+    created = []
+    for offset, spec in enumerate(into):
+        shortcut = spec.shortcut or (old.shortcut if offset == 0 else "") or _default_shortcut(position + offset)
+        if shortcut in used:
+            shortcut = next((s for s in "123456789" if s not in used), "")
+        used.add(shortcut)
+        created.append(Label(version=new, name=spec.name, description=spec.description,
+                             colour=spec.colour or (old.colour if offset == 0 else PALETTE[(position + offset) % 10]),
+                             shortcut=shortcut, position=position + offset))
+    Label.objects.bulk_create(created)
+    Relabel.objects.bulk_create(
+        [Relabel(project=project, example_id=example_id, reason=f"'{old.name}' was split into {names}")
+         for example_id in example_ids],
+        ignore_conflicts=True,
+    )
+    _retrain_after_taxonomy_change(project, f"{old.name} split")
+    return new
+
+
+def _count_annotations_with(project: Project, key: str) -> int:
+    annotations = Annotation.objects.in_project(project)
+    if connection.features.supports_json_field_contains:
+        return annotations.filter(label_keys__contains=[key]).count()
+    return sum(1 for keys in annotations.values_list("label_keys", flat=True).iterator() if key in keys)
+
+
+def _examples_whose_latest_label_has(project: Project, key: str) -> list[int]:
+    latest: dict[int, list[str]] = {}
+    rows = (Annotation.objects.in_project(project).order_by("example_id", "-created_at", "-id")
+            .values_list("example_id", "label_keys"))
+    for example_id, keys in rows.iterator(chunk_size=10000):
+        latest.setdefault(example_id, keys)
+    return [example_id for example_id, keys in latest.items() if key in keys]
+
+
+@transaction.atomic
+def set_label_deprecated(project: Project, *, key: str, deprecated: bool, user: Any,
+                         expected_number: int | None = None) -> TaxonomyVersion:
+    """Retire a label (its annotations stop training the model) or bring it back."""
+    current = project.current_taxonomy()
+    label = _label_in(current, key)
+    if label.is_deprecated == deprecated:
+        raise ActionError(f"'{label.name}' is already {'deprecated' if deprecated else 'active'}.")
+    if deprecated:
+        count = _count_annotations_with(project, key)
+        line = (f"Deprecated '{label.name}': annotators no longer see it and its {count} "
+                f"annotation{'s' if count != 1 else ''} no longer train the model.")
+    else:
+        line = f"Restored '{label.name}'."
+    _, new = _copy_version(project, user=user, expected_number=expected_number, changelog=[line])
+    copy = new.labels.get(key=key)
+    copy.is_deprecated = deprecated
+    if deprecated:
+        copy.shortcut = ""
+    copy.save()
+    _retrain_after_taxonomy_change(project, f"{label.name} {'deprecated' if deprecated else 'restored'}")
+    return new
+
+
+def taxonomy_diff(old: TaxonomyVersion, new: TaxonomyVersion) -> list[dict[str, Any]]:
+    """What changed between two versions, label by label (matched by stable key)."""
+    fields = ("name", "description", "colour", "shortcut", "is_deprecated")
+    before = {label.key: label for label in old.labels.all()}
+    after = {label.key: label for label in new.labels.all()}
+    changes: list[dict[str, Any]] = []
+    for key, label in after.items():
+        if key not in before:
+            changes.append({"change": "added", "key": key, "name": label.name})
+            continue
+        diff = {f: {"from": getattr(before[key], f), "to": getattr(label, f)}
+                for f in fields if getattr(before[key], f) != getattr(label, f)}
+        if diff:
+            kind = "edited"
+            if "is_deprecated" in diff:
+                kind = "deprecated" if label.is_deprecated else "restored"
+            elif "name" in diff:
+                kind = "renamed"
+            changes.append({"change": kind, "key": key, "name": label.name, "fields": diff})
+    for key, label in before.items():
+        if key not in after:
+            changes.append({"change": "removed", "key": key, "name": label.name})
+    return changes
 
 
 # --- Import -----------------------------------------------------------------------------------------------------
