@@ -17,6 +17,9 @@ from projects.serializers import (
     DatasetSerializer,
     FileImportSerializer,
     ProjectSerializer,
+    TaxonomyDiffSerializer,
+    TaxonomyVersionSerializer,
+    TaxonomyVersionSummarySerializer,
 )
 
 
@@ -93,3 +96,33 @@ def file_import(request: Request, pk: int) -> Response:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     return Response(DatasetSerializer(dataset).data, status=status.HTTP_202_ACCEPTED,
                     headers={"Location": f"/api/v1/projects/{project.pk}/datasets/{dataset.pk}/"})
+
+
+@extend_schema(responses=TaxonomyVersionSummarySerializer(many=True), summary="Taxonomy versions, newest first")
+@api_view(["GET"])
+def taxonomy_versions(request: Request, pk: int) -> Response:
+    project = get_project_for_user(request, pk)
+    versions = project.taxonomy_versions.select_related("created_by").order_by("-number")
+    return Response(TaxonomyVersionSummarySerializer(versions, many=True).data)
+
+
+@extend_schema(responses=TaxonomyVersionSerializer, summary="One taxonomy version with its labels")
+@api_view(["GET"])
+def taxonomy_version(request: Request, pk: int, number: int) -> Response:
+    project = get_project_for_user(request, pk)
+    return Response(TaxonomyVersionSerializer(get_object_or_404(project.taxonomy_versions, number=number)).data)
+
+
+@extend_schema(responses=TaxonomyDiffSerializer, summary="What changed between two taxonomy versions",
+               description="Labels are matched by their stable key, so a rename shows as a rename.")
+@api_view(["GET"])
+def taxonomy_diff(request: Request, pk: int, number: int, other: int) -> Response:
+    project = get_project_for_user(request, pk)
+    old = get_object_or_404(project.taxonomy_versions, number=number)
+    new = get_object_or_404(project.taxonomy_versions, number=other)
+    low, high = sorted((old.number, new.number))
+    changelog = [line for version in project.taxonomy_versions.filter(number__gt=low, number__lte=high)
+                 .order_by("number") for line in version.changelog]
+    data = {"from_version": old.number, "to_version": new.number, "changelog": changelog,
+            "changes": actions.taxonomy_diff(old, new)}
+    return Response(TaxonomyDiffSerializer(data).data)

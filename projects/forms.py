@@ -48,6 +48,28 @@ class LabelAddForm(forms.Form):
     expected_version = forms.IntegerField(widget=forms.HiddenInput)
 
 
+class LabelEditForm(forms.Form):
+    """One operation on one label of the taxonomy editor."""
+
+    OPS = [("edit", "Save"), ("merge", "Merge into this label"), ("split", "Split"), ("deprecate", "Deprecate"),
+           ("restore", "Restore")]
+    key = forms.CharField(max_length=32)
+    op = forms.ChoiceField(choices=OPS)
+    expected_version = forms.IntegerField(widget=forms.HiddenInput)
+    name = forms.CharField(max_length=100, required=False)
+    description = forms.CharField(max_length=2000, required=False,
+                                  widget=forms.Textarea(attrs={"rows": 2}))
+    colour = forms.CharField(max_length=7, required=False, widget=forms.TextInput(attrs={"type": "color"}))
+    shortcut = forms.CharField(max_length=1, required=False, strip=False)
+    merged = forms.MultipleChoiceField(required=False, label="Labels to merge into this one")
+    into = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                           label="New labels (one per line, 'name | description')")
+
+    def __init__(self, *args: Any, keys: list[tuple[str, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["merged"].choices = keys or []
+
+
 class UploadForm(forms.Form):
     file = forms.FileField(help_text="CSV with a header row, JSONL (one object per line) or JSON (an array of objects).")
 

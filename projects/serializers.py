@@ -23,6 +23,29 @@ class TaxonomyVersionSerializer(serializers.ModelSerializer):
         fields = ["number", "created_at", "changelog", "labels"]
 
 
+class TaxonomyVersionSummarySerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", default=None)
+
+    class Meta:
+        model = TaxonomyVersion
+        fields = ["number", "created_at", "created_by", "changelog"]
+
+
+class TaxonomyChangeSerializer(serializers.Serializer):
+    change = serializers.ChoiceField(choices=["added", "removed", "renamed", "edited", "deprecated", "restored"])
+    key = serializers.CharField()
+    name = serializers.CharField()
+    fields = serializers.DictField(required=False, help_text="Per changed field: {'from': …, 'to': …}.")
+
+
+class TaxonomyDiffSerializer(serializers.Serializer):
+    from_version = serializers.IntegerField()
+    to_version = serializers.IntegerField()
+    changelog = serializers.ListField(child=serializers.CharField(),
+                                      help_text="Changelog lines of the versions after from_version up to to_version.")
+    changes = TaxonomyChangeSerializer(many=True)
+
+
 class ProjectSerializer(serializers.ModelSerializer):
     team = serializers.CharField(source="team.name")
     taxonomy = serializers.SerializerMethodField()

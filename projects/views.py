@@ -1,6 +1,8 @@
 """Pages of the projects app: project list, create, settings, taxonomy, datasets."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -13,7 +15,14 @@ from rest_framework.authtoken.models import Token
 from annotation.models import Annotation
 from projects import actions
 from projects.access import get_project_for_user, managed_teams
-from projects.forms import ColumnMapForm, LabelAddForm, ProjectCreateForm, ProjectSettingsForm, UploadForm
+from projects.forms import (
+    ColumnMapForm,
+    LabelAddForm,
+    LabelEditForm,
+    ProjectCreateForm,
+    ProjectSettingsForm,
+    UploadForm,
+)
 from projects.models import Dataset, DatasetStatus, Example, Project, Role
 
 
@@ -124,6 +133,57 @@ def taxonomy_add_label(request: HttpRequest, pk: int) -> HttpResponse:
         return render(request, "projects/partials/taxonomy-editor.html", _taxonomy_context(project, form))
     return render(request, "projects/project_settings.html",
                   {"form": ProjectSettingsForm(instance=project), **_taxonomy_context(project, form)}, status=status)
+
+
+def _apply_label_op(project: Project, data: dict[str, Any], user: Any) -> str:
+    """Run one taxonomy editor operation; returns the changelog of the new version."""
+    key, expected = data["key"], data["expected_version"]
+    op = data["op"]
+    if op == "edit":
+        version = actions.edit_label(project, key=key, user=user, expected_number=expected, name=data["name"],
+                                     description=data["description"], colour=data["colour"] or None,
+                                     shortcut=data["shortcut"])
+    elif op == "merge":
+        version = actions.merge_labels(project, into=key, merged=data["merged"], user=user, expected_number=expected)
+    elif op == "split":
+        version = actions.split_label(project, key=key, into=actions.parse_label_lines(data["into"]), user=user,
+                                      expected_number=expected)
+    else:
+        version = actions.set_label_deprecated(project, key=key, deprecated=op == "deprecate", user=user,
+                                               expected_number=expected)
+    return " ".join(version.changelog)
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def taxonomy_edit_label(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    taxonomy = project.current_taxonomy()
+    form = LabelEditForm(request.POST, keys=[(lab.key, lab.name) for lab in taxonomy.labels.all()])
+    status, error, done = 200, "", ""
+    if form.is_valid():
+        try:
+            done = _apply_label_op(project, form.cleaned_data, request.user)
+        except actions.ActionError as exc:
+            error = str(exc)
+            status = 409 if isinstance(exc, actions.StaleTaxonomyError) else 400
+    else:
+        error = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+        status = 400
+    if request.htmx:
+        # htmx does not swap 4xx answers by default; the editor shows the message instead.
+        context = _taxonomy_context(project)
+        context.update(edit_error=error, edit_done=done, edit_key=form.data.get("key"))
+        response = render(request, "projects/partials/taxonomy-editor.html", context)
+        response["HX-Trigger"] = "taxonomy-changed"
+        return response
+    if error:
+        messages.error(request, error)
+        return render(request, "projects/project_settings.html",
+                      {"form": ProjectSettingsForm(instance=project), **_taxonomy_context(project)}, status=status)
+    messages.success(request, done)
+    return redirect("projects:settings", project.pk)
 
 
 @require_http_methods(["GET", "POST"])
