@@ -1,0 +1,273 @@
+"""The labelling page: one item at a time, keyboard first, every action an HTMX swap of `#label-item`.
+
+Without JavaScript the same forms post and redirect, so the page works with a
+mouse alone; with htmx each action answers with the next item in the same
+response, so it is on screen as soon as the label is saved.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db.models import Exists, OuterRef, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from annotation import actions
+from annotation.actions import Item
+from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, Flag, Relabel
+from learning.models import ExampleScore, ModelVersion
+from projects.access import get_project_for_user
+from projects.actions import ActionError
+from projects.models import Example, Project, Role
+
+STATS_SECONDS = 5
+
+
+def project_progress(project: Project) -> dict[str, Any]:
+    """Project-wide counts for the labelling page's header, cached a few seconds (they move with every label)."""
+    key = f"labelhub:label-progress:{project.pk}"
+    stats = cache.get(key)
+    if stats is None:
+        labelled = Annotation.objects.in_project(project).values("example").distinct().count()
+        latest = (ModelVersion.objects.filter(project=project).order_by("-number")
+                  .values("number", "n_labels", "created_at").first())
+        stats = {
+            "examples": Example.objects.in_project(project).count(),
+            "labelled": labelled,
+            "model": latest,
+            "labels_since_model": max(labelled - latest["n_labels"], 0) if latest else None,
+            "relabel_open": Relabel.objects.filter(project=project, done_at__isnull=True).count(),
+        }
+        cache.set(key, stats, STATS_SECONDS)
+    return stats
+
+
+def _suggestion(example: Example, taxonomy_labels: dict[str, Any]) -> dict[str, Any] | None:
+    score = ExampleScore.objects.filter(example=example, model_version__isnull=False).first()
+    if score is None or not score.predicted_keys:
+        return None
+    active = [key for key in score.predicted_keys if key in taxonomy_labels
+              and not taxonomy_labels[key].is_deprecated]
+    if not active:
+        return None
+    return {"keys": active, "names": [taxonomy_labels[k].name for k in active], "confidence": score.confidence}
+
+
+def _item_context(request: HttpRequest, project: Project, item: Item | None, *, error: str = "",
+                  notice: str = "") -> dict[str, Any]:
+    taxonomy = project.current_taxonomy()
+    labels = list(taxonomy.labels.all())
+    by_key = {label.key: label for label in labels}
+    context: dict[str, Any] = {
+        "project": project, "item": item, "taxonomy": taxonomy,
+        "labels": [label for label in labels if not label.is_deprecated],
+        "progress": project_progress(project),
+        "my_count": Assignment.objects.filter(project=project, annotator=request.user,
+                                              status=AssignmentStatus.SUBMITTED).count(),
+        "error": error, "notice": notice,
+        "is_manager": project.user_role == Role.MANAGER,  # type: ignore[attr-defined]
+    }
+    if item is not None:
+        example = item.example
+        context.update(
+            suggestion=_suggestion(example, by_key),
+            comments=list(Comment.objects.filter(example=example).select_related("author")),
+            open_flag=Flag.objects.filter(example=example, raised_by=request.user, resolved_at__isnull=True).first(),
+            metadata=sorted((example.metadata or {}).items()),
+            previous=_previous_labels(example, by_key) if item.relabel is not None else None,
+        )
+    return context
+
+
+def _previous_labels(example: Example, by_key: dict[str, Any]) -> list[str]:
+    latest = Annotation.objects.filter(example=example).order_by("-created_at", "-id").first()
+    if latest is None:
+        return []
+    return [by_key[k].name if k in by_key else k for k in latest.label_keys]
+
+
+def _render_item(request: HttpRequest, project: Project, item: Item | None, *, status: int = 200,
+                 error: str = "", notice: str = "") -> HttpResponse:
+    context = _item_context(request, project, item, error=error, notice=notice)
+    template = "annotation/partials/label-item.html" if request.htmx else "annotation/label.html"
+    return render(request, template, context, status=status)
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request")
+def label(request: HttpRequest, pk: int) -> HttpResponse:
+    """The labelling page; `?example=ID` lets a manager open any item."""
+    project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
+    picked = request.GET.get("example")
+    if picked:
+        project = get_project_for_user(request, pk, role=Role.MANAGER)
+        example = get_object_or_404(Example, pk=picked if picked.isdigit() else 0, project=project)
+        item: Item | None = actions.pick(project, example=example, user=request.user)
+    else:
+        item = actions.next_item(project, user=request.user)
+    return _render_item(request, project, item)
+
+
+def _after_action(request: HttpRequest, project: Project, *, error: str = "", notice: str = "",
+                  item: Item | None = None) -> HttpResponse:
+    """HTMX: the next item (or the same one with a message). Plain: back to the page with a message."""
+    if request.htmx:
+        if item is None:
+            item = actions.next_item(project, user=request.user)
+        return _render_item(request, project, item, error=error, notice=notice)
+    if error:
+        messages.error(request, error)
+    elif notice:
+        messages.info(request, notice)
+    return redirect("annotation:label", project.pk)
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def submit(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
+    version = request.POST.get("taxonomy_version", "")
+    try:
+        actions.submit_annotation(project, ticket=request.POST.get("ticket", ""), user=request.user,
+                                  label_keys=request.POST.getlist("label"),
+                                  taxonomy_number=int(version) if version.isdigit() else None)
+    except ActionError as exc:
+        return _after_action(request, project, error=str(exc))
+    return _after_action(request, project)
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def skip(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
+    try:
+        actions.skip(project, ticket=request.POST.get("ticket", ""), user=request.user)
+    except ActionError as exc:
+        return _after_action(request, project, error=str(exc))
+    return _after_action(request, project, notice="Skipped; it goes to someone else.")
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def undo(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
+    try:
+        item = actions.undo_last(project, user=request.user)
+    except ActionError as exc:
+        return _after_action(request, project, error=str(exc))
+    return _after_action(request, project, item=item, notice="Undone: label this item again.")
+
+
+def _example(project: Project, example_pk: int) -> Example:
+    return get_object_or_404(Example, pk=example_pk, project=project)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@vary_on_headers("HX-Request")
+def comments(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
+    """An example's comment thread; annotators and managers add to it."""
+    project = get_project_for_user(request, pk, role=Role.ANNOTATOR if request.method == "POST" else Role.VIEWER)
+    example = _example(project, example_pk)
+    error = ""
+    if request.method == "POST":
+        try:
+            actions.add_comment(example, user=request.user, body=request.POST.get("body", ""))
+        except ActionError as exc:
+            error = str(exc)
+        if not request.htmx:
+            if error:
+                messages.error(request, error)
+            return redirect(request.POST.get("next") or "annotation:label", project.pk)
+    context = {"project": project, "example": example, "comment_error": error,
+               "comments": Comment.objects.filter(example=example).select_related("author")}
+    return render(request, "annotation/partials/comment-thread.html", context, status=400 if error else 200)
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def flag(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
+    example = _example(project, example_pk)
+    error = ""
+    try:
+        actions.flag_example(example, user=request.user, reason=request.POST.get("reason", ""))
+    except ActionError as exc:
+        error = str(exc)
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(request, "Flagged for a manager's review.")
+        return redirect("annotation:label", project.pk)
+    context = {"project": project, "example": example, "flag_error": error,
+               "open_flag": Flag.objects.filter(example=example, raised_by=request.user,
+                                                resolved_at__isnull=True).first()}
+    return render(request, "annotation/partials/flag-box.html", context, status=400 if error else 200)
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request")
+def browse(request: HttpRequest, pk: int) -> HttpResponse:
+    """Find items by text, label, prediction or state; a manager opens any of them to label."""
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    taxonomy = project.current_taxonomy()
+    examples = Example.objects.in_project(project).annotate(
+        is_labelled=Exists(Annotation.objects.filter(example=OuterRef("pk"))),
+        is_flagged=Exists(Flag.objects.filter(example=OuterRef("pk"), resolved_at__isnull=True)),
+    )
+    query = request.GET.get("q", "").strip()
+    state = request.GET.get("state", "")
+    label_key = request.GET.get("label", "")
+    if query:
+        examples = examples.filter(Q(text__icontains=query) | Q(external_id=query))
+    if state == "unlabelled":
+        examples = examples.filter(is_labelled=False)
+    elif state == "labelled":
+        examples = examples.filter(is_labelled=True)
+    elif state == "flagged":
+        examples = examples.filter(is_flagged=True)
+    elif state == "uncertain":
+        examples = examples.filter(score__model_version__isnull=False).order_by("score__confidence")
+    if label_key:
+        labelled_with = Annotation.objects.filter(example=OuterRef("pk"), label_keys__contains=[label_key]) \
+            if _json_contains() else None
+        if labelled_with is not None:
+            examples = examples.filter(Exists(labelled_with))
+        else:
+            ids = [a for a, keys in Annotation.objects.in_project(project).values_list("example_id", "label_keys")
+                   if label_key in keys]
+            examples = examples.filter(pk__in=ids)
+    if state != "uncertain":
+        examples = examples.order_by("id")
+    page = Paginator(examples.select_related("score"), 25).get_page(request.GET.get("page"))
+    names = {label.key: label.name for label in taxonomy.labels.all()}
+    latest = {}
+    for example_id, keys in (Annotation.objects.filter(example__in=[e.pk for e in page])
+                             .order_by("example_id", "-created_at").values_list("example_id", "label_keys")):
+        latest.setdefault(example_id, [names.get(k, k) for k in keys])
+    rows = [{"example": e, "labels": latest.get(e.pk, []),
+             "predicted": [names.get(k, k) for k in getattr(getattr(e, "score", None), "predicted_keys", []) or []]}
+            for e in page]
+    context = {"project": project, "page": page, "rows": rows, "q": query, "state": state, "label_key": label_key,
+               "labels": taxonomy.labels.all()}
+    template = "annotation/partials/browse-results.html" if request.htmx else "annotation/browse.html"
+    return render(request, template, context)
+
+
+def _json_contains() -> bool:
+    from django.db import connection
+
+    return bool(connection.features.supports_json_field_contains)

@@ -1,0 +1,167 @@
+"""The labelling flow in a real browser (Debian's Chromium driven by Playwright) with a real rqworker.
+
+An annotator logs in and labels with the keyboard only; after the seed batch the
+model's suggestion appears; meanwhile a manager renames one label and merges
+another away in the taxonomy editor, and the annotator's next item shows the new
+taxonomy. Screenshots land in $LABELHUB_SCREENSHOTS (default var/screenshots).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from annotation.models import Annotation
+from learning.actions import embed_project
+from learning.models import ModelVersion
+from projects.actions import LabelSpec, create_project
+from projects.importing import content_hash
+from projects.models import Example, Membership, Role
+from tests.test_worker import wait_for, worker  # noqa: F401 - the fixture
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def screenshot_dir() -> Path:
+    path = Path(os.environ.get("LABELHUB_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    # Playwright's sync API keeps an event loop on this thread; the test's own ORM
+    # calls are still synchronous and safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def demo_truth(n: int) -> dict[str, str]:
+    with (settings.BASE_DIR / "demo" / "legal_overruling.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # Alternate classes so the seed holds both whatever the seed picks.
+    yes = [r for r in rows if r["label"] == "Yes"][: n // 2]
+    no = [r for r in rows if r["label"] == "No"][: n - n // 2]
+    return {r["text"]: r["label"] for r in yes + no}
+
+
+def log_in(page, live_server, username: str) -> None:
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", f"{username}-password-123")
+    page.click("main button[type=submit]")
+    page.wait_for_url(re.compile(r".*/$"))
+
+
+def current_text(page) -> str:
+    return page.locator("#label-item .item-text").inner_text()
+
+
+def wait_for_next_item(page, text: str) -> None:
+    """Wait until the item on screen is no longer `text`; on failure keep a screenshot to look at."""
+    try:
+        page.wait_for_function("t => document.querySelector('#label-item .item-text')?.innerText !== t",
+                               arg=text, timeout=15000)
+    except Exception:
+        page.screenshot(path=str(screenshot_dir() / "failure.png"), full_page=True)
+        raise
+
+
+def test_an_annotator_labels_by_keyboard_while_a_manager_edits_the_taxonomy(
+        worker, live_server, browser, team, alice, bob, settings):  # noqa: F811
+    settings.SEED_SIZE = 8
+    project = create_project(team, name="Overruling", task_type="single_label", created_by=alice,
+                             labels=[LabelSpec("Yes"), LabelSpec("No"), LabelSpec("Unclear")],
+                             guidelines="Yes if the sentence overrules a precedent, otherwise No.")
+    truth = demo_truth(80)
+    Example.objects.bulk_create(Example(project=project, text=text, content_hash=content_hash(text))
+                                for text in truth)
+    embed_project(project.pk)  # what the import job does; the seed batch is ranked first
+    assert Membership.objects.get(user=bob).role == Role.ANNOTATOR
+    shots = screenshot_dir()
+
+    annotator = browser.new_page(viewport={"width": 1280, "height": 860})
+    log_in(annotator, live_server, "bob")
+    annotator.goto(f"{live_server.url}/projects/{project.pk}/label/")
+    annotator.wait_for_selector("#label-item .item-text")
+
+    keys = {"Yes": "1", "No": "2"}
+    labelled, suggestion_at = 0, None
+    while labelled < 45 and not (labelled >= 20 and suggestion_at is not None):
+        if labelled == 20 and suggestion_at is None:
+            # The worker trains after the seed batch; give it time before going on.
+            wait_for(lambda: ModelVersion.objects.filter(project=project).exists(), timeout=120, process=worker)
+        text = current_text(annotator)
+        if suggestion_at is None and annotator.locator("#label-item .suggestion").count():
+            suggestion_at = labelled
+            annotator.screenshot(path=str(shots / "labelling-page.png"))
+        annotator.keyboard.press(keys[truth[text]])
+        wait_for_next_item(annotator, text)
+        labelled += 1
+    assert labelled >= 20
+    assert suggestion_at is not None and suggestion_at >= 8, "no model suggestion after the seed batch"
+    assert Annotation.objects.filter(annotator=bob, example__project=project).count() == labelled
+
+    # The manager renames Yes and merges Unclear into No while bob holds an item.
+    manager = browser.new_page(viewport={"width": 1280, "height": 900})
+    log_in(manager, live_server, "alice")
+    manager.goto(f"{live_server.url}/projects/{project.pk}/settings/")
+    row = manager.locator("details.label-edit[data-label='Yes']")
+    row.locator("summary").click()
+    row.locator("input[name=name]").fill("Overrules")
+    row.locator("button[value=edit]").click()
+    manager.wait_for_selector("text=Renamed 'Yes' to 'Overrules'.")
+    row = manager.locator("details.label-edit[data-label='No']")
+    row.locator("summary").click()
+    row.locator("select[name=merged]").select_option(label="Unclear")
+    row.locator("button[value=merge]").click()
+    manager.wait_for_selector("text=Merged 'Unclear' into 'No'")
+    manager.locator("details.label-edit[data-label='Overrules'] summary").click()
+    manager.screenshot(path=str(shots / "taxonomy-editor.png"), full_page=True)
+
+    # bob submits the item he held (its key survived the rename) and gets the new taxonomy.
+    text = current_text(annotator)
+    annotator.keyboard.press("1" if truth[text] == "Yes" else "2")
+    wait_for_next_item(annotator, text)
+    buttons = annotator.locator("#label-item .label-btn").all_inner_texts()
+    assert any("Overrules" in b for b in buttons) and not any("Yes" in b for b in buttons)
+    assert not any("Unclear" in b for b in buttons)
+    assert "Taxonomy v3" in annotator.locator("#label-item .label-progress").inner_text()
+
+    # Skip, undo and help work from the keyboard too.
+    before = current_text(annotator)
+    annotator.keyboard.press("s")
+    wait_for_next_item(annotator, before)
+    annotator.keyboard.press("u")
+    annotator.wait_for_selector("text=Undone: label this item again.")
+    annotator.keyboard.press("?")
+    assert annotator.locator("#help-dialog").is_visible()
+    annotator.keyboard.press("Escape")
+
+    # An XSS payload in a comment is shown as text.
+    annotator.keyboard.press("c")
+    annotator.keyboard.type("<img src=x onerror=alert(1)> looks like a citation")
+    annotator.keyboard.press("Control+Enter")
+    annotator.wait_for_selector("#comment-thread .comment-body")
+    assert "<img src=x" in annotator.locator("#comment-thread .comment-body").inner_text()
+    annotator.screenshot(path=str(shots / "labelling-page-after-edit.png"))
+
+    manager.goto(f"{live_server.url}/projects/{project.pk}/dashboard/")
+    manager.wait_for_load_state("networkidle")
+    manager.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    assert (shots / "labelling-page.png").stat().st_size > 10_000
