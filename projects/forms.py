@@ -38,7 +38,7 @@ class ProjectCreateForm(forms.Form):
 class ProjectSettingsForm(forms.ModelForm):
     class Meta:
         model = Project
-        fields = ["name", "description", "guidelines", "acquisition_strategy"]
+        fields = ["name", "description", "guidelines", "acquisition_strategy", "overlap"]
         widgets = {"description": forms.Textarea(attrs={"rows": 2}), "guidelines": forms.Textarea(attrs={"rows": 6})}
 
 

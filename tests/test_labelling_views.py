@@ -1,0 +1,168 @@
+"""The labelling page and its actions, through both the plain and the HTMX path, for every persona."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+
+from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, Flag
+from learning.models import ExampleScore, ModelVersion
+from projects.models import Example, Membership, Role
+from tests.conftest import htmx, login
+from tests.test_queue import keys, make_pool
+
+XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(autouse=True)
+def _no_training(monkeypatch):
+    monkeypatch.setattr("learning.actions.request_training", lambda project, reason: None)
+
+
+def ticket_of(response) -> str:
+    match = re.search(r'name="ticket" value="([ar]\d+)"', response.content.decode())
+    assert match, response.content.decode()[:2000]
+    return match.group(1)
+
+
+def url(name: str, project, *args) -> str:
+    return reverse(f"annotation:{name}", args=[project.pk, *args])
+
+
+def test_the_page_shows_one_item_escaped_with_its_metadata_and_label_keys(project, bob):
+    Example.objects.create(project=project, text=XSS + "\n\n  indented line", content_hash="x",
+                           metadata={"court": "<b>9th Cir.</b>"})
+    response = login(bob).get(url("label", project))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<script>alert" not in body and "&lt;script&gt;alert" in body
+    assert "&lt;b&gt;9th Cir.&lt;/b&gt;" in body
+    assert "\n\n  indented line" in body  # whitespace kept (white-space: pre-wrap)
+    assert '<kbd>1</kbd>' in body and 'data-shortcut="2"' in body
+
+
+def test_the_models_suggestion_is_preselected_with_its_confidence(project, alice, bob):
+    example = make_pool(project, 1)[0]
+    version = ModelVersion.objects.create(project=project, number=1, taxonomy_version=project.current_taxonomy(),
+                                          label_keys=keys(project), encoder="e", strategy="bald", n_labels=2,
+                                          artifact=b"")
+    ExampleScore.objects.filter(example=example).update(model_version=version, predicted_keys=[keys(project)[1]],
+                                                        confidence=0.87)
+    body = login(bob).get(url("label", project)).content.decode()
+    assert "Model suggests <b>No</b>" in body and "87% confident" in body
+    assert re.search(r'value="%s" class="label-btn suggested"' % keys(project)[1], body)
+
+
+@pytest.mark.parametrize("hx", [False, True])
+def test_submitting_saves_the_label_and_serves_the_next_item(project, bob, hx):
+    make_pool(project, 3)
+    client = login(bob)
+    first = client.get(url("label", project))
+    ticket = ticket_of(first)
+    response = client.post(url("submit", project), {"ticket": ticket, "label": keys(project)[0],
+                                                    "taxonomy_version": 1}, **(htmx(client) if hx else {}))
+    assert Annotation.objects.filter(annotator=bob).count() == 1
+    if hx:
+        assert response.status_code == 200 and 'id="label-item"' in response.content.decode()
+        assert ticket_of(response) != ticket
+        assert "<html" not in response.content.decode()  # just the partial
+    else:
+        assert response.status_code == 302 and response["Location"] == url("label", project)
+
+
+@pytest.mark.parametrize("hx", [False, True])
+def test_a_refused_submission_says_why_and_saves_nothing(project, bob, hx):
+    make_pool(project, 2)
+    client = login(bob)
+    ticket = ticket_of(client.get(url("label", project)))
+    response = client.post(url("submit", project), {"ticket": ticket, "label": "bogus"},
+                           **(htmx(client) if hx else {}), follow=not hx)
+    assert "is not a label of this project" in response.content.decode().replace("&#x27;", "'")
+    assert not Annotation.objects.exists()
+
+
+def test_someone_elses_ticket_is_refused(project, alice, bob):
+    make_pool(project, 2)
+    ticket = ticket_of(login(alice).get(url("label", project)))
+    client = login(bob)
+    response = client.post(url("submit", project), {"ticket": ticket, "label": keys(project)[0]}, **htmx(client))
+    assert "not leased to you" in response.content.decode()
+    assert not Annotation.objects.exists()
+
+
+@pytest.mark.parametrize("hx", [False, True])
+def test_skip_and_undo(project, bob, hx):
+    make_pool(project, 3)
+    client = login(bob)
+    extra = htmx(client) if hx else {}
+    ticket = ticket_of(client.get(url("label", project)))
+    client.post(url("skip", project), {"ticket": ticket}, **extra)
+    assert Assignment.objects.filter(annotator=bob, status=AssignmentStatus.SKIPPED).count() == 1
+    ticket = ticket_of(client.get(url("label", project)))
+    client.post(url("submit", project), {"ticket": ticket, "label": keys(project)[0]}, **extra)
+    response = client.post(url("undo", project), **extra)
+    assert not Annotation.objects.exists()
+    if hx:
+        assert ticket_of(response) == ticket and "Undone" in response.content.decode()
+
+
+@pytest.mark.parametrize("hx", [False, True])
+def test_comments_and_flags(project, bob, hx):
+    example = make_pool(project, 1)[0]
+    client = login(bob)
+    extra = htmx(client) if hx else {}
+    response = client.post(url("comments", project, example.pk), {"body": XSS}, **extra)
+    assert Comment.objects.get().body == XSS
+    if hx:
+        assert "&lt;script&gt;" in response.content.decode() and "<script>alert" not in response.content.decode()
+    client.post(url("flag", project, example.pk), {"reason": "two labels apply"}, **extra)
+    assert Flag.objects.get().reason == "two labels apply"
+    response = client.post(url("flag", project, example.pk), {"reason": "  "}, **extra)
+    assert Flag.objects.count() == 1
+    if hx:
+        assert "Say why" in response.content.decode()
+    response = client.post(url("comments", project, example.pk), {"body": ""}, **extra)
+    assert Comment.objects.count() == 1
+
+
+def test_a_manager_searches_and_opens_any_item(project, alice):
+    examples = make_pool(project, 5)
+    client = login(alice)
+    body = client.get(url("browse", project), {"q": "item 3"}).content.decode()
+    assert "item 3" in body and "item 4" not in body
+    body = client.get(url("browse", project), {"state": "unlabelled"}, **htmx(client)).content.decode()
+    assert 'id="browse-results"' in body and "5 examples" in body
+    page = client.get(url("label", project), {"example": examples[2].pk})
+    assert 'data-example="%d"' % examples[2].pk in page.content.decode()
+    client.post(url("submit", project), {"ticket": ticket_of(page), "label": keys(project)[1]})
+    assert Annotation.objects.get().example == examples[2]
+    # Picking by hand takes no queue slot: an annotator can still be served the item.
+    assert Assignment.objects.get(annotator__username="alice").slot is None
+
+
+def test_roles_and_outsiders(project, bob, charlie, team):
+    example = make_pool(project, 1)[0]
+    viewer = User.objects.create_user(username="vera")
+    Membership.objects.create(team=team, user=viewer, role=Role.VIEWER)
+    assert login(viewer).get(url("label", project)).status_code == 403
+    assert login(viewer).get(url("comments", project, example.pk)).status_code == 200
+    assert login(bob).get(url("browse", project)).status_code == 403
+    assert login(bob).get(url("label", project), {"example": example.pk}).status_code == 403
+    outsider = login(charlie)
+    for response in (
+        outsider.get(url("label", project)),
+        outsider.post(url("submit", project), {"ticket": "a1", "label": "x"}),
+        outsider.post(url("skip", project), {"ticket": "a1"}),
+        outsider.post(url("undo", project)),
+        outsider.get(url("browse", project)),
+        outsider.get(url("comments", project, example.pk)),
+        outsider.post(url("comments", project, example.pk), {"body": "hi"}),
+        outsider.post(url("flag", project, example.pk), {"reason": "x"}),
+    ):
+        assert response.status_code == 404
+    assert not Assignment.objects.exists() and not Comment.objects.exists() and not Flag.objects.exists()
+    anonymous = login(bob)
+    anonymous.logout()
+    assert anonymous.get(url("label", project)).status_code == 302
