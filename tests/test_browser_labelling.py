@@ -165,3 +165,36 @@ def test_an_annotator_labels_by_keyboard_while_a_manager_edits_the_taxonomy(
     manager.wait_for_load_state("networkidle")
     manager.screenshot(path=str(shots / "dashboard.png"), full_page=True)
     assert (shots / "labelling-page.png").stat().st_size > 10_000
+
+
+def test_multi_label_items_are_ticked_by_key_and_submitted_with_enter(live_server, browser, multi_project, alice,
+                                                                       bob):
+    from learning.models import ExampleScore, ModelVersion
+
+    project = multi_project
+    keys = {label.name: label.key for label in project.current_taxonomy().labels.all()}
+    texts = ["My laptop will not boot and I cannot log in to the VPN either.",
+             "Please reset my password, the account is locked.",
+             "Invoice 1043 was charged twice this month."]
+    examples = Example.objects.bulk_create(
+        Example(project=project, text=t, content_hash=content_hash(t), metadata={"queue": "EMEA", "priority": "P2"})
+        for t in texts)
+    version = ModelVersion.objects.create(project=project, number=1, taxonomy_version=project.current_taxonomy(),
+                                          label_keys=list(keys.values()), encoder="e", strategy="bald",
+                                          n_labels=10, artifact=b"")
+    for example, predicted, priority in zip(examples, (["Hardware"], ["Access"], ["Billing"]), (3, 2, 1),
+                                            strict=True):
+        ExampleScore.objects.create(example=example, project=project, model_version=version, priority=priority,
+                                    predicted_keys=[keys[n] for n in predicted], confidence=0.71)
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    log_in(page, live_server, "bob")
+    page.goto(f"{live_server.url}/projects/{project.pk}/label/")
+    assert page.locator("#label-item input[type=checkbox]:checked").count() == 1  # the suggestion
+    page.keyboard.press("2")  # tick Access as well
+    page.screenshot(path=str(screenshot_dir() / "labelling-page-multi-label.png"))
+    text = current_text(page)
+    page.keyboard.press("Enter")
+    wait_for_next_item(page, text)
+    annotation = Annotation.objects.get(annotator=bob)
+    assert annotation.example == examples[0]
+    assert sorted(annotation.label_keys) == sorted([keys["Hardware"], keys["Access"]])
