@@ -17,7 +17,7 @@ class AnnotationSource(models.TextChoices):
 
 
 class AnnotationQuerySet(models.QuerySet["Annotation"]):
-    def in_project(self, project: Project | int) -> "AnnotationQuerySet":
+    def in_project(self, project: Project | int) -> AnnotationQuerySet:
         return self.filter(example__project=project)
 
 

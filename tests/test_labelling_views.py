@@ -52,7 +52,7 @@ def test_the_models_suggestion_is_preselected_with_its_confidence(project, alice
                                                         confidence=0.87)
     body = login(bob).get(url("label", project)).content.decode()
     assert "Model suggests <b>No</b>" in body and "87% confident" in body
-    assert re.search(r'value="%s" class="label-btn suggested"' % keys(project)[1], body)
+    assert re.search(rf'value="{keys(project)[1]}" class="label-btn suggested"', body)
 
 
 @pytest.mark.parametrize("hx", [False, True])
@@ -135,7 +135,7 @@ def test_a_manager_searches_and_opens_any_item(project, alice):
     body = client.get(url("browse", project), {"state": "unlabelled"}, **htmx(client)).content.decode()
     assert 'id="browse-results"' in body and "5 examples" in body
     page = client.get(url("label", project), {"example": examples[2].pk})
-    assert 'data-example="%d"' % examples[2].pk in page.content.decode()
+    assert f'data-example="{examples[2].pk}"' in page.content.decode()
     client.post(url("submit", project), {"ticket": ticket_of(page), "label": keys(project)[1]})
     assert Annotation.objects.get().example == examples[2]
     # Picking by hand takes no queue slot: an annotator can still be served the item.
