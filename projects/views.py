@@ -65,7 +65,13 @@ def project_create(request: HttpRequest) -> HttpResponse:
 @login_required
 @vary_on_headers("HX-Request")
 def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    from annotation.dashboard import recent_activity
+
     project = get_project_for_user(request, pk)
+    is_manager = project.user_role == Role.MANAGER  # type: ignore[attr-defined]
+    if request.htmx and request.htmx.target == "project-activity":
+        return render(request, "projects/partials/project-activity.html", {
+            "project": project, "activity": recent_activity(project, is_manager=is_manager)})
     datasets = list(project.datasets.all()[:20])
     context = {
         "project": project,
@@ -73,11 +79,12 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "datasets": datasets,
         "example_count": Example.objects.in_project(project).count(),
         "labelled_count": Annotation.objects.in_project(project).values("example").distinct().count(),
-        "is_manager": project.user_role == Role.MANAGER,  # type: ignore[attr-defined]
+        "is_manager": is_manager,
         "has_running_import": any(d.is_running for d in datasets),
     }
     if request.htmx and request.htmx.target == "project-datasets":
         return render(request, "projects/partials/project-datasets.html", context)
+    context["activity"] = recent_activity(project, is_manager=is_manager)
     return render(request, "projects/project_detail.html", context)
 
 
