@@ -25,6 +25,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
+from annotation.agreement import Agreement, fleiss
 from annotation.models import Annotation, AnnotationSource, Comment, Flag, Relabel
 from learning.models import ModelVersion
 from learning.views import learning_summary
@@ -215,6 +216,20 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
     }
 
 
+def project_agreement(project: Project, *, max_items: int = 20000) -> Agreement | None:
+    """Agreement between annotators on the items several of them labelled (each one's latest answer)."""
+    shared = (Annotation.objects.in_project(project).exclude(annotator=None).values("example_id")
+              .annotate(raters=Count("annotator", distinct=True)).filter(raters__gte=2)
+              .values_list("example_id", flat=True)[:max_items])
+    answers: dict[int, dict[int, tuple[str, ...]]] = {}
+    rows = (Annotation.objects.filter(example_id__in=shared).exclude(annotator=None)
+            .order_by("example_id", "annotator_id", "-created_at", "-id")
+            .values_list("example_id", "annotator_id", "label_keys"))
+    for example_id, annotator_id, keys in rows.iterator(chunk_size=5000):
+        answers.setdefault(example_id, {}).setdefault(annotator_id, tuple(sorted(keys)))
+    return fleiss([list(by_annotator.values()) for by_annotator in answers.values()])
+
+
 def dashboard_context(project: Project) -> dict[str, Any]:
     summary = learning_summary(project)
     taxonomy = project.current_taxonomy()
@@ -231,6 +246,7 @@ def dashboard_context(project: Project) -> dict[str, Any]:
             "flags_open": Flag.objects.filter(example__project=project, resolved_at__isnull=True).count(),
         },
         "annotators": annotators,
+        "agreement": project_agreement(project),
         "annotator_chart": [{"name": row.name, "in_app": row.in_app, "imported": row.imported} for row in annotators],
         "annotator_chart_height": 70 + 34 * len(annotators),
         "distribution": distribution,

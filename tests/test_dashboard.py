@@ -207,7 +207,7 @@ def test_it_keeps_the_number_of_queries_flat_as_data_grows(project, alice, bob, 
                    label_keys=[keys_by_name(project)["Yes" if i % 3 else "No"]],
                    created_at=start + timedelta(seconds=i)) for i, e in enumerate(more))
     client = login(bob)
-    with django_assert_max_num_queries(25):
+    with django_assert_max_num_queries(27):
         assert client.get(reverse("annotation:dashboard", args=[project.pk])).status_code == 200
 
 
@@ -304,3 +304,19 @@ def test_it_renders_user_text_inert_in_tables_and_chart_data(project, alice, bob
         assert "<img src=x" not in page and "</script><img" not in page
     response = login(alice).get(reverse("annotation:dashboard", args=[project.pk]))
     assert payload[:40] in [row["name"] for row in chart_data(response, "dashboard-distribution")]
+
+
+def test_the_dashboard_shows_agreement_when_items_have_several_annotators(project, alice, bob):
+    from annotation.models import Annotation, AnnotationSource
+    from projects.models import Example
+
+    version = project.current_taxonomy()
+    yes, no = [label.key for label in version.labels.all()]
+    for i, (a, b) in enumerate([(yes, yes), (no, no), (yes, no), (no, no)]):
+        example = Example.objects.create(project=project, text=f"shared {i}", content_hash=f"shared-{i}")
+        for user, key in ((alice, a), (bob, b)):
+            Annotation.objects.create(example=example, annotator=user, taxonomy_version=version, label_keys=[key],
+                                      source=AnnotationSource.UI)
+    body = login(bob).get(reverse("annotation:dashboard", args=[project.pk])).content.decode()
+    assert "Agreement between annotators" in body
+    assert "75%" in body and "on 4 items labelled by several people" in body
