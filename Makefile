@@ -27,7 +27,7 @@ run: $(VENV)/.runtime
 	$(BIN)/python manage.py seed_demo
 	@if [ -n "$$REDIS_URL" ]; then \
 		echo "Starting an RQ worker on $$REDIS_URL"; \
-		$(BIN)/python manage.py rqworker default gpu & WORKER=$$!; \
+		$(BIN)/python manage.py rqworker default gpu --with-scheduler & WORKER=$$!; \
 		trap "kill $$WORKER 2>/dev/null" EXIT INT TERM; \
 		$(BIN)/python manage.py runserver $(HOST):$(PORT); \
 	else \
@@ -69,7 +69,7 @@ serve: $(VENV)/.runtime
 
 ## worker: an RQ worker for this deployment's Redis (run it on any machine that shares DATABASE_URL and REDIS_URL)
 worker: $(VENV)/.runtime
-	$(BIN)/python manage.py rqworker default gpu
+	$(BIN)/python manage.py rqworker default gpu --with-scheduler
 
 bench-import: $(VENV)/.dev
 	$(BIN)/python benchmarks/import_bench.py

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "labelhub.middleware.server_timing",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -217,9 +218,25 @@ RQ = {"WORKER_CLASS": "rq.worker.SimpleWorker"}
 
 # Learning loop
 TRAIN_DEBOUNCE_SECONDS = float(os.environ.get("LABELHUB_TRAIN_DEBOUNCE_SECONDS", "2"))
+# A model update still queued or running after this long was lost (worker killed) and is re-queued.
+TRAIN_STALE_SECONDS = int(os.environ.get("LABELHUB_TRAIN_STALE_SECONDS", "900"))
 EMBED_BATCH = int(os.environ.get("LABELHUB_EMBED_BATCH", "2048"))
 SEED_SIZE = int(os.environ.get("LABELHUB_SEED_SIZE", "20"))
 
 # Annotation queue
 # An item served to an annotator is theirs for this long; then anyone may get it.
 LEASE_SECONDS = int(os.environ.get("LABELHUB_LEASE_SECONDS", "900"))
+
+# Prediction API (learning/serving.py, learning/keys.py, learning/webhooks.py)
+PREDICT_BATCH_LIMIT = int(os.environ.get("LABELHUB_PREDICT_BATCH_LIMIT", "100"))
+# Requests per API key, DRF rate syntax ("600/min", "20/s"); counted in the cache (Redis in production).
+API_KEY_RATE = os.environ.get("LABELHUB_API_KEY_RATE", "600/min")
+WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("LABELHUB_WEBHOOK_TIMEOUT_SECONDS", "5"))
+# Seconds to wait before each retry of a failed delivery; one retry per entry, then the delivery is failed.
+WEBHOOK_RETRY_DELAYS = [int(s) for s in env_list("LABELHUB_WEBHOOK_RETRY_DELAYS", "10,60,300,1800")]
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "learning.keys.ApiKeyAuthentication")
+SPECTACULAR_SETTINGS["DESCRIPTION"] = (
+    "Import examples, read projects and taxonomies, get predictions. Authenticate with a personal token "
+    "(`Authorization: Token <key>`) or a project API key (`Authorization: Api-Key <key>`, scopes predict, "
+    "import, read)."
+)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,33 @@ def embedding_progress(project: Project) -> dict[str, int] | None:
 
 
 def embed_project(project_id: int, *, progress: Callable[[int, int], None] | None = None) -> int:
-    """Encode every example of the project that has no embedding yet; returns how many were encoded."""
+    """Encode every example of the project that has no embedding yet; returns how many were encoded.
+
+    One embedding job per project at a time (a cache lock): two imports finishing
+    together would otherwise encode the same examples twice. The job holding the
+    lock loops until nothing is left, so examples that arrive meanwhile are not missed.
+    """
+    lock = f"labelhub:embed-lock:{project_id}"
+    total = 0
+    while True:
+        if not cache.add(lock, 1, timeout=6 * 3600):
+            return total  # another job is embedding this project and will pick these up
+        try:
+            done = _embed_missing(project_id, progress)
+        finally:
+            cache.delete(lock)
+        total += done
+        if done == 0:
+            break
+    project = Project.objects.get(pk=project_id)
+    if Annotation.objects.in_project(project).exists():
+        request_training(project, reason="new examples embedded")
+    elif total:
+        seed_queue(project)
+    return total
+
+
+def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None) -> int:
     encoder = current_encoder()
     have = store.load(project_id, encoder.name).example_ids
     all_ids = np.fromiter(Example.objects.filter(project_id=project_id).values_list("id", flat=True), dtype=np.int64)
@@ -70,11 +97,6 @@ def embed_project(project_id: int, *, progress: Callable[[int, int], None] | Non
         if progress:
             progress(done, total)
     cache.delete(key)
-    project = Project.objects.get(pk=project_id)
-    if Annotation.objects.in_project(project).exists():
-        request_training(project, reason="new examples embedded")
-    elif total:
-        seed_queue(project)
     return total
 
 
@@ -108,11 +130,34 @@ def request_training(project: Project, *, reason: str) -> TrainingRun | None:
         with transaction.atomic():
             run = TrainingRun.objects.create(project=project, reason=reason)
     except IntegrityError:
-        return None  # a queued run exists and will see these labels too
+        # A queued run exists and will see these labels too, unless its job was lost.
+        recover_stale_runs(project)
+        return None
     from learning.jobs import train_project
 
     enqueue(train_project, project.pk, queue="default")
     return run
+
+
+def recover_stale_runs(project: Project) -> int:
+    """Unstick a project whose update job was lost (worker killed, embedded runner restarted).
+
+    A run still queued or running long after it should have finished would
+    otherwise block every later update (one queued and one running per project).
+    A running one is marked failed; then the job is queued again. Returns how many
+    runs were stale.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.TRAIN_STALE_SECONDS)
+    interrupted = TrainingRun.objects.filter(project=project, status=RunStatus.RUNNING, started_at__lt=cutoff).update(
+        status=RunStatus.FAILED, finished_at=timezone.now(),
+        error="Interrupted: the worker stopped before this update finished. It was queued again.")
+    lost = TrainingRun.objects.filter(project=project, status=RunStatus.QUEUED, requested_at__lt=cutoff).exists()
+    if interrupted or lost:
+        from learning.jobs import train_project
+
+        logger.warning("project %s: re-queueing a lost model update", project.pk)
+        enqueue(train_project, project.pk, queue="default")
+    return interrupted + int(lost)
 
 
 def _claim(project_id: int) -> TrainingRun | None:
@@ -150,6 +195,9 @@ def run_training(project_id: int) -> TrainingRun | None:
         run.mark_failed(f"Unexpected error: {exc!r}. The previous model keeps serving.")
     else:
         run.mark_succeeded(version)
+        from learning.serving import version_recorded
+
+        version_recorded(version.pk)  # promote (unless pinned), drift reference; never raises
     if TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).exists():
         from learning.jobs import train_project
 
@@ -226,37 +274,61 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
             "Label more, or wait for the embedding job to finish."
         )
     X = emb.vectors[emb.rows_of(ids)]
+    # The previous model of the same outputs warm-starts the fit (same posterior, a fraction of
+    # the time: see bayes.fit); a changed taxonomy or encoder, or an unreadable artifact, means a
+    # cold fit.
+    previous = (ModelVersion.objects.filter(project=project).order_by("-number")
+                .only("artifact", "encoder", "label_keys").first())
+    warm: bayes.Posterior | None = None
+    if previous is not None and previous.encoder == encoder.name and previous.label_keys == data.label_keys:
+        try:
+            warm = bayes.Posterior.from_bytes(bytes(previous.artifact))
+        except (ValueError, KeyError, OSError):
+            logger.warning("model version %s: unreadable artifact, fitting from scratch", previous.pk)
     timings["load_s"] = time.perf_counter() - t0
 
-    t1 = time.perf_counter()
-    if project.is_multi_label:
-        posterior = bayes.fit_multilabel(X, targets)
-    else:
-        posterior = bayes.fit(X, targets, n_classes=len(data.label_keys))
-    timings["fit_s"] = time.perf_counter() - t1
+    from threadpoolctl import threadpool_limits
 
-    t2 = time.perf_counter()
-    report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
-                              multi_label=project.is_multi_label, seed=run.pk)
-    posterior = quality.calibrate(posterior, X, targets, seed=run.pk)
-    timings["quality_s"] = time.perf_counter() - t2
+    # One BLAS thread per job: on the 2 shared cores of a small deployment a multi-threaded
+    # OpenBLAS was 5-25x slower (benchmarks/README.md, "Update latency"); more throughput
+    # comes from more workers, not more threads per job.
+    with threadpool_limits(limits=1, user_api="blas"):
+        t1 = time.perf_counter()
+        if project.is_multi_label:
+            posterior = bayes.fit_multilabel(X, targets, warm_start=warm)
+        else:
+            posterior = bayes.fit(X, targets, n_classes=len(data.label_keys), warm_start=warm)
+        timings["fit_s"] = time.perf_counter() - t1
+        timings["warm_start"] = float(posterior.info.get("warm_start", 0))
+        timings["evidence_iterations"] = float(posterior.info.get("evidence_iterations", 0))
 
-    t3 = time.perf_counter()
-    pool_ids = np.setdiff1d(emb.example_ids, _labelled_ids(project), assume_unique=True)
-    strategy = project.acquisition_strategy
-    scores: list[ExampleScore] = []
+        t2 = time.perf_counter()
+        # One cross-validation, warm-started from the new model, gives the report and the calibration.
+        report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
+                                  multi_label=project.is_multi_label, seed=run.pk, posterior=posterior)
+        posterior = quality.calibrate(posterior, X, targets, seed=run.pk, report=report)
+        timings["quality_s"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        pool_ids = np.setdiff1d(emb.example_ids, _labelled_ids(project), assume_unique=True)
+        strategy = project.acquisition_strategy
+        scores: list[ExampleScore] = []
+        if len(pool_ids):
+            X_pool = emb.vectors[emb.rows_of(pool_ids)]
+            rng = np.random.default_rng(run.pk)
+            pooled = acquisition.score_pool(posterior, X_pool, strategy=strategy, rng=rng)
+            priority = pooled.scores.astype(np.float64).copy()
+            spec = acquisition.get_strategy(strategy)
+            if spec.diversity:
+                # The next batch is spread over the embedding space and goes first.
+                batch = acquisition.select_batch(strategy, scores=pooled.scores, embeddings=X_pool,
+                                                 batch_size=settings.SEED_SIZE, rng=rng)
+                top = float(priority.max()) if len(priority) else 0.0
+                priority[batch] = top + 1.0 + (len(batch) - np.arange(len(batch)))
+        timings["score_s"] = time.perf_counter() - t3
+
+    t_rows = time.perf_counter()
     if len(pool_ids):
-        X_pool = emb.vectors[emb.rows_of(pool_ids)]
-        rng = np.random.default_rng(run.pk)
-        pooled = acquisition.score_pool(posterior, X_pool, strategy=strategy, rng=rng)
-        priority = pooled.scores.astype(np.float64).copy()
-        spec = acquisition.get_strategy(strategy)
-        if spec.diversity:
-            # The next batch is spread over the embedding space and goes first.
-            batch = acquisition.select_batch(strategy, scores=pooled.scores, embeddings=X_pool,
-                                             batch_size=settings.SEED_SIZE, rng=rng)
-            top = float(priority.max()) if len(priority) else 0.0
-            priority[batch] = top + 1.0 + (len(batch) - np.arange(len(batch)))
         predicted = _predicted_keys(pooled.proba, data.label_keys, project.is_multi_label)
         confidence = _confidence(pooled.proba, project.is_multi_label)
         now = timezone.now()
@@ -266,7 +338,7 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
                          updated_at=now)
             for i in range(len(pool_ids))
         ]
-    timings["score_s"] = time.perf_counter() - t3
+    timings["rows_s"] = time.perf_counter() - t_rows
 
     t4 = time.perf_counter()
     with transaction.atomic():

@@ -10,3 +10,9 @@ def embed_project(project_id: int) -> None:
 
 def train_project(project_id: int) -> None:
     actions.run_training(project_id)
+
+
+def deliver_webhook(delivery_id: str) -> None:
+    from learning import webhooks
+
+    webhooks.deliver(delivery_id)

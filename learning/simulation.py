@@ -1,7 +1,8 @@
 """Offline evaluation harness: replay a labelled set with a simulated annotator.
 
-Plain module (no Django): it runs the same bayes / acquisition / metrics code as the app,
-so a learning curve here is what a project would have seen. The management command
+Plain module (no Django): it runs the same bayes / quality / acquisition / metrics code as
+the app, in the same order (see ``_update``), so a learning curve here is what a project would
+have seen. The management command
 ``simulate`` and benchmarks/label_efficiency.py are thin wrappers around ``simulate``.
 """
 
@@ -13,18 +14,40 @@ from typing import Any
 
 import numpy as np
 
-from learning import acquisition, bayes, metrics
+from learning import acquisition, bayes, metrics, quality
 
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
-def _fit(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, init_lam: float | None) -> bayes.Posterior:
+def _update(
+    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None, seed: int
+) -> bayes.Posterior:
+    """The model update of ``learning.actions`` (train_model), minus the database.
+
+    Same calls in the same order: a fit warm-started from the previous model (which keeps its
+    prior precision until the labels have grown enough for a new search), then one
+    cross-validation at that prior precision whose out-of-fold logits give the calibration.
+    A replay that fitted or calibrated any other way would draw a curve no project sees.
+    """
     if multi_label:
-        return bayes.fit_multilabel(X, y, init_prior_precision=init_lam)
-    return bayes.fit(X, y, n_classes=n_classes, init_prior_precision=init_lam)
+        posterior = bayes.fit_multilabel(X, y, warm_start=previous)
+    else:
+        posterior = bayes.fit(X, y, n_classes=n_classes, warm_start=previous)
+    names = [str(k) for k in range(n_classes)]
+    report = quality.evaluate(
+        X, y, n_classes=n_classes, label_names=names, multi_label=multi_label, seed=seed, posterior=posterior
+    )
+    return quality.calibrate(posterior, X, y, seed=seed, report=report)
 
 
-def _evaluate(posterior: bayes.Posterior | None, X_test: np.ndarray, y_test: np.ndarray, n_classes: int, multi_label: bool, fallback: np.ndarray) -> dict[str, float]:
+def _evaluate(
+    posterior: bayes.Posterior | None,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    n_classes: int,
+    multi_label: bool,
+    fallback: np.ndarray,
+) -> dict[str, float]:
     if posterior is None:
         # Before two classes are labelled there is no model; score the majority guess.
         proba = np.tile(fallback, (len(X_test), 1))
@@ -59,8 +82,7 @@ def run_strategy(
     budget: int,
     seed: int,
     multi_label: bool = False,
-    n_samples: int = 32,
-    calibration_folds: int = 3,
+    n_samples: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[dict[str, float]]:
     """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``."""
@@ -76,15 +98,21 @@ def run_strategy(
     is_labelled[labelled] = True
     order = list(labelled)
     points: list[dict[str, float]] = []
-    lam: float | None = None
+    previous: bayes.Posterior | None = None
     while True:
         started = time.perf_counter()
         idx = np.array(order)
         posterior: bayes.Posterior | None
         try:
-            posterior = _fit(X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label, init_lam=lam)
-            lam = posterior.prior_precision
-            bayes.calibrate(posterior, X_train[idx], y_train[idx], folds=calibration_folds, rng=rng)
+            posterior = _update(
+                X_train[idx],
+                y_train[idx],
+                n_classes=n_classes,
+                multi_label=multi_label,
+                previous=previous,
+                seed=int(rng.integers(2**31)),
+            )
+            previous = posterior
         except bayes.ModelFitError:
             posterior = None
         remaining = budget - len(order)
@@ -95,9 +123,21 @@ def run_strategy(
             if posterior is None or strategy == "random":
                 chosen = pool[rng.choice(len(pool), size=k, replace=False)]
             else:
-                scored = acquisition.score_pool(posterior, X_train[pool], strategy=strategy, n_samples=n_samples, rng=rng)
+                # The app scores with score_pool's own default sample count; only an explicit
+                # n_samples departs from it.
+                if n_samples is None:
+                    scored = acquisition.score_pool(posterior, X_train[pool], strategy=strategy, rng=rng)
+                else:
+                    scored = acquisition.score_pool(
+                        posterior, X_train[pool], strategy=strategy, n_samples=n_samples, rng=rng
+                    )
                 picked = acquisition.select_batch(
-                    strategy, scores=scored.scores, embeddings=X_train[pool], batch_size=k, diversity=spec.diversity, rng=rng
+                    strategy,
+                    scores=scored.scores,
+                    embeddings=X_train[pool],
+                    batch_size=k,
+                    diversity=spec.diversity,
+                    rng=rng,
                 )
                 chosen = pool[picked]
         update_seconds = time.perf_counter() - started

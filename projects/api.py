@@ -9,8 +9,8 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from learning.keys import accepts_api_keys, acting_user, get_project_for_api, request_key
 from projects import actions
-from projects.access import get_project_for_user
 from projects.models import Dataset, DatasetStatus, Project, Role
 from projects.serializers import (
     BulkImportSerializer,
@@ -25,28 +25,34 @@ from projects.serializers import (
 
 @extend_schema(responses=ProjectSerializer(many=True), summary="Projects you can see")
 @api_view(["GET"])
+@accepts_api_keys
 def project_list(request: Request) -> Response:
-    projects = Project.objects.visible_to(request.user).select_related("team").distinct()
+    key = request_key(request)
+    projects = (Project.objects.filter(pk=key.project_id) if key and key.has_scope("read")
+                else Project.objects.visible_to(request.user)).select_related("team").distinct()
     return Response(ProjectSerializer(projects, many=True).data)
 
 
 @extend_schema(responses=ProjectSerializer, summary="One project with its current taxonomy")
 @api_view(["GET"])
+@accepts_api_keys
 def project_detail(request: Request, pk: int) -> Response:
-    return Response(ProjectSerializer(get_project_for_user(request, pk)).data)
+    return Response(ProjectSerializer(get_project_for_api(request, pk, scope="read")).data)
 
 
 @extend_schema(responses=DatasetSerializer(many=True), summary="Import batches of a project")
 @api_view(["GET"])
+@accepts_api_keys
 def dataset_list(request: Request, pk: int) -> Response:
-    project = get_project_for_user(request, pk)
+    project = get_project_for_api(request, pk, scope="read")
     return Response(DatasetSerializer(project.datasets.all()[:100], many=True).data)
 
 
 @extend_schema(responses=DatasetSerializer, summary="Status, progress and error report of one import")
 @api_view(["GET"])
+@accepts_api_keys
 def dataset_detail(request: Request, pk: int, dataset_pk: int) -> Response:
-    project = get_project_for_user(request, pk)
+    project = get_project_for_api(request, pk, scope="read")
     return Response(DatasetSerializer(get_object_or_404(Dataset, pk=dataset_pk, project=project)).data)
 
 
@@ -60,13 +66,14 @@ def dataset_detail(request: Request, pk: int, dataset_pk: int) -> Response:
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
+@accepts_api_keys
 def bulk_import(request: Request, pk: int) -> Response:
-    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    project = get_project_for_api(request, pk, scope="import", role=Role.MANAGER)
     serializer = BulkImportSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     try:
         dataset = actions.import_records(
-            project, records=serializer.validated_data["examples"], user=request.user,
+            project, records=serializer.validated_data["examples"], user=acting_user(request),
             add_unknown_labels=serializer.validated_data["add_unknown_labels"],
         )
     except actions.ActionError as exc:
@@ -83,13 +90,15 @@ def bulk_import(request: Request, pk: int) -> Response:
 )
 @api_view(["POST"])
 @parser_classes([MultiPartParser, FormParser])
+@accepts_api_keys
 def file_import(request: Request, pk: int) -> Response:
-    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    project = get_project_for_api(request, pk, scope="import", role=Role.MANAGER)
     serializer = FileImportSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
     try:
-        dataset = actions.create_dataset_from_upload(project, upload=data["file"], user=request.user, source="api")
+        dataset = actions.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
+                                                     source="api")
         dataset = actions.start_import(dataset, text_column=data["text_column"], label_column=data["label_column"],
                                        id_column=data["id_column"], add_unknown_labels=data["add_unknown_labels"])
     except actions.ActionError as exc:
@@ -100,24 +109,27 @@ def file_import(request: Request, pk: int) -> Response:
 
 @extend_schema(responses=TaxonomyVersionSummarySerializer(many=True), summary="Taxonomy versions, newest first")
 @api_view(["GET"])
+@accepts_api_keys
 def taxonomy_versions(request: Request, pk: int) -> Response:
-    project = get_project_for_user(request, pk)
+    project = get_project_for_api(request, pk, scope="read")
     versions = project.taxonomy_versions.select_related("created_by").order_by("-number")
     return Response(TaxonomyVersionSummarySerializer(versions, many=True).data)
 
 
 @extend_schema(responses=TaxonomyVersionSerializer, summary="One taxonomy version with its labels")
 @api_view(["GET"])
+@accepts_api_keys
 def taxonomy_version(request: Request, pk: int, number: int) -> Response:
-    project = get_project_for_user(request, pk)
+    project = get_project_for_api(request, pk, scope="read")
     return Response(TaxonomyVersionSerializer(get_object_or_404(project.taxonomy_versions, number=number)).data)
 
 
 @extend_schema(responses=TaxonomyDiffSerializer, summary="What changed between two taxonomy versions",
                description="Labels are matched by their stable key, so a rename shows as a rename.")
 @api_view(["GET"])
+@accepts_api_keys
 def taxonomy_diff(request: Request, pk: int, number: int, other: int) -> Response:
-    project = get_project_for_user(request, pk)
+    project = get_project_for_api(request, pk, scope="read")
     old = get_object_or_404(project.taxonomy_versions, number=number)
     new = get_object_or_404(project.taxonomy_versions, number=other)
     low, high = sorted((old.number, new.number))

@@ -5,4 +5,7 @@ from projects import actions
 
 
 def import_dataset(dataset_id: int) -> None:
-    actions.run_import(dataset_id)
+    dataset = actions.run_import(dataset_id)
+    from learning.webhooks import import_finished
+
+    import_finished(dataset)

@@ -156,3 +156,23 @@ def test_it_shows_the_model_panel_and_summary_to_members_only(project, alice, bo
     assert body["version"] == 1 and body["n_labels"] == 40 and len(body["learning_curve"]) == 1
     assert body["runs"][0]["status"] == "succeeded"
     assert api_client(charlie).get(reverse("api-model-summary", args=[project.pk])).status_code == 404
+
+
+def test_a_lost_update_is_requeued_instead_of_blocking_the_project(project, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(hours=2)
+    TrainingRun.objects.create(project=project, status=RunStatus.RUNNING, started_at=long_ago)
+    TrainingRun.objects.create(project=project, status=RunStatus.QUEUED, requested_at=long_ago)
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert actions.request_training(project, reason="labels") is None
+    assert len(callbacks) == 1  # the job is queued again
+    stale = TrainingRun.objects.get(project=project, status=RunStatus.FAILED)
+    assert "Interrupted" in stale.error
+    # A fresh queued run is left alone: it is just waiting for its worker.
+    TrainingRun.objects.filter(status=RunStatus.QUEUED).update(requested_at=timezone.now())
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert actions.request_training(project, reason="labels") is None
+    assert callbacks == []
