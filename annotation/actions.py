@@ -27,6 +27,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus, Comment, Flag, Relabel
+from learning.models import ExampleScore
 from projects.actions import ActionError
 from projects.models import Example, Label, Project, TaxonomyVersion
 
@@ -84,6 +85,8 @@ def _open_relabel_of(project: Project, user: Any) -> Relabel | None:
 
 def _claim_relabel(project: Project, user: Any) -> Relabel | None:
     now = timezone.now()
+    if not Relabel.objects.filter(project=project, done_at__isnull=True).exists():
+        return None  # the usual case: no transaction, no lock
     with transaction.atomic():
         from django.db.models import Q
 
@@ -100,10 +103,11 @@ def _claim_relabel(project: Project, user: Any) -> Relabel | None:
 
 
 def release_expired(project: Project) -> int:
-    """Give abandoned items back to the queue."""
-    deleted, _ = Assignment.objects.filter(project=project, status=AssignmentStatus.LEASED,
-                                           expires_at__lte=timezone.now()).delete()
-    return deleted
+    """Give abandoned items back to the queue (one DELETE; nothing refers to an assignment)."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM annotation_assignment WHERE project_id = %s AND status = 'leased'"
+                       " AND expires_at <= %s", [project.pk, timezone.now()])
+        return cursor.rowcount
 
 
 _AVAILABLE = """
@@ -167,6 +171,12 @@ def claim(project: Project, *, user: Any) -> Assignment | None:
 
 def _try_claim(project: Project, example_id: int, user: Any) -> int | None:
     now = timezone.now()
+    if project.overlap == 1:
+        # One statement in autocommit: slot 0 or nothing.
+        with connection.cursor() as cursor:
+            cursor.execute(_INSERT, [project.pk, example_id, user.pk, 0, now, _lease_until()])
+            row = cursor.fetchone()
+        return row[0] if row else None
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_SLOTS, [example_id])
         taken = {row[0] for row in cursor.fetchall()}
@@ -271,6 +281,9 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         annotation.label_keys = keys
         annotation.created_at = now
         annotation.save(update_fields=["label_keys", "created_at"])
+    if Annotation.objects.filter(example=item.example).count() >= project.overlap:
+        # Fully answered: out of the queue's walk now rather than at the next retrain.
+        ExampleScore.objects.filter(example=item.example).delete()
     _after_labels(project, [item.example.pk])
     return annotation
 

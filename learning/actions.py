@@ -126,6 +126,11 @@ def seed_queue(project: Project) -> int:
 
 def request_training(project: Project, *, reason: str) -> TrainingRun | None:
     """Ask for a model update; a burst of requests shares the one queued run."""
+    if TrainingRun.objects.filter(project=project, status=RunStatus.QUEUED).exists():
+        # The common case during labelling: one cheap read, no failed insert.
+        if cache.add(f"labelhub:stale-check:{project.pk}", 1, timeout=60):
+            recover_stale_runs(project)
+        return None
     try:
         with transaction.atomic():
             run = TrainingRun.objects.create(project=project, reason=reason)

@@ -209,9 +209,12 @@ def test_pages_and_tabs_follow_roles(trained, alice, bob, charlie):
         assert login(alice).get(url).status_code == 200, name
         assert login(charlie).get(url).status_code == 404, name
         assert login(bob).get(url).status_code == (403 if name in {"api-keys", "webhooks"} else 200), name
+    # One "Serving & API" tab; its pages share a row of their own.
     nav = login(bob).get(reverse("learning:model", args=[trained.pk])).content.decode()
-    assert "Serving" in nav and "Monitoring" in nav and "API keys" not in nav
-    nav = login(alice).get(reverse("learning:model", args=[trained.pk])).content.decode()
+    assert "Serving &amp; API" in nav and "Monitoring" not in nav
+    nav = login(bob).get(reverse("learning:serving", args=[trained.pk])).content.decode()
+    assert "Monitoring" in nav and "API keys" not in nav
+    nav = login(alice).get(reverse("learning:monitoring", args=[trained.pk])).content.decode()
     assert "API keys" in nav and "Webhooks" in nav
 
 
