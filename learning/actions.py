@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -315,7 +315,8 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
         timings["quality_s"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        pool_ids = np.setdiff1d(emb.example_ids, _labelled_ids(project), assume_unique=True)
+        labelled_ids = _labelled_ids(project)
+        pool_ids = np.setdiff1d(emb.example_ids, labelled_ids)
         strategy = project.acquisition_strategy
         scores: list[ExampleScore] = []
         if len(pool_ids):
@@ -356,7 +357,9 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
         )
         for score in scores:
             score.model_version = version
-        ExampleScore.objects.filter(project=project).exclude(example_id__in=pool_ids.tolist()).delete()
+        # Only labelled items leave the queue: an input routed to a person after this
+        # update read the pool keeps its row (and its routed flag).
+        ExampleScore.objects.filter(project=project, example_id__in=labelled_ids.tolist()).delete()
         _upsert_scores(scores)
     timings["write_s"] = time.perf_counter() - t4
     timings["total_s"] = time.perf_counter() - t0

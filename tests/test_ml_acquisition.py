@@ -9,7 +9,12 @@ from hypothesis.extra.numpy import arrays
 
 from learning import acquisition, bayes
 
-probs = arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(2, 5)), elements=st.floats(0.0, 1.0))
+probs = arrays(
+    np.float64, st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(2, 5)), elements=st.floats(0.0, 1.0)
+)
+multilabel_probs = arrays(
+    np.float64, st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4)), elements=st.floats(0.0, 1.0)
+)
 
 
 def normalise(a: np.ndarray) -> np.ndarray:
@@ -28,7 +33,7 @@ def test_it_keeps_bald_between_zero_and_predictive_entropy(raw: np.ndarray) -> N
 
 
 @settings(max_examples=100, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4)), elements=st.floats(0.0, 1.0)))
+@given(multilabel_probs)
 def test_it_keeps_multilabel_bald_between_zero_and_entropy(samples: np.ndarray) -> None:
     mi = acquisition.bald(samples, multi_label=True)
     h = acquisition.entropy(samples.mean(axis=0), multi_label=True)
@@ -99,6 +104,92 @@ def test_it_scores_a_pool_in_chunks_with_bounded_shapes() -> None:
 
 def test_it_fills_a_diverse_batch_even_when_the_pool_is_all_duplicates():
     embeddings = np.tile(np.array([[1.0, 0.0, 0.0]]), (12, 1))
-    picked = acquisition.select_batch("bald_diversity", scores=np.linspace(0, 1, 12), embeddings=embeddings, batch_size=5,
-                          rng=np.random.default_rng(0))
+    picked = acquisition.select_batch("bald_diversity", scores=np.linspace(0, 1, 12), embeddings=embeddings,
+                                      batch_size=5, rng=np.random.default_rng(0))
     assert len(picked) == 5 and len(set(picked.tolist())) == 5
+
+
+# (items, antithetic pairs, classes, seed, logit scale)
+logit_moments = st.tuples(
+    st.integers(1, 7), st.integers(1, 8), st.integers(1, 5), st.integers(0, 10_000), st.floats(0.01, 30.0)
+)
+
+
+def antithetic_samples(shape: tuple[int, int, int, int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b, h, k, seed, spread = shape
+    rng = np.random.default_rng(seed)
+    mean = (rng.standard_normal((b, k)) * spread).astype(np.float32)
+    dev = (rng.standard_normal((b, h, k)) * spread * rng.random((b, 1, 1))).astype(np.float32)
+    z = np.concatenate([mean[:, None] + dev, mean[:, None] - dev], axis=1).astype(np.float64)  # (B, S, K)
+    return mean, dev, z
+
+
+@settings(max_examples=150, deadline=None)
+@given(logit_moments)
+def test_it_keeps_pool_bald_between_zero_and_entropy_and_equal_to_bald_of_the_samples(shape) -> None:
+    mean, dev, z = antithetic_samples(shape)
+    if z.shape[-1] < 2:
+        z = np.concatenate([z, np.zeros_like(z)], axis=-1)
+        mean = np.concatenate([mean, np.zeros_like(mean)], axis=-1)
+        dev = np.concatenate([dev, np.zeros_like(dev)], axis=-1)
+    fast = acquisition._bald_antithetic(mean.T, dev.transpose(2, 1, 0), multi_label=False)
+    samples = bayes._softmax(z).transpose(1, 0, 2)  # (S, B, K)
+    h = acquisition.entropy(samples.mean(axis=0))
+    assert np.all(fast >= 0)
+    assert np.all(fast <= h + 1e-6)  # float32 arithmetic
+    assert np.allclose(fast, acquisition.bald(samples), atol=2e-4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(logit_moments)
+def test_it_keeps_multilabel_pool_bald_between_zero_and_entropy(shape) -> None:
+    mean, dev, z = antithetic_samples(shape)
+    fast = acquisition._bald_antithetic(mean.T, dev.transpose(2, 1, 0), multi_label=True)
+    samples = bayes._sigmoid(z).transpose(1, 0, 2)
+    h = acquisition.entropy(samples.mean(axis=0), multi_label=True)
+    assert np.all(fast >= 0)
+    assert np.all(fast <= h + 1e-6)  # float32 arithmetic
+    assert np.allclose(fast, acquisition.bald(samples, multi_label=True), atol=2e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 5), strategy=st.sampled_from(sorted(acquisition.STRATEGIES)))
+def test_it_scores_every_pool_item_within_bounds(seed: int, k: int, strategy: str) -> None:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((80, 6)).astype(np.float32)
+    y = rng.integers(0, k, 80)
+    y[:k] = np.arange(k)
+    post = bayes.fit(X, y, n_classes=k)
+    post.temperature, post.variance_scale = float(rng.uniform(0.5, 2)), float(rng.uniform(0.01, 2))
+    pool = (rng.standard_normal((300, 6)) * rng.uniform(0.5, 20)).astype(np.float32)
+    scored = acquisition.score_pool(post, pool, strategy=strategy, rng=rng, chunk_size=97)
+    assert np.all(np.isfinite(scored.scores)) and np.all(np.isfinite(scored.proba))
+    assert np.allclose(scored.proba.sum(axis=1), 1.0, atol=1e-5)
+    if strategy.startswith("bald"):
+        assert np.all(scored.scores >= 0) and np.all(scored.scores <= np.log(k) + 1e-6)
+
+
+def test_it_scores_high_bald_far_from_data_and_low_bald_on_a_crowded_boundary_in_the_pool() -> None:
+    rng = np.random.default_rng(4)
+    n = 3000
+    X = np.zeros((n, 2), dtype=np.float32)
+    X[:, 0] = rng.uniform(-1, 1, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-3 * X[:, 0]))).astype(int)
+    post = bayes.fit(X, y, n_classes=2)
+    pool = np.array([[0.0, 0.0], [0.0, 40.0]], dtype=np.float32)
+    scored = acquisition.score_pool(post, pool, strategy="bald", n_samples=64, rng=np.random.default_rng(0))
+    assert acquisition.entropy(scored.proba)[0] > 0.6
+    assert scored.scores[0] < 0.05
+    assert scored.scores[1] > 5 * scored.scores[0]
+
+
+def test_it_scores_a_multilabel_pool() -> None:
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 0] + X[:, 2] > 0], axis=1).astype(int)
+    post = bayes.fit_multilabel(X, Y)
+    pool = rng.standard_normal((500, 8)).astype(np.float32)
+    scored = acquisition.score_pool(post, pool, strategy="bald_diversity", rng=rng, chunk_size=64)
+    assert scored.proba.shape == (500, 3) and np.all((scored.proba >= 0) & (scored.proba <= 1))
+    assert np.all(scored.scores >= 0) and np.all(scored.scores <= 3 * np.log(2) + 1e-6)
+    assert np.abs(post.predict_proba(pool) - scored.proba).max() < 0.1

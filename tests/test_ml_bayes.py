@@ -129,3 +129,81 @@ def test_it_calibrates_with_cross_validation() -> None:
     from learning import metrics
 
     assert metrics.expected_calibration_error(post.predict_proba(X[500:]), y[500:]) < 0.08
+
+
+def test_it_expresses_the_mean_around_another_centre_without_changing_logits() -> None:
+    X, y = blobs(80, seed=9)
+    post = bayes.fit(X, y, n_classes=3)
+    shift, scale = X.mean(axis=0) + 0.3, 1.7
+    W = post.mean_for(shift, scale)
+    Xb = np.concatenate([(X - shift) / scale, np.ones((len(X), 1))], axis=1)
+    assert np.allclose(Xb @ W, post.design(X) @ post.mean, atol=1e-8)
+
+
+def test_it_refits_warm_to_the_posterior_a_cold_fit_finds() -> None:
+    X, y = blobs(660, k=4, d=24, spread=0.8, seed=10)
+    previous = bayes.fit(X[:600], y[:600], n_classes=4)
+    warm = bayes.fit(X, y, n_classes=4, warm_start=previous)
+    # Same prior precision (the labels grew by 10%, no new search) ...
+    assert warm.prior_precision == previous.prior_precision
+    assert warm.info["warm_start"] == 1 and warm.info["evidence_iterations"] == 1
+    cold_same_lambda = bayes.fit(X, y, n_classes=4, prior_precision=previous.prior_precision)
+    # ... so the same posterior as a cold fit at that lambda, up to the optimiser's tolerance
+    # (the cold fit's own distance to the exact optimum is about 2e-4 on this data) ...
+    assert np.allclose(warm.mean, cold_same_lambda.mean, atol=1e-3)
+    assert np.allclose(warm.chol, cold_same_lambda.chol, atol=1e-3)
+    assert np.abs(warm.predict_proba(X) - cold_same_lambda.predict_proba(X)).max() < 5e-4
+    assert abs(warm.log_evidence - cold_same_lambda.log_evidence) < 0.01
+    # ... in far fewer L-BFGS steps, and close to the cold fit with its own evidence search.
+    assert warm.info["lbfgs_iterations"] < cold_same_lambda.info["lbfgs_iterations"]
+    cold = bayes.fit(X, y, n_classes=4)
+    assert abs(np.log(cold.prior_precision / warm.prior_precision)) < 0.25
+    assert np.abs(cold.predict_proba(X) - warm.predict_proba(X)).max() < 0.05
+
+
+def test_it_searches_the_prior_precision_again_once_the_labels_grew_by_half() -> None:
+    X, y = blobs(400, seed=11)
+    previous = bayes.fit(X[:200], y[:200], n_classes=3)
+    assert previous.info["evidence_n"] == 200
+    kept = bayes.fit(X[:290], y[:290], n_classes=3, warm_start=previous)
+    assert kept.info["evidence_iterations"] == 1 and kept.info["evidence_n"] == 200
+    searched = bayes.fit(X[:300], y[:300], n_classes=3, warm_start=kept)
+    assert searched.info["evidence_iterations"] > 1 and searched.info["evidence_n"] == 300
+    # The search a warm refit runs is the cold one: same lambda.
+    assert np.isclose(searched.prior_precision, bayes.fit(X[:300], y[:300], n_classes=3).prior_precision, rtol=1e-3)
+
+
+def test_it_ignores_a_warm_start_with_other_outputs() -> None:
+    X, y = blobs(120, k=3, seed=12)
+    other = bayes.fit(X, y % 2, n_classes=2)
+    post = bayes.fit(X, y, n_classes=3, warm_start=other)
+    assert post.info["warm_start"] == 0
+    assert np.allclose(post.predict_proba(X), bayes.fit(X, y, n_classes=3).predict_proba(X), atol=1e-5)
+
+
+def test_it_refits_a_multilabel_model_warm() -> None:
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((330, 8)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 0] + X[:, 2] > 0], axis=1).astype(int)
+    previous = bayes.fit_multilabel(X[:300], Y[:300])
+    warm = bayes.fit_multilabel(X, Y, warm_start=previous)
+    cold = bayes.fit_multilabel(X, Y, prior_precision=previous.prior_precision)
+    assert warm.info["warm_start"] == 1
+    assert np.abs(warm.predict_proba(X) - cold.predict_proba(X)).max() < 1e-3
+
+
+def test_it_reports_the_laplace_evidence_from_the_factors() -> None:
+    X, y = blobs(150, seed=14)
+    post = bayes.fit(X, y, n_classes=3, prior_precision=2.0)
+    Xb = post.design(X)
+    P = bayes._softmax(Xb @ post.mean)
+    nll = -float(np.sum(np.log(P[np.arange(len(y)), y])))
+    blocks = bayes._data_hessian_blocks(Xb, P)
+    eigs = np.concatenate([np.linalg.eigvalsh(b) for b in blocks])
+    prior = -0.5 * 2.0 * np.sum(post.mean**2) + 0.5 * post.mean.size * np.log(2.0)
+    expected = -nll + prior - 0.5 * np.sum(np.log(eigs + 2.0))
+    assert np.isclose(post.log_evidence, expected, rtol=1e-6)
+    # The symmetric rank-N update gives the same blocks as the general product.
+    A = P * (1 - P)
+    X32 = Xb.astype(np.float32)
+    assert np.allclose(blocks[1], (X32 * A[:, 1:2].astype(np.float32)).T @ X32, rtol=1e-4, atol=1e-3)

@@ -34,7 +34,7 @@ def test_it_matches_scikit_learn_f1_and_confusion() -> None:
     assert np.isclose(metrics.macro_f1(y, p, 4), f1_score(y, p, average="macro"))
     assert (metrics.confusion_matrix(y, p, 4) == confusion_matrix(y, p)).all()
     report = metrics.per_class_report(y, p, 4, n_bootstrap=50)
-    for k, row in enumerate(report):
+    for row in report:
         assert row.f1_interval[0] <= row.f1 <= row.f1_interval[1] or row.support == 0
     lo, hi = metrics.bootstrap_interval(y, p, n_classes=4, n_bootstrap=50)
     assert lo <= metrics.macro_f1(y, p, 4) <= hi
@@ -57,3 +57,38 @@ def test_it_cross_validates_with_rare_classes() -> None:
     assert proba.shape == (60, 3)
     assert np.all(np.isfinite(proba)) and np.allclose(proba.sum(axis=1), 1.0)
     assert (proba.argmax(axis=1)[2:] == y[2:]).mean() > 0.8
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    confidence=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=300),
+    seed=st.integers(0, 10_000),
+    max_points=st.integers(2, 60),
+)
+def test_it_gives_a_coverage_curve_that_never_rises_with_the_threshold(confidence, seed, max_points) -> None:
+    conf = np.array(confidence)
+    correct = np.random.default_rng(seed).random(len(conf)) < 0.7
+    points = metrics.accuracy_coverage(conf, correct, max_points=max_points)
+    thresholds = [p["threshold"] for p in points]
+    coverage = [p["coverage"] for p in points]
+    assert 1 <= len(points) <= max_points
+    assert thresholds == sorted(set(thresholds))
+    assert all(0.0 < c <= 1.0 for c in coverage)
+    assert all(a >= b for a, b in zip(coverage, coverage[1:], strict=False))
+    assert coverage[0] == 1.0
+    for p in points:  # each point is exactly what a consumer recomputes from the threshold
+        kept = conf >= p["threshold"]
+        assert p["coverage"] == kept.mean()
+        assert np.isclose(p["accuracy"], correct[kept].mean())
+        assert 0.0 <= p["accuracy"] <= 1.0
+
+
+def test_it_raises_accuracy_as_coverage_falls_when_confidence_means_something() -> None:
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.5, 1.0, 5000)
+    correct = rng.random(5000) < conf  # calibrated
+    points = metrics.accuracy_coverage(conf, correct)
+    assert len(points) == 50
+    assert points[0]["coverage"] == 1.0 and abs(points[0]["accuracy"] - 0.75) < 0.02
+    assert points[-1]["accuracy"] > 0.95 and points[-1]["coverage"] < 0.05
+    assert metrics.accuracy_coverage(np.array([]), np.array([])) == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from learning import simulation
 
@@ -20,11 +22,19 @@ def test_it_returns_the_harness_shape_and_a_plot(tmp_path: Path) -> None:
     X, y = blobs(600, 0)
     Xt, yt = blobs(200, 1)
     result = simulation.simulate(
-        X_train=X, y_train=y, X_test=Xt, y_test=yt, n_classes=4,
-        strategies=["random", "bald_diversity", "margin"], seed_size=20, batch_size=20, budget=80, repeats=2,
+        X_train=X,
+        y_train=y,
+        X_test=Xt,
+        y_test=yt,
+        n_classes=4,
+        strategies=["random", "bald_diversity", "margin"],
+        seed_size=20,
+        batch_size=20,
+        budget=80,
+        repeats=2,
     )
     assert set(result) == {"strategies", "config"}
-    for name, entry in result["strategies"].items():
+    for entry in result["strategies"].values():
         assert [run["seed"] for run in entry["runs"]] == [0, 1]
         points = entry["runs"][0]["points"]
         assert [p["n_labels"] for p in points] == [20, 40, 60, 80]
@@ -40,7 +50,51 @@ def test_it_simulates_multilabel() -> None:
     X = rng.standard_normal((300, 6)).astype(np.float32)
     Y = np.stack([X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(int)
     result = simulation.simulate(
-        X_train=X[:200], y_train=Y[:200], X_test=X[200:], y_test=Y[200:], n_classes=2, multi_label=True,
-        strategies=["random", "bald"], seed_size=10, batch_size=10, budget=30, repeats=1,
+        X_train=X[:200],
+        y_train=Y[:200],
+        X_test=X[200:],
+        y_test=Y[200:],
+        n_classes=2,
+        multi_label=True,
+        strategies=["random", "bald"],
+        seed_size=10,
+        batch_size=10,
+        budget=30,
+        repeats=1,
     )
     assert result["strategies"]["bald"]["runs"][0]["points"][-1]["macro_f1"] > 0.6
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:small_text")
+def test_it_runs_small_text_on_the_same_grid_as_ours() -> None:
+    # Benchmark-only dependency (benchmarks/requirements.txt): skip where it is not installed.
+    pytest.importorskip("small_text")
+    spec = importlib.util.spec_from_file_location(
+        "smalltext_compare", Path(__file__).resolve().parent.parent / "benchmarks" / "smalltext_compare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    X, y = blobs(600, 3)  # one draw split in two: blobs() picks new centres per seed
+    kwargs = dict(
+        X_train=X[:400],
+        y_train=y[:400],
+        X_test=X[400:],
+        y_test=y[400:],
+        n_classes=4,
+        seed_size=20,
+        batch_size=20,
+        budget=80,
+        repeats=1,
+    )
+    ours = simulation.simulate(strategies=["random"], **kwargs)
+    target = ours["strategies"]["random"]["summary"]["target_macro_f1"]
+    ours_points = ours["strategies"]["random"]["runs"][0]["points"]
+    theirs = compare.simulate(strategies=compare.STRATEGIES, reference_target=target, **kwargs)
+    assert set(theirs["strategies"]) == set(compare.STRATEGIES)
+    for entry in theirs["strategies"].values():
+        points = entry["runs"][0]["points"]
+        assert [p["n_labels"] for p in points] == [p["n_labels"] for p in ours_points]
+        assert {"macro_f1", "ece", "update_seconds"} <= set(points[-1])
+        assert entry["summary"]["reference_macro_f1"] == target
+        assert points[-1]["macro_f1"] > 0.5  # four well-separated blobs

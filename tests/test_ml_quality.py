@@ -1,0 +1,110 @@
+"""The live-quality report: cross-validated figures, calibration and accuracy against coverage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from learning import bayes, quality
+
+
+def blobs(n: int, k: int = 3, d: int = 12, spread: float = 1.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d))
+    y = rng.integers(0, k, n)
+    return (centers[y] + spread * rng.standard_normal((n, d))).astype(np.float32), y
+
+
+def check_curve(curve: list[dict]) -> None:
+    assert 2 <= len(curve) <= 50
+    assert all(set(p) == {"threshold", "coverage", "accuracy"} for p in curve)
+    thresholds = [p["threshold"] for p in curve]
+    coverage = [p["coverage"] for p in curve]
+    assert thresholds == sorted(set(thresholds))
+    assert coverage[0] == 1.0 and all(a >= b for a, b in zip(coverage, coverage[1:], strict=False))
+    assert all(0.0 <= p["accuracy"] <= 1.0 and 0.0 < p["coverage"] <= 1.0 for p in curve)
+
+
+def test_it_reports_accuracy_against_coverage_from_the_calibrated_out_of_fold_predictions() -> None:
+    X, y = blobs(400)
+    post = bayes.fit(X, y, n_classes=3)
+    report = quality.evaluate(X, y, n_classes=3, label_names=["a", "b", "c"], multi_label=False, seed=1, posterior=post)
+    data = json.loads(json.dumps(report.as_dict(), allow_nan=False))
+    curve = data["accuracy_coverage"]
+    check_curve(curve)
+    assert abs(curve[0]["accuracy"] - data["accuracy"]["value"]) < 1e-6  # everything kept = overall accuracy
+    assert curve[-1]["accuracy"] >= curve[0]["accuracy"]
+    # The calibration the report used is the one the model gets.
+    quality.calibrate(post, X, y, seed=1, report=report)
+    assert (post.temperature, post.variance_scale) == report.calibration
+    assert data["ece"] < 0.1
+
+
+def test_it_reports_subset_accuracy_against_joint_confidence_for_multilabel() -> None:
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 8)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 0] + X[:, 2] > 0], axis=1).astype(int)
+    post = bayes.fit_multilabel(X, Y)
+    report = quality.evaluate(X, Y, n_classes=3, label_names=["a", "b", "c"], multi_label=True, seed=2, posterior=post)
+    data = report.as_dict()
+    check_curve(data["accuracy_coverage"])
+    assert abs(data["accuracy_coverage"][0]["accuracy"] - data["accuracy"]["value"]) < 1e-6
+    quality.calibrate(post, X, Y, seed=2, report=report)
+    assert post.info["calibration_folds"] == quality.FOLDS
+
+
+def test_it_evaluates_without_a_model_as_before() -> None:
+    X, y = blobs(120, seed=3)
+    report = quality.evaluate(X, y, n_classes=3, label_names=["a", "b", "c"], multi_label=False, seed=4)
+    check_curve(report.as_dict()["accuracy_coverage"])
+    post = quality.calibrate(bayes.fit(X, y, n_classes=3), X, y, seed=4)
+    assert post.info["calibration_folds"] == 3
+
+
+def test_it_gives_the_same_quality_with_a_warm_model_as_with_cold_folds_at_its_prior_precision() -> None:
+    X, y = blobs(300, seed=6)
+    post = bayes.fit(X, y, n_classes=3)
+    names = ["a", "b", "c"]
+    warm = quality.evaluate(X, y, n_classes=3, label_names=names, multi_label=False, seed=7, posterior=post)
+    from learning import metrics
+
+    rng = np.random.default_rng(7)
+    quality._subsample(len(y), rng)
+    cold = metrics.cross_validated_proba(X, y, n_classes=3, folds=quality.FOLDS, rng=rng,
+                                         prior_precision=post.prior_precision)
+    assert abs(warm.ece - metrics.expected_calibration_error(cold, y)) < 1e-3
+    assert warm.accuracy["value"] == metrics.accuracy(y, cold.argmax(axis=1))
+
+
+def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_update(project, alice, monkeypatch,
+                                                                                     settings):
+    from annotation.models import Annotation
+    from learning import actions, store
+    from learning.models import ModelVersion, RunStatus, TrainingRun
+    from tests.test_learning_loop import ENCODER, make_examples
+
+    monkeypatch.setattr(actions, "current_encoder", lambda: ENCODER)
+    settings.TRAIN_DEBOUNCE_SECONDS = 0
+    try:
+        examples = make_examples(project, alice, 300, labelled=100)
+        TrainingRun.objects.create(project=project)
+        first = actions.run_training(project.pk)
+        assert first.status == RunStatus.SUCCEEDED, first.error
+        assert first.timings["warm_start"] == 0
+        keys = [label.key for label in project.current_taxonomy().labels.all()]
+        Annotation.objects.bulk_create(
+            Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
+                       label_keys=[keys[i % 2]]) for i in range(100, 120))
+        TrainingRun.objects.create(project=project)
+        second = actions.run_training(project.pk)
+        assert second.status == RunStatus.SUCCEEDED, second.error
+        # 20% more labels: warm start from version 1, no new search for the prior precision.
+        assert second.timings["warm_start"] == 1 and second.timings["evidence_iterations"] == 1
+        assert set(second.timings) >= {"fit_s", "quality_s", "score_s", "rows_s", "write_s", "total_s"}
+        latest = ModelVersion.objects.get(project=project, number=2)
+        check_curve(latest.metrics["accuracy_coverage"])
+        posterior = bayes.Posterior.from_bytes(bytes(latest.artifact))
+        assert posterior.info["calibration_folds"] == quality.FOLDS
+    finally:
+        store._cache.clear()
