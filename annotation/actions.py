@@ -24,6 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
 from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus, Comment, Flag, Relabel
@@ -70,9 +71,10 @@ def next_item(project: Project, *, user: Any) -> Item | None:
             # Still theirs (nobody took it): extend rather than make them lose their place.
             Assignment.objects.filter(pk=mine.pk).update(expires_at=_lease_until())
         return Item(example=mine.example, assignment=mine)
-    relabel = _open_relabel_of(project, user) or _claim_relabel(project, user)
-    if relabel is not None:
-        return Item(example=relabel.example, relabel=relabel)
+    if Relabel.objects.filter(project=project, done_at__isnull=True).exists():
+        relabel = _open_relabel_of(project, user) or _claim_relabel(project, user)
+        if relabel is not None:
+            return Item(example=relabel.example, relabel=relabel)
     assignment = claim(project, user=user)
     return Item(example=assignment.example, assignment=assignment) if assignment else None
 
@@ -85,8 +87,6 @@ def _open_relabel_of(project: Project, user: Any) -> Relabel | None:
 
 def _claim_relabel(project: Project, user: Any) -> Relabel | None:
     now = timezone.now()
-    if not Relabel.objects.filter(project=project, done_at__isnull=True).exists():
-        return None  # the usual case: no transaction, no lock
     with transaction.atomic():
         from django.db.models import Q
 
@@ -172,8 +172,11 @@ def claim(project: Project, *, user: Any) -> Assignment | None:
 def _try_claim(project: Project, example_id: int, user: Any) -> int | None:
     now = timezone.now()
     if project.overlap == 1:
-        # One statement in autocommit: slot 0 or nothing.
-        with connection.cursor() as cursor:
+        # Slot 0 or nothing. A lease lost in a database crash only means the item is
+        # served again, so this commit need not wait for the disk (PostgreSQL).
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
             cursor.execute(_INSERT, [project.pk, example_id, user.pk, 0, now, _lease_until()])
             row = cursor.fetchone()
         return row[0] if row else None
@@ -250,6 +253,7 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
     """Record an annotator's labels for the item they hold, and ask the model to update."""
     item = resolve_ticket(project, ticket, user=user)
     taxonomy = project.current_taxonomy()
+    prefetch_related_objects([taxonomy], "labels")  # read again when the next item is rendered
     keys = check_label_keys(project, taxonomy, label_keys, taxonomy_number)
     now = timezone.now()
     if item.assignment is not None:
@@ -281,7 +285,7 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         annotation.label_keys = keys
         annotation.created_at = now
         annotation.save(update_fields=["label_keys", "created_at"])
-    if Annotation.objects.filter(example=item.example).count() >= project.overlap:
+    if project.overlap == 1 or Annotation.objects.filter(example=item.example).count() >= project.overlap:
         # Fully answered: out of the queue's walk now rather than at the next retrain.
         ExampleScore.objects.filter(example=item.example).delete()
     _after_labels(project, [item.example.pk])

@@ -24,7 +24,7 @@ from annotation.models import Annotation, Assignment, AssignmentStatus, Comment,
 from learning.models import ExampleScore, ModelVersion
 from projects.access import get_project_for_user
 from projects.actions import ActionError
-from projects.models import Example, Project, Role
+from projects.models import Example, Project, Role, TaxonomyVersion
 
 # The header's project-wide counts: exact to within this many seconds.
 STATS_SECONDS = 20
@@ -61,8 +61,8 @@ def _suggestion(example: Example, taxonomy_labels: dict[str, Any]) -> dict[str, 
 
 
 def _item_context(request: HttpRequest, project: Project, item: Item | None, *, error: str = "",
-                  notice: str = "") -> dict[str, Any]:
-    taxonomy = project.current_taxonomy()
+                  notice: str = "", taxonomy: TaxonomyVersion | None = None) -> dict[str, Any]:
+    taxonomy = taxonomy or project.current_taxonomy()
     labels = list(taxonomy.labels.all())
     by_key = {label.key: label for label in labels}
     context: dict[str, Any] = {
@@ -94,8 +94,8 @@ def _previous_labels(example: Example, by_key: dict[str, Any]) -> list[str]:
 
 
 def _render_item(request: HttpRequest, project: Project, item: Item | None, *, status: int = 200,
-                 error: str = "", notice: str = "") -> HttpResponse:
-    context = _item_context(request, project, item, error=error, notice=notice)
+                 error: str = "", notice: str = "", taxonomy: TaxonomyVersion | None = None) -> HttpResponse:
+    context = _item_context(request, project, item, error=error, notice=notice, taxonomy=taxonomy)
     template = "annotation/partials/label-item.html" if request.htmx else "annotation/label.html"
     return render(request, template, context, status=status)
 
@@ -117,12 +117,12 @@ def label(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _after_action(request: HttpRequest, project: Project, *, error: str = "", notice: str = "",
-                  item: Item | None = None) -> HttpResponse:
+                  item: Item | None = None, taxonomy: TaxonomyVersion | None = None) -> HttpResponse:
     """HTMX: the next item (or the same one with a message). Plain: back to the page with a message."""
     if request.htmx:
         if item is None:
             item = actions.next_item(project, user=request.user)
-        return _render_item(request, project, item, error=error, notice=notice)
+        return _render_item(request, project, item, error=error, notice=notice, taxonomy=taxonomy)
     if error:
         messages.error(request, error)
     elif notice:
@@ -137,12 +137,13 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
     version = request.POST.get("taxonomy_version", "")
     try:
-        actions.submit_annotation(project, ticket=request.POST.get("ticket", ""), user=request.user,
-                                  label_keys=request.POST.getlist("label"),
-                                  taxonomy_number=int(version) if version.isdigit() else None)
+        annotation = actions.submit_annotation(project, ticket=request.POST.get("ticket", ""), user=request.user,
+                                               label_keys=request.POST.getlist("label"),
+                                               taxonomy_number=int(version) if version.isdigit() else None)
     except ActionError as exc:
         return _after_action(request, project, error=str(exc))
-    return _after_action(request, project)
+    # The taxonomy the label was checked against is the current one: render with it.
+    return _after_action(request, project, taxonomy=annotation.taxonomy_version)
 
 
 @require_POST
