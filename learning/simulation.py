@@ -22,7 +22,7 @@ ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 def _update(
     X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None, seed: int
 ) -> bayes.Posterior:
-    """The model update of ``learning.actions`` (train_model), minus the database.
+    """The model update of ``learning.actions.fit_and_score``, minus the database.
 
     Same calls in the same order: a fit warm-started from the previous model (which keeps its
     prior precision until the labels have grown enough for a new search), then one

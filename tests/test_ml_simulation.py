@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from learning import simulation
+from learning import bayes, quality, simulation
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,3 +99,31 @@ def test_it_runs_small_text_on_the_same_grid_as_ours() -> None:
         assert {"macro_f1", "ece", "update_seconds"} <= set(points[-1])
         assert entry["summary"]["reference_macro_f1"] == target
         assert points[-1]["macro_f1"] > 0.5  # four well-separated blobs
+
+
+def test_it_updates_the_model_as_the_app_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # learning.actions.fit_and_score: fit warm-started from the previous model, then calibrate
+    # from quality.evaluate's report. A replay that fits another way draws curves no project sees.
+    warm: list[bool] = []
+    reported: list[bool] = []
+    fit, calibrate = bayes.fit, quality.calibrate
+
+    def spy_fit(X: np.ndarray, y: np.ndarray, **kwargs: Any) -> bayes.Posterior:
+        if kwargs.get("prior_precision") is None:  # cross-validation folds fix it; the update does not
+            warm.append(kwargs.get("warm_start") is not None)
+        return fit(X, y, **kwargs)
+
+    def spy_calibrate(posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> bayes.Posterior:
+        reported.append(kwargs.get("report") is not None)
+        return calibrate(posterior, X, y, **kwargs)
+
+    monkeypatch.setattr(bayes, "fit", spy_fit)
+    monkeypatch.setattr(quality, "calibrate", spy_calibrate)
+    X, y = blobs(300, 5)
+    points = simulation.run_strategy(
+        "margin", X_train=X[:200], y_train=y[:200], X_test=X[200:], y_test=y[200:], n_classes=4,
+        seed_size=20, batch_size=20, budget=80, seed=0,
+    )  # fmt: skip
+    assert [p["n_labels"] for p in points] == [20, 40, 60, 80]
+    assert warm == [False, True, True, True]
+    assert reported == [True, True, True, True]
