@@ -463,6 +463,15 @@ def run_import(dataset_id: int, *, progress: ProgressCallback | None = None, emb
     if dataset.status not in {DatasetStatus.QUEUED, DatasetStatus.VALIDATING, DatasetStatus.IMPORTING}:
         logger.info("dataset %s is %s; nothing to import", dataset.pk, dataset.status)
         return dataset
+    dataset = _run_import(dataset, progress=progress, embed=embed)
+    # Every way in (upload page, API upload, bulk push, command line) tells the webhooks, once.
+    from learning.webhooks import import_finished
+
+    import_finished(dataset)
+    return dataset
+
+
+def _run_import(dataset: Dataset, *, progress: ProgressCallback | None, embed: bool) -> Dataset:
     project = dataset.project
     path = dataset.file.path
 

@@ -5,7 +5,4 @@ from projects import actions
 
 
 def import_dataset(dataset_id: int) -> None:
-    dataset = actions.run_import(dataset_id)
-    from learning.webhooks import import_finished
-
-    import_finished(dataset)
+    actions.run_import(dataset_id)

@@ -221,14 +221,22 @@ def test_promotion_and_finished_imports_send_events(trained, alice, receiver, ru
 
     upload = SimpleUploadedFile("more.csv", b"text,label\nwe overrule the lot,Yes\n", content_type="text/csv")
     dataset = project_actions.create_dataset_from_upload(trained, upload=upload, user=alice)
+    project_actions.configure_import(dataset, text_column="text", label_column="label")
     with run_jobs():
-        project_actions.start_import(dataset, text_column="text", label_column="label", id_column="",
-                                     add_unknown_labels=False)
+        project_jobs.import_dataset(dataset.pk)  # what start_import queues
     with run_jobs():
-        project_jobs.import_dataset(dataset.pk)  # idempotent: an import already done reports nothing new
+        project_jobs.import_dataset(dataset.pk)  # run again: an import already done reports nothing new
     events = [json.loads(r["body"]) for r in receiver.requests]
     finished = [e for e in events if e["event"] == "import.finished"]
-    assert finished and finished[0]["data"]["status"] == "done" and finished[0]["data"]["imported"] == 1
+    assert len(finished) == 1 and finished[0]["data"]["status"] == "done" and finished[0]["data"]["imported"] == 1
+
+    # A JSON push over the API is an import too.
+    receiver.requests.clear()
+    with run_jobs():
+        project_actions.import_records(trained, records=[{"text": "we overrule it all again", "label": "Yes"}],
+                                       user=alice)
+    pushed = [json.loads(r["body"]) for r in receiver.requests]
+    assert [e["data"]["source"] for e in pushed if e["event"] == "import.finished"] == ["api"]
 
 
 def test_the_webhooks_page_registers_and_logs_deliveries(project, alice, bob, charlie, receiver, run_jobs,
