@@ -71,6 +71,9 @@ class Strategy:
     needs_samples: bool
     diversity: bool
     score: Callable[[np.ndarray, np.ndarray | None, np.random.Generator, bool], np.ndarray]
+    # Weight scores by information density (Settles & Craven 2008), so outliers that only
+    # look uncertain are not picked first.
+    density: bool = False
 
 
 def _random_score(proba: np.ndarray, samples: np.ndarray | None, rng: np.random.Generator, ml: bool) -> np.ndarray:
@@ -86,6 +89,9 @@ STRATEGIES: dict[str, Strategy] = {
     "entropy": Strategy("entropy", False, False, lambda p, s, r, ml: entropy(p, multi_label=ml)),
     "bald": Strategy("bald", True, False, lambda p, s, r, ml: bald(s, multi_label=ml)),  # type: ignore[arg-type]
     "bald_diversity": Strategy("bald_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml)),  # type: ignore[arg-type]
+    "bald_density_diversity": Strategy(
+        "bald_density_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml), density=True  # type: ignore[arg-type]
+    ),
 }
 DEFAULT_STRATEGY = "bald_diversity"
 
@@ -112,6 +118,7 @@ def score_pool(
     n_samples: int = 16,
     rng: np.random.Generator | None = None,
     chunk_size: int = 8192,
+    density: np.ndarray | None = None,
 ) -> PoolScores:
     """Predictive probabilities and acquisition scores for a whole pool, chunk by chunk.
 
@@ -160,7 +167,45 @@ def score_pool(
             scores[start:stop] = _bald_antithetic(mean, dev, multi_label=posterior.multi_label)
         else:
             scores[start:stop] = spec.score(p, None, rng, posterior.multi_label)
+    if spec.density:
+        # `density` may come precomputed (the app caches it per project); it depends only on X.
+        scores *= information_density(X, rng=rng) if density is None else density
     return PoolScores(proba=proba, scores=scores)
+
+
+DENSITY_NEIGHBOURS = 20
+DENSITY_REFERENCE = 2000
+
+
+def information_density(X: np.ndarray, *, neighbours: int = DENSITY_NEIGHBOURS, reference: int = DENSITY_REFERENCE,
+                        rng: np.random.Generator | None = None, chunk_size: int = 2048) -> np.ndarray:
+    """Per row, the mean cosine similarity to its `neighbours` nearest rows, clipped at 0.
+
+    Exact (against every other row) up to `reference` rows; above that, against a uniform
+    sample of `reference` rows, so the cost is N x reference instead of N^2. A row is never
+    its own neighbour. Values lie in [0, 1]: high in dense regions, low for outliers.
+    """
+    unit = _unit(X)
+    n = len(unit)
+    if n < 2:
+        return np.ones(n)
+    if n <= reference:
+        ref_idx = np.arange(n)
+    else:
+        ref_idx = np.sort((rng or np.random.default_rng(0)).choice(n, reference, replace=False))
+    position = np.full(n, -1)
+    position[ref_idx] = np.arange(len(ref_idx))
+    ref = unit[ref_idx]
+    k = min(neighbours, len(ref_idx) - 1)
+    out = np.empty(n)
+    for start in range(0, n, chunk_size):
+        sims = unit[start : start + chunk_size] @ ref.T
+        rows = np.arange(start, min(start + chunk_size, n))
+        own = position[rows]
+        mine = own >= 0
+        sims[np.flatnonzero(mine), own[mine]] = -np.inf
+        out[start : start + len(rows)] = np.partition(sims, -k, axis=1)[:, -k:].mean(axis=1)
+    return np.clip(out, 0.0, 1.0)
 
 
 def _bald_antithetic(mean: np.ndarray, dev: np.ndarray, *, multi_label: bool) -> np.ndarray:

@@ -322,7 +322,9 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
         if len(pool_ids):
             X_pool = emb.vectors[emb.rows_of(pool_ids)]
             rng = np.random.default_rng(run.pk)
-            pooled = acquisition.score_pool(posterior, X_pool, strategy=strategy, rng=rng)
+            density = (store.density_of(project.pk, encoder.name, pool_ids)
+                       if acquisition.get_strategy(strategy).density else None)
+            pooled = acquisition.score_pool(posterior, X_pool, strategy=strategy, rng=rng, density=density)
             priority = pooled.scores.astype(np.float64).copy()
             spec = acquisition.get_strategy(strategy)
             if spec.diversity:

@@ -59,7 +59,44 @@ def load(project_id: int, encoder: str) -> ProjectEmbeddings:
     return result
 
 
+_density: dict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = {}
+REDENSITY_GROWTH = 0.1
+
+
+def density_of(project_id: int, encoder: str, ids: np.ndarray) -> np.ndarray:
+    """Information density of the given examples among all of the project's, cached per process.
+
+    It depends only on the embeddings. The full computation (against a fixed reference
+    sample, a few seconds for a million examples) reruns when the project has grown by a
+    tenth; examples that arrive in between (e.g. inputs routed by the prediction API) are
+    measured against the cached values' ids only, which costs next to nothing.
+    """
+    from learning.acquisition import information_density
+
+    emb = load(project_id, encoder)
+    with _lock:
+        cached = _density.get((project_id, encoder))
+    if cached is None or len(emb.example_ids) > len(cached[1]) * (1 + REDENSITY_GROWTH):
+        values = information_density(emb.vectors, rng=np.random.default_rng(project_id))
+        cached = (emb.last_chunk_id, emb.example_ids.copy(), values)
+    elif cached[0] != emb.last_chunk_id:
+        known = np.isin(emb.example_ids, cached[1], assume_unique=True)
+        values = np.empty(len(emb.example_ids))
+        values[known] = cached[2][np.searchsorted(cached[1], emb.example_ids[known])]
+        if (~known).any():
+            # Against the rows already measured (plus themselves), as a stand-in until the next full pass.
+            sample = emb.vectors[known][:2000]
+            fresh = emb.vectors[~known]
+            values[~known] = information_density(np.vstack([fresh, sample]))[: len(fresh)]
+        cached = (emb.last_chunk_id, emb.example_ids.copy(), values)
+    with _lock:
+        _density[(project_id, encoder)] = cached
+    return cached[2][np.searchsorted(cached[1], ids)]
+
+
 def forget(project_id: int) -> None:
     with _lock:
         for key in [key for key in _cache if key[0] == project_id]:
             del _cache[key]
+        for key in [key for key in _density if key[0] == project_id]:
+            del _density[key]

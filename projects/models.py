@@ -74,7 +74,8 @@ class Project(models.Model):
     task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.SINGLE_LABEL)
     acquisition_strategy = models.CharField(
         max_length=32, default="bald_diversity",
-        choices=[("bald_diversity", "BALD + diversity (recommended)"), ("bald", "BALD"), ("entropy", "Entropy"),
+        choices=[("bald_diversity", "BALD + diversity (recommended)"),
+                 ("bald_density_diversity", "BALD × density + diversity (skips outliers)"), ("bald", "BALD"), ("entropy", "Entropy"),
                  ("margin", "Margin"), ("least_confidence", "Least confidence"), ("random", "Random")],
         help_text="How the next items to label are chosen once a model exists.",
     )

@@ -23,6 +23,7 @@ def _fast(settings, monkeypatch):
     monkeypatch.setattr(actions, "current_encoder", lambda: ENCODER)
     yield
     store._cache.clear()
+    store._density.clear()
 
 
 def make_examples(project, alice, n: int, *, labelled: int, seed: int = 0):
@@ -176,3 +177,33 @@ def test_a_lost_update_is_requeued_instead_of_blocking_the_project(project, djan
     with django_capture_on_commit_callbacks() as callbacks:
         assert actions.request_training(project, reason="labels") is None
     assert callbacks == []
+
+
+def test_the_density_weighted_strategy_scores_the_pool_with_cached_density(project, alice):
+    project.acquisition_strategy = "bald_density_diversity"
+    project.save()
+    make_examples(project, alice, 300, labelled=60)
+    TrainingRun.objects.create(project=project)
+    run = actions.run_training(project.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert ModelVersion.objects.get(project=project).strategy == "bald_density_diversity"
+    scores = ExampleScore.objects.filter(project=project)
+    assert scores.count() == 240 and all(s.score >= 0 for s in scores)
+    assert (project.pk, ENCODER.name) in store._density  # computed once, reused by the next update
+
+
+def test_density_is_extended_not_recomputed_for_a_few_new_examples(project, alice, monkeypatch):
+    from learning import acquisition
+
+    examples = make_examples(project, alice, 200, labelled=0)
+    ids = np.array([e.pk for e in examples], dtype=np.int64)
+    first = store.density_of(project.pk, ENCODER.name, ids)
+    calls = []
+    real = acquisition.information_density
+    monkeypatch.setattr(acquisition, "information_density", lambda X, **kw: calls.append(len(X)) or real(X, **kw))
+    extra = make_examples(project, alice, 5, labelled=0, seed=1)
+    both = np.concatenate([ids, [e.pk for e in extra]])
+    second = store.density_of(project.pk, ENCODER.name, both)
+    np.testing.assert_allclose(second[:200], first)  # old values kept
+    assert len(second) == 205 and np.all((second >= 0) & (second <= 1))
+    assert calls == [5 + 200]  # only the new rows, against a sample of the old ones

@@ -54,7 +54,8 @@ def test_it_ranks_uncertainty_scores_sensibly() -> None:
 
 
 def test_it_knows_every_strategy_name() -> None:
-    assert set(acquisition.STRATEGIES) == {"random", "least_confidence", "margin", "entropy", "bald", "bald_diversity"}
+    assert set(acquisition.STRATEGIES) == {"random", "least_confidence", "margin", "entropy", "bald", "bald_diversity",
+                                           "bald_density_diversity"}
     assert acquisition.DEFAULT_STRATEGY == "bald_diversity"
 
 
@@ -193,3 +194,47 @@ def test_it_scores_a_multilabel_pool() -> None:
     assert scored.proba.shape == (500, 3) and np.all((scored.proba >= 0) & (scored.proba <= 1))
     assert np.all(scored.scores >= 0) and np.all(scored.scores <= 3 * np.log(2) + 1e-6)
     assert np.abs(post.predict_proba(pool) - scored.proba).max() < 0.1
+
+
+# ---- information density (the bald_density_diversity strategy) -------------------------------
+
+
+@given(st.integers(min_value=2, max_value=60), st.integers(min_value=0, max_value=10_000))
+def test_density_lies_in_zero_one_and_ignores_a_rows_own_similarity(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8))
+    density = acquisition.information_density(X, neighbours=5)
+    assert density.shape == (n,)
+    assert np.all((0.0 <= density) & (density <= 1.0))
+    # Duplicating one row must not make it look dense by matching itself.
+    lone = np.vstack([X, rng.normal(size=(1, 8)) * 50])
+    assert acquisition.information_density(lone, neighbours=1)[-1] < 1.0
+
+
+def test_an_outlier_is_less_dense_than_the_members_of_a_cluster():
+    rng = np.random.default_rng(0)
+    cluster = rng.normal(size=(200, 16)) * 0.1 + np.ones(16)
+    outlier = -np.ones((1, 16))
+    density = acquisition.information_density(np.vstack([cluster, outlier]), neighbours=20)
+    assert density[-1] < density[:-1].min()
+    # The sampled reference (pools above `reference`) agrees with the exact one on that order.
+    sampled = acquisition.information_density(np.vstack([cluster, outlier]), neighbours=20, reference=50,
+                                              rng=np.random.default_rng(1))
+    assert sampled[-1] < sampled[:-1].min()
+
+
+def test_density_weighted_bald_is_bald_times_density():
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(size=(60, 6)) + 3, rng.normal(size=(60, 6)) - 3])
+    y = np.array([0] * 60 + [1] * 60)
+    posterior = bayes.fit(X, y, n_classes=2)
+    pool = rng.normal(size=(80, 6)) * 3
+    plain = acquisition.score_pool(posterior, pool, strategy="bald_diversity", rng=np.random.default_rng(5))
+    weighted = acquisition.score_pool(posterior, pool, strategy="bald_density_diversity",
+                                      rng=np.random.default_rng(5))
+    density = acquisition.information_density(pool)
+    np.testing.assert_allclose(weighted.scores, plain.scores * density, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(weighted.proba, plain.proba)
+    given_density = acquisition.score_pool(posterior, pool, strategy="bald_density_diversity",
+                                           rng=np.random.default_rng(5), density=np.ones(80))
+    np.testing.assert_allclose(given_density.scores, plain.scores, rtol=1e-6, atol=1e-12)
