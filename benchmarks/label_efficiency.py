@@ -46,7 +46,7 @@ DATASETS = [
     "it_service_tickets",
     "cfpb_complaints",
 ]
-STRATEGIES = ["random", "entropy", "margin", "bald", "bald_diversity"]
+STRATEGIES = ["random", "entropy", "margin", "bald", "bald_diversity", "bald_density_diversity"]
 MAX_TRAIN = 10_000
 MAX_TEST = 2_000
 
@@ -255,6 +255,7 @@ COLORS = {
     "margin": "tab:green",
     "bald": "tab:red",
     "bald_diversity": "tab:purple",
+    "bald_density_diversity": "tab:pink",
 }
 
 

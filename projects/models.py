@@ -73,9 +73,9 @@ class Project(models.Model):
     guidelines = models.TextField(blank=True, help_text="Shown to annotators beside every item.")
     task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.SINGLE_LABEL)
     acquisition_strategy = models.CharField(
-        max_length=32, default="bald_diversity",
-        choices=[("bald_diversity", "BALD + diversity (recommended)"),
-                 ("bald_density_diversity", "BALD × density + diversity (skips outliers)"), ("bald", "BALD"), ("entropy", "Entropy"),
+        max_length=32, default="bald_density_diversity",
+        choices=[("bald_density_diversity", "BALD × density + diversity (recommended)"),
+                 ("bald_diversity", "BALD + diversity"), ("bald", "BALD"), ("entropy", "Entropy"),
                  ("margin", "Margin"), ("least_confidence", "Least confidence"), ("random", "Random")],
         help_text="How the next items to label are chosen once a model exists.",
     )

@@ -56,7 +56,7 @@ def test_it_ranks_uncertainty_scores_sensibly() -> None:
 def test_it_knows_every_strategy_name() -> None:
     assert set(acquisition.STRATEGIES) == {"random", "least_confidence", "margin", "entropy", "bald", "bald_diversity",
                                            "bald_density_diversity"}
-    assert acquisition.DEFAULT_STRATEGY == "bald_diversity"
+    assert acquisition.DEFAULT_STRATEGY == "bald_density_diversity"
 
 
 def duplicate_clusters(n_clusters: int = 30, copies: int = 20, d: int = 32, seed: int = 0) -> np.ndarray:
