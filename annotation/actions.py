@@ -30,7 +30,7 @@ from django.utils import timezone
 from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus, Comment, Flag, Relabel
 from learning.models import ExampleScore
 from projects.actions import ActionError
-from projects.models import Example, Label, Project, TaxonomyVersion
+from projects.models import Example, Project, TaxonomyVersion
 
 logger = logging.getLogger(__name__)
 
@@ -209,17 +209,19 @@ def pick(project: Project, *, example: Example, user: Any) -> Item:
 # --- Submitting -------------------------------------------------------------------------------------------------
 
 
-def resolve_ticket(project: Project, ticket: str, *, user: Any) -> Item:
-    """The item a submitted form refers to, checked to be this annotator's."""
+def resolve_ticket(project: Project, ticket: str, *, user: Any, lock: bool = False) -> Item:
+    """The item a submitted form refers to, checked to be this annotator's (row-locked if `lock`)."""
     kind, _, raw = ticket.partition(":") if ":" in ticket else (ticket[:1], "", ticket[1:])
     if not raw.isdigit() or kind not in ("a", "r"):
         raise ActionError("This form does not say which item it is for; reload the page.")
     if kind == "r":
-        relabel = Relabel.objects.select_related("example").filter(pk=int(raw), project=project).first()
+        relabels = Relabel.objects.select_for_update() if lock else Relabel.objects
+        relabel = relabels.select_related("example").filter(pk=int(raw), project=project).first()
         if relabel is None or (relabel.leased_by_id != user.pk):
             raise ActionError("This re-review item is not assigned to you; your label was not saved.")
         return Item(example=relabel.example, relabel=relabel)
-    assignment = Assignment.objects.select_related("example").filter(pk=int(raw), project=project).first()
+    assignments = Assignment.objects.select_for_update() if lock else Assignment.objects
+    assignment = assignments.select_related("example").filter(pk=int(raw), project=project).first()
     if assignment is None or assignment.annotator_id != user.pk:
         raise ActionError("This item is not leased to you (your lease expired and it went to someone else); "
                           "your label was not saved. Here is your next item.")
@@ -251,14 +253,14 @@ def check_label_keys(project: Project, taxonomy: TaxonomyVersion, keys: list[str
 def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: list[str],
                       taxonomy_number: int | None = None) -> Annotation:
     """Record an annotator's labels for the item they hold, and ask the model to update."""
-    item = resolve_ticket(project, ticket, user=user)
+    # Locks our lease: a double submit waits here and then sees it submitted.
+    item = resolve_ticket(project, ticket, user=user, lock=True)
     taxonomy = project.current_taxonomy()
     prefetch_related_objects([taxonomy], "labels")  # read again when the next item is rendered
     keys = check_label_keys(project, taxonomy, label_keys, taxonomy_number)
     now = timezone.now()
     if item.assignment is not None:
-        # Lock our lease: a double submit waits here and then sees it submitted.
-        assignment = Assignment.objects.select_for_update().get(pk=item.assignment.pk)
+        assignment = item.assignment
         if assignment.status == AssignmentStatus.SUBMITTED:
             raise ActionError("You already submitted this item; it was saved once.")
         if assignment.status == AssignmentStatus.SKIPPED:
@@ -267,8 +269,8 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         assignment.finished_at = now
         assignment.save(update_fields=["status", "finished_at"])
     else:
-        assert item.relabel is not None
-        relabel = Relabel.objects.select_for_update().get(pk=item.relabel.pk)
+        relabel = item.relabel
+        assert relabel is not None
         if relabel.done_at is not None:
             raise ActionError("This re-review item was already done; it was saved once.")
         relabel.done_at = now
@@ -389,6 +391,3 @@ def resolve_flag(flag: Flag, *, user: Any, resolution: str = "", relabel: bool =
                                       defaults={"reason": f"Flagged: {locked.reason}"[:300]})
     return locked
 
-
-def label_names(taxonomy: TaxonomyVersion) -> dict[str, Label]:
-    return {label.key: label for label in taxonomy.labels.all()}

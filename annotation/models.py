@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone
 
 from projects.models import Example, Project, TaxonomyVersion
@@ -19,6 +19,12 @@ class AnnotationSource(models.TextChoices):
 class AnnotationQuerySet(models.QuerySet["Annotation"]):
     def in_project(self, project: Project | int) -> AnnotationQuerySet:
         return self.filter(example__project=project)
+
+    def with_label(self, key: str) -> AnnotationQuerySet:
+        """Annotations whose label_keys hold `key` (SQLite has no JSON containment: filtered in Python)."""
+        if connection.features.supports_json_field_contains:
+            return self.filter(label_keys__contains=[key])
+        return self.filter(id__in=[pk for pk, keys in self.values_list("id", "label_keys").iterator() if key in keys])
 
 
 class Annotation(models.Model):

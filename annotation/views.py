@@ -244,14 +244,8 @@ def browse(request: HttpRequest, pk: int) -> HttpResponse:
     elif state == "uncertain":
         examples = examples.filter(score__model_version__isnull=False).order_by("score__confidence")
     if label_key:
-        labelled_with = Annotation.objects.filter(example=OuterRef("pk"), label_keys__contains=[label_key]) \
-            if _json_contains() else None
-        if labelled_with is not None:
-            examples = examples.filter(Exists(labelled_with))
-        else:
-            ids = [a for a, keys in Annotation.objects.in_project(project).values_list("example_id", "label_keys")
-                   if label_key in keys]
-            examples = examples.filter(pk__in=ids)
+        examples = examples.filter(
+            pk__in=Annotation.objects.in_project(project).with_label(label_key).values("example_id"))
     if state != "uncertain":
         examples = examples.order_by("id")
     page = Paginator(examples.select_related("score"), 25).get_page(request.GET.get("page"))
@@ -268,8 +262,3 @@ def browse(request: HttpRequest, pk: int) -> HttpResponse:
     template = "annotation/partials/browse-results.html" if request.htmx else "annotation/browse.html"
     return render(request, template, context)
 
-
-def _json_contains() -> bool:
-    from django.db import connection
-
-    return bool(connection.features.supports_json_field_contains)

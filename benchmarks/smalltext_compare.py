@@ -251,24 +251,10 @@ def simulate(
             "repeats": repeats,
         },
     }
-    for name in strategies:
-        runs = []
-        for seed in range(repeats):
-            points = run_strategy(
-                name,
-                X_train=X_train,
-                y_train=y_train,
-                X_test=X_test,
-                y_test=y_test,
-                n_classes=n_classes,
-                seed_size=seed_size,
-                batch_size=batch_size,
-                budget=budget,
-                seed=seed,
-                progress=progress,
-            )
-            runs.append({"seed": seed, "points": points})
-        result["strategies"][name] = {"runs": runs}
+    simulation.run_repeats(result, strategies, repeats, lambda name, seed: run_strategy(
+        name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, n_classes=n_classes,
+        seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, progress=progress,
+    ))
     simulation.summarise(result)
     for entry in result["strategies"].values():
         reached = None

@@ -235,27 +235,20 @@ def simulate(
             "dim": int(X_train.shape[1]),
         },
     }
-    for name in strategies:
-        runs = []
-        for seed in range(repeats):
-            points = run_strategy(
-                name,
-                X_train=X_train,
-                y_train=y_train,
-                X_test=X_test,
-                y_test=y_test,
-                n_classes=n_classes,
-                seed_size=seed_size,
-                batch_size=batch_size,
-                budget=budget,
-                seed=seed,
-                multi_label=multi_label,
-                progress=progress,
-            )
-            runs.append({"seed": seed, "points": points})
-        result["strategies"][name] = {"runs": runs}
+    run_repeats(result, strategies, repeats, lambda name, seed: run_strategy(
+        name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, n_classes=n_classes,
+        seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, multi_label=multi_label,
+        progress=progress,
+    ))
     summarise(result)
     return result
+
+
+def run_repeats(result: dict[str, Any], strategies: Sequence[str], repeats: int,
+                run: Callable[[str, int], list[dict[str, Any]]]) -> None:
+    """Fill result["strategies"] with `repeats` seeded runs of each strategy (the JSON contract's shape)."""
+    for name in strategies:
+        result["strategies"][name] = {"runs": [{"seed": seed, "points": run(name, seed)} for seed in range(repeats)]}
 
 
 def plot_curves(result: dict[str, Any], path: str, *, title: str | None = None) -> None:

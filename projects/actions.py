@@ -306,13 +306,6 @@ def split_label(project: Project, *, key: str, into: Sequence[LabelSpec], user: 
     return new
 
 
-def _count_annotations_with(project: Project, key: str) -> int:
-    annotations = Annotation.objects.in_project(project)
-    if connection.features.supports_json_field_contains:
-        return annotations.filter(label_keys__contains=[key]).count()
-    return sum(1 for keys in annotations.values_list("label_keys", flat=True).iterator() if key in keys)
-
-
 def _examples_whose_latest_label_has(project: Project, key: str) -> list[int]:
     latest: dict[int, list[str]] = {}
     rows = (Annotation.objects.in_project(project).order_by("example_id", "-created_at", "-id")
@@ -331,7 +324,7 @@ def set_label_deprecated(project: Project, *, key: str, deprecated: bool, user: 
     if label.is_deprecated == deprecated:
         raise ActionError(f"'{label.name}' is already {'deprecated' if deprecated else 'active'}.")
     if deprecated:
-        count = _count_annotations_with(project, key)
+        count = Annotation.objects.in_project(project).with_label(key).count()
         line = (f"Deprecated '{label.name}': annotators no longer see it and its {count} "
                 f"annotation{'s' if count != 1 else ''} no longer train the model.")
     else:
