@@ -27,9 +27,18 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
-from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus, Comment, Flag, Relabel
-from learning.models import ExampleScore
-from projects.actions import ActionError
+from annotation import events
+from annotation.models import (
+    Annotation,
+    AnnotationSource,
+    Assignment,
+    AssignmentStatus,
+    Comment,
+    ExampleScore,
+    Flag,
+    Relabel,
+)
+from labelhub.errors import ActionError
 from projects.models import Example, Project, TaxonomyVersion
 
 logger = logging.getLogger(__name__)
@@ -295,17 +304,9 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
 
 
 def _after_labels(project: Project, example_ids: list[int]) -> None:
-    from learning.actions import request_training
-
-    def notify() -> None:
-        request_training(project, reason="new labels")
-        try:
-            from learning.predictions import human_labels_given
-        except ImportError:  # the prediction API is optional for the queue
-            return
-        human_labels_given(project.pk, example_ids)
-
-    transaction.on_commit(notify)
+    """Announce the labels once they are committed (the learning layer retrains, serving answers callers)."""
+    transaction.on_commit(
+        lambda: events.labels_given.send(sender=Annotation, project=project, example_ids=example_ids))
 
 
 @transaction.atomic

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 from django.conf import settings
 from django.db import connection, models
 from django.utils import timezone
@@ -25,6 +26,26 @@ class AnnotationQuerySet(models.QuerySet["Annotation"]):
         if connection.features.supports_json_field_contains:
             return self.filter(label_keys__contains=[key])
         return self.filter(id__in=[pk for pk, keys in self.values_list("id", "label_keys").iterator() if key in keys])
+
+    def labelled_ids(self) -> np.ndarray:
+        """Sorted ids of the examples these annotations label."""
+        ids = self.values_list("example_id", flat=True).distinct()
+        return np.unique(np.fromiter(ids, dtype=np.int64))
+
+    def labelled_count(self) -> int:
+        """How many distinct examples these annotations label."""
+        return self.values("example").distinct().count()
+
+    def latest_label_keys(self) -> dict[int, list[str]]:
+        """Each example's latest annotation's label keys (the newest answer wins)."""
+        latest: dict[int, list[str]] = {}
+        rows = self.order_by("example_id", "-created_at", "-id").values_list("example_id", "label_keys")
+        for example_id, keys in rows.iterator(chunk_size=10000):
+            latest.setdefault(example_id, keys)
+        return latest
+
+    def examples_whose_latest_label_has(self, key: str) -> list[int]:
+        return [example_id for example_id, keys in self.latest_label_keys().items() if key in keys]
 
 
 class Annotation(models.Model):
@@ -97,6 +118,11 @@ class Assignment(models.Model):
         return self.expires_at <= (now or timezone.now())
 
 
+class RelabelQuerySet(models.QuerySet["Relabel"]):
+    def open(self) -> RelabelQuerySet:
+        return self.filter(done_at__isnull=True)
+
+
 class Relabel(models.Model):
     """An example whose label must be given again, e.g. because its label was split in two."""
 
@@ -111,6 +137,8 @@ class Relabel(models.Model):
     done_at = models.DateTimeField(null=True, blank=True)
     done_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="+")
+
+    objects = RelabelQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -133,6 +161,14 @@ class Comment(models.Model):
         indexes = [models.Index(fields=["example", "created_at"], name="comment_example")]
 
 
+class FlagQuerySet(models.QuerySet["Flag"]):
+    def open(self) -> FlagQuerySet:
+        return self.filter(resolved_at__isnull=True)
+
+    def in_project(self, project: Project | int) -> FlagQuerySet:
+        return self.filter(example__project=project)
+
+
 class Flag(models.Model):
     """An annotator's 'something is wrong with this item', until a manager resolves it."""
 
@@ -144,6 +180,8 @@ class Flag(models.Model):
     resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="+")
     resolution = models.CharField(max_length=500, blank=True)
+
+    objects = FlagQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -159,3 +197,36 @@ class Flag(models.Model):
         self.resolved_by = user  # type: ignore[assignment]
         self.resolution = resolution
         self.save(update_fields=["resolved_at", "resolved_by", "resolution"])
+
+
+class ExampleScore(models.Model):
+    """The queue's order for one example and the model's suggestion for it.
+
+    The learning loop writes these rows (priority from the acquisition strategy,
+    the prediction and its confidence); the queue reads them. They live here, in
+    the annotation layer, because the queue owns its order.
+    """
+
+    example = models.OneToOneField(Example, primary_key=True, on_delete=models.CASCADE, related_name="score")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # Which model version wrote the prediction (null for seed rows, before any model).
+    model_version_number = models.PositiveIntegerField(null=True, blank=True)
+    predicted_keys = models.JSONField(default=list)
+    confidence = models.FloatField(null=True)
+    score = models.FloatField(default=0.0, help_text="The strategy's acquisition score (uncertainty).")
+    # Queue order, higher first. Differs from `score` where a batch is spread
+    # for diversity or where the cold-start seed ranks items before any model.
+    priority = models.FloatField(default=0.0)
+    is_seed = models.BooleanField(default=False)
+    # Sent to a person by the prediction API's fallback: served before anything else.
+    # Not rewritten by a retrain (it is absent from the upsert's update fields).
+    is_routed = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "learning_examplescore"
+        indexes = [
+            models.Index(fields=["project", "-priority"], name="example_score_queue"),
+            # The annotation queue walks this index: routed items, then the seed, then by priority.
+            models.Index(fields=["project", "-is_routed", "-is_seed", "-priority"], name="example_score_serve_order"),
+        ]

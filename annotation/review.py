@@ -7,17 +7,17 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Page, Paginator
 from django.db.models import Prefetch, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from annotation import actions
-from annotation.dashboard import label_display, labels_by_key
 from annotation.models import Annotation, Comment, Flag
-from projects.access import get_project_for_user
-from projects.actions import ActionError
+from annotation.stats import label_display, labels_by_key
+from labelhub.errors import ActionError
+from projects.access import AuthenticatedHttpRequest, get_project_for_user
 from projects.models import Project, Role
 
 PAGE_SIZE = 25
@@ -56,7 +56,7 @@ def _page(project: Project, *, show_resolved: bool, number: Any) -> Page:
 @require_GET
 @login_required
 @vary_on_headers("HX-Request")
-def review_queue(request: HttpRequest, pk: int) -> HttpResponse:
+def review_queue(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Open flags newest first (`?show=resolved` for the resolved ones); also serves the nav's count badge."""
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     target = request.htmx.target if request.htmx else None
@@ -76,7 +76,7 @@ def review_queue(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @login_required
 @vary_on_headers("HX-Request")
-def resolve(request: HttpRequest, pk: int, flag_pk: int) -> HttpResponse:
+def resolve(request: AuthenticatedHttpRequest, pk: int, flag_pk: int) -> HttpResponse:
     """Close a flag with an optional note; `relabel=1` also sends its item back for re-labelling."""
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     flag = get_object_or_404(Flag, pk=flag_pk, example__project=project)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import dashboard, review, views
+from annotation import review, views
 
 app_name = "annotation"
 urlpatterns = [
@@ -9,9 +9,10 @@ urlpatterns = [
     path("projects/<int:pk>/label/skip/", views.skip, name="skip"),
     path("projects/<int:pk>/label/undo/", views.undo, name="undo"),
     path("projects/<int:pk>/examples/", views.browse, name="browse"),
+    path("projects/<int:pk>/labelled-count/", views.labelled_count, name="labelled-count"),
     path("projects/<int:pk>/examples/<int:example_pk>/comments/", views.comments, name="comments"),
     path("projects/<int:pk>/examples/<int:example_pk>/flag/", views.flag, name="flag"),
     path("projects/<int:pk>/review/", review.review_queue, name="review"),
     path("projects/<int:pk>/review/<int:flag_pk>/resolve/", review.resolve, name="resolve"),
-    path("projects/<int:pk>/dashboard/", dashboard.dashboard, name="dashboard"),
+    path("projects/<int:pk>/taxonomy/edit/", views.taxonomy_edit_label, name="edit-label"),
 ]

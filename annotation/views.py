@@ -13,17 +13,23 @@ from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
+from django.contrib.humanize.templatetags.humanize import intcomma
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from annotation import actions
+from annotation import taxonomy
 from annotation.actions import Item
-from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, Flag, Relabel
-from learning.models import ExampleScore, ModelVersion
-from projects.access import get_project_for_user
-from projects.actions import ActionError
+from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, ExampleScore, Flag, Relabel
+from labelhub.errors import ActionError
+from projects import taxonomy as project_taxonomy
+from projects.access import AuthenticatedHttpRequest, get_project_for_user
+from projects.forms import LabelEditForm, ProjectSettingsForm, taxonomy_editor_context
 from projects.models import Example, Project, Role, TaxonomyVersion
 
 # The header's project-wide counts: exact to within this many seconds.
@@ -35,22 +41,17 @@ def project_progress(project: Project) -> dict[str, Any]:
     key = f"labelhub:label-progress:{project.pk}"
     stats = cache.get(key)
     if stats is None:
-        labelled = Annotation.objects.in_project(project).values("example").distinct().count()
-        latest = (ModelVersion.objects.filter(project=project).order_by("-number")
-                  .values("number", "n_labels", "created_at").first())
         stats = {
             "examples": Example.objects.in_project(project).count(),
-            "labelled": labelled,
-            "model": latest,
-            "labels_since_model": max(labelled - latest["n_labels"], 0) if latest else None,
-            "relabel_open": Relabel.objects.filter(project=project, done_at__isnull=True).count(),
+            "labelled": Annotation.objects.in_project(project).labelled_count(),
+            "relabel_open": Relabel.objects.filter(project=project).open().count(),
         }
         cache.set(key, stats, STATS_SECONDS)
     return stats
 
 
 def _suggestion(example: Example, taxonomy_labels: dict[str, Any]) -> dict[str, Any] | None:
-    score = ExampleScore.objects.filter(example=example, model_version__isnull=False).first()
+    score = ExampleScore.objects.filter(example=example, model_version_number__isnull=False).first()
     if score is None or not score.predicted_keys:
         return None
     active = [key for key in score.predicted_keys if key in taxonomy_labels
@@ -60,7 +61,7 @@ def _suggestion(example: Example, taxonomy_labels: dict[str, Any]) -> dict[str, 
     return {"keys": active, "names": [taxonomy_labels[k].name for k in active], "confidence": score.confidence}
 
 
-def _item_context(request: HttpRequest, project: Project, item: Item | None, *, error: str = "",
+def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Item | None, *, error: str = "",
                   notice: str = "", taxonomy: TaxonomyVersion | None = None) -> dict[str, Any]:
     taxonomy = taxonomy or project.current_taxonomy()
     labels = list(taxonomy.labels.all())
@@ -72,7 +73,7 @@ def _item_context(request: HttpRequest, project: Project, item: Item | None, *, 
         "my_count": Assignment.objects.filter(project=project, annotator=request.user,
                                               status=AssignmentStatus.SUBMITTED).count(),
         "error": error, "notice": notice,
-        "is_manager": project.user_role == Role.MANAGER,  # type: ignore[attr-defined]
+        "is_manager": project.user_role == Role.MANAGER,
     }
     if item is not None:
         example = item.example
@@ -93,7 +94,7 @@ def _previous_labels(example: Example, by_key: dict[str, Any]) -> list[str]:
     return [by_key[k].name if k in by_key else k for k in latest.label_keys]
 
 
-def _render_item(request: HttpRequest, project: Project, item: Item | None, *, status: int = 200,
+def _render_item(request: AuthenticatedHttpRequest, project: Project, item: Item | None, *, status: int = 200,
                  error: str = "", notice: str = "", taxonomy: TaxonomyVersion | None = None) -> HttpResponse:
     context = _item_context(request, project, item, error=error, notice=notice, taxonomy=taxonomy)
     template = "annotation/partials/label-item.html" if request.htmx else "annotation/label.html"
@@ -103,7 +104,7 @@ def _render_item(request: HttpRequest, project: Project, item: Item | None, *, s
 @require_GET
 @login_required
 @vary_on_headers("HX-Request")
-def label(request: HttpRequest, pk: int) -> HttpResponse:
+def label(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The labelling page; `?example=ID` lets a manager open any item."""
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
     picked = request.GET.get("example")
@@ -116,7 +117,7 @@ def label(request: HttpRequest, pk: int) -> HttpResponse:
     return _render_item(request, project, item)
 
 
-def _after_action(request: HttpRequest, project: Project, *, error: str = "", notice: str = "",
+def _after_action(request: AuthenticatedHttpRequest, project: Project, *, error: str = "", notice: str = "",
                   item: Item | None = None, taxonomy: TaxonomyVersion | None = None) -> HttpResponse:
     """HTMX: the next item (or the same one with a message). Plain: back to the page with a message."""
     if request.htmx:
@@ -133,7 +134,7 @@ def _after_action(request: HttpRequest, project: Project, *, error: str = "", no
 @require_POST
 @login_required
 @vary_on_headers("HX-Request")
-def submit(request: HttpRequest, pk: int) -> HttpResponse:
+def submit(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
     version = request.POST.get("taxonomy_version", "")
     try:
@@ -149,7 +150,7 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @login_required
 @vary_on_headers("HX-Request")
-def skip(request: HttpRequest, pk: int) -> HttpResponse:
+def skip(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
     try:
         actions.skip(project, ticket=request.POST.get("ticket", ""), user=request.user)
@@ -161,7 +162,7 @@ def skip(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @login_required
 @vary_on_headers("HX-Request")
-def undo(request: HttpRequest, pk: int) -> HttpResponse:
+def undo(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
     try:
         item = actions.undo_last(project, user=request.user)
@@ -174,10 +175,19 @@ def _example(project: Project, example_pk: int) -> Example:
     return get_object_or_404(Example, pk=example_pk, project=project)
 
 
+def _safe_next(request: AuthenticatedHttpRequest, fallback: str) -> str:
+    """The form's `next` when it is a path on this site; anything else (another host, javascript:) is ignored."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return target
+    return fallback
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
 @vary_on_headers("HX-Request")
-def comments(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
+def comments(request: AuthenticatedHttpRequest, pk: int, example_pk: int) -> HttpResponse:
     """An example's comment thread; annotators and managers add to it."""
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR if request.method == "POST" else Role.VIEWER)
     example = _example(project, example_pk)
@@ -190,7 +200,7 @@ def comments(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
         if not request.htmx:
             if error:
                 messages.error(request, error)
-            return redirect(request.POST.get("next") or "annotation:label", project.pk)
+            return redirect(_safe_next(request, reverse("annotation:label", args=[project.pk])))
     context = {"project": project, "example": example, "comment_error": error,
                "comments": Comment.objects.filter(example=example).select_related("author")}
     return render(request, "annotation/partials/comment-thread.html", context, status=400 if error else 200)
@@ -199,7 +209,7 @@ def comments(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
 @require_POST
 @login_required
 @vary_on_headers("HX-Request")
-def flag(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
+def flag(request: AuthenticatedHttpRequest, pk: int, example_pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.ANNOTATOR)
     example = _example(project, example_pk)
     error = ""
@@ -222,7 +232,7 @@ def flag(request: HttpRequest, pk: int, example_pk: int) -> HttpResponse:
 @require_GET
 @login_required
 @vary_on_headers("HX-Request")
-def browse(request: HttpRequest, pk: int) -> HttpResponse:
+def browse(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Find items by text, label, prediction or state; a manager opens any of them to label."""
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     taxonomy = project.current_taxonomy()
@@ -242,7 +252,7 @@ def browse(request: HttpRequest, pk: int) -> HttpResponse:
     elif state == "flagged":
         examples = examples.filter(is_flagged=True)
     elif state == "uncertain":
-        examples = examples.filter(score__model_version__isnull=False).order_by("score__confidence")
+        examples = examples.filter(score__model_version_number__isnull=False).order_by("score__confidence")
     if label_key:
         examples = examples.filter(
             pk__in=Annotation.objects.in_project(project).with_label(label_key).values("example_id"))
@@ -262,3 +272,65 @@ def browse(request: HttpRequest, pk: int) -> HttpResponse:
     template = "annotation/partials/browse-results.html" if request.htmx else "annotation/browse.html"
     return render(request, template, context)
 
+
+# --- Taxonomy editor (its operations move annotations, so they are this layer's) -------------------------------
+
+
+def _apply_label_op(project: Project, data: dict[str, Any], user: Any) -> str:
+    """Run one taxonomy editor operation; returns the changelog of the new version."""
+    key, expected = data["key"], data["expected_version"]
+    op = data["op"]
+    if op == "edit":
+        version = project_taxonomy.edit_label(project, key=key, user=user, expected_number=expected, name=data["name"],
+                                     description=data["description"], colour=data["colour"] or None,
+                                     shortcut=data["shortcut"])
+    elif op == "merge":
+        version = taxonomy.merge_labels(project, into=key, merged=data["merged"], user=user, expected_number=expected)
+    elif op == "split":
+        version = taxonomy.split_label(project, key=key, into=project_taxonomy.parse_label_lines(data["into"]), user=user,
+                                      expected_number=expected)
+    else:
+        version = taxonomy.set_label_deprecated(project, key=key, deprecated=op == "deprecate", user=user,
+                                               expected_number=expected)
+    return " ".join(version.changelog)
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def taxonomy_edit_label(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    taxonomy = project.current_taxonomy()
+    form = LabelEditForm(request.POST, keys=[(lab.key, lab.name) for lab in taxonomy.labels.all()])
+    status, error, done = 200, "", ""
+    if form.is_valid():
+        try:
+            done = _apply_label_op(project, form.cleaned_data, request.user)
+        except ActionError as exc:
+            error = str(exc)
+            status = exc.status
+    else:
+        error = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+        status = 400
+    if request.htmx:
+        # htmx does not swap 4xx answers by default; the editor shows the message instead.
+        context = taxonomy_editor_context(project)
+        context.update(edit_error=error, edit_done=done, edit_key=form.data.get("key"))
+        response = render(request, "projects/partials/taxonomy-editor.html", context)
+        response["HX-Trigger"] = "taxonomy-changed"
+        return response
+    if error:
+        messages.error(request, error)
+        return render(request, "projects/project_settings.html",
+                      {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project)}, status=status)
+    messages.success(request, done)
+    return redirect("projects:settings", project.pk)
+
+
+@require_GET
+@login_required
+def labelled_count(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """How many examples of the project are labelled (the project page's counter, loaded by htmx)."""
+    project = get_project_for_user(request, pk)
+    count = Annotation.objects.in_project(project).labelled_count()
+    return HttpResponse(format_html('<b id="labelled-count">{}</b>', intcomma(count)))

@@ -35,7 +35,7 @@ from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from projects import actions  # noqa: E402
+from projects import imports, taxonomy  # noqa: E402
 from annotation.models import Annotation  # noqa: E402
 from projects.models import Dataset, DatasetStatus, Example, Project, Team  # noqa: E402
 
@@ -108,8 +108,8 @@ def main() -> None:
         team, _ = Team.objects.get_or_create(name="import-bench")
         for old in team.projects.filter(name="bench"):
             drop(old)
-        project = actions.create_project(team, name="bench", task_type="single_label", created_by=user,
-                                         labels=[actions.LabelSpec("Yes"), actions.LabelSpec("No")])
+        project = taxonomy.create_project(team, name="bench", task_type="single_label", created_by=user,
+                                         labels=[taxonomy.LabelSpec("Yes"), taxonomy.LabelSpec("No")])
         dataset = Dataset.objects.create(project=project, name=path.name, file_format="csv", created_by=user,
                                          columns=["id", "text", "label"], text_column="text",
                                          label_column="label", id_column="id", status=DatasetStatus.QUEUED)
@@ -127,7 +127,7 @@ def main() -> None:
         rss_before = psutil.Process().memory_info().rss
         t0 = time.perf_counter()
         with PeakRss() as rss:
-            dataset = actions.run_import(dataset.pk, progress=progress)
+            dataset = imports.run_import(dataset.pk, progress=progress)
         total_s = time.perf_counter() - t0
         assert dataset.status == DatasetStatus.DONE, dataset.errors[:3]
         print(f"database: {connection.vendor}")

@@ -49,7 +49,7 @@ from labelhub.jobs import uses_rq  # noqa: E402
 from learning import actions as learning_actions  # noqa: E402
 from learning import keys, serving  # noqa: E402
 from learning.models import ModelVersion, TrainingRun  # noqa: E402
-from projects import actions  # noqa: E402
+from projects import imports, taxonomy  # noqa: E402
 from projects.models import Project, Team  # noqa: E402
 
 DEMO = ROOT / "demo" / "legal_overruling.csv"
@@ -71,10 +71,10 @@ def set_up(train_rows: int, threshold: float) -> tuple[Project, str, list[str]]:
     team, _ = Team.objects.get_or_create(name="Prediction benchmark")
     user, _ = User.objects.get_or_create(username="predict-bench")
     Project.objects.filter(team=team).delete()
-    project = actions.create_project(team, name="Prediction benchmark", task_type="single_label", created_by=user,
-                                     labels=[actions.LabelSpec("Yes"), actions.LabelSpec("No")])
+    project = taxonomy.create_project(team, name="Prediction benchmark", task_type="single_label", created_by=user,
+                                     labels=[taxonomy.LabelSpec("Yes"), taxonomy.LabelSpec("No")])
     records = [{"text": r["text"], "label": r["label"]} for r in rows[:train_rows]]
-    actions.import_records(project, records=records, user=user, add_unknown_labels=False)
+    imports.import_records(project, records=records, user=user, add_unknown_labels=False)
     t0 = time.perf_counter()
     learning_actions.embed_project(project.pk)  # queues the first model update
     deadline = time.time() + 600

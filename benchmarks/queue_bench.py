@@ -94,7 +94,7 @@ def fill(args: argparse.Namespace) -> dict[str, Any]:
 
     from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus
     from learning.models import ExampleScore, ModelVersion
-    from projects.actions import LabelSpec, create_project
+    from projects.taxonomy import LabelSpec, create_project
     from projects.importing import content_hash
     from projects.models import Example, Membership, Role, Team
 

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "projects",
     "annotation",
     "learning",
+    "serving",
 ]
 
 MIDDLEWARE = [
@@ -234,7 +235,7 @@ API_KEY_RATE = os.environ.get("LABELHUB_API_KEY_RATE", "600/min")
 WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("LABELHUB_WEBHOOK_TIMEOUT_SECONDS", "5"))
 # Seconds to wait before each retry of a failed delivery; one retry per entry, then the delivery is failed.
 WEBHOOK_RETRY_DELAYS = [int(s) for s in env_list("LABELHUB_WEBHOOK_RETRY_DELAYS", "10,60,300,1800")]
-REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "learning.keys.ApiKeyAuthentication")
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "serving.keys.ApiKeyAuthentication")
 SPECTACULAR_SETTINGS["DESCRIPTION"] = (
     "Import examples, read projects and taxonomies, get predictions. Authenticate with a personal token "
     "(`Authorization: Token <key>`) or a project API key (`Authorization: Api-Key <key>`, scopes predict, "

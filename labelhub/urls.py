@@ -15,7 +15,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("projects.api_urls")),
     path("api/v1/", include("learning.api_urls")),
+    path("api/v1/", include("serving.api_urls")),
     path("", include("annotation.urls")),
     path("", include("learning.urls")),
+    path("", include("serving.urls")),
     path("", include("projects.urls")),
 ]

@@ -74,6 +74,7 @@ class Strategy:
     # Weight scores by information density (Settles & Craven 2008), so outliers that only
     # look uncertain are not picked first.
     density: bool = False
+    title: str = ""
 
 
 def _random_score(proba: np.ndarray, samples: np.ndarray | None, rng: np.random.Generator, ml: bool) -> np.ndarray:
@@ -81,17 +82,20 @@ def _random_score(proba: np.ndarray, samples: np.ndarray | None, rng: np.random.
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "random": Strategy("random", False, False, _random_score),
-    "least_confidence": Strategy(
-        "least_confidence", False, False, lambda p, s, r, ml: least_confidence(p, multi_label=ml)
-    ),
-    "margin": Strategy("margin", False, False, lambda p, s, r, ml: margin(p, multi_label=ml)),
-    "entropy": Strategy("entropy", False, False, lambda p, s, r, ml: entropy(p, multi_label=ml)),
-    "bald": Strategy("bald", True, False, lambda p, s, r, ml: bald(s, multi_label=ml)),  # type: ignore[arg-type]
-    "bald_diversity": Strategy("bald_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml)),  # type: ignore[arg-type]
     "bald_density_diversity": Strategy(
-        "bald_density_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml), density=True  # type: ignore[arg-type]
+        "bald_density_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml),  # type: ignore[arg-type]
+        density=True, title="BALD × density + diversity (recommended)",
     ),
+    "bald_diversity": Strategy("bald_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml),  # type: ignore[arg-type]
+                               title="BALD + diversity"),
+    "bald": Strategy("bald", True, False, lambda p, s, r, ml: bald(s, multi_label=ml), title="BALD"),  # type: ignore[arg-type]
+    "entropy": Strategy("entropy", False, False, lambda p, s, r, ml: entropy(p, multi_label=ml), title="Entropy"),
+    "margin": Strategy("margin", False, False, lambda p, s, r, ml: margin(p, multi_label=ml), title="Margin"),
+    "least_confidence": Strategy(
+        "least_confidence", False, False, lambda p, s, r, ml: least_confidence(p, multi_label=ml),
+        title="Least confidence",
+    ),
+    "random": Strategy("random", False, False, _random_score, title="Random"),
 }
 # BALD weighted by density, spread for diversity: on the eight benchmark sets it needed fewer
 # labels than plain BALD + diversity on six, as many on one, and 20 more on one (within noise);

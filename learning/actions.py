@@ -13,11 +13,12 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from threadpoolctl import threadpool_limits
 
-from annotation.models import Annotation
+from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
-from learning import acquisition, bayes, quality, store
-from learning.models import EmbeddingChunk, ExampleScore, ModelVersion, RunStatus, TrainingRun
+from learning import acquisition, bayes, decisions, events, quality, store
+from learning.models import EmbeddingChunk, ModelVersion, RunStatus, TrainingRun
 from projects.models import Example, Label, Project
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class TrainingError(Exception):
 
 
 def current_encoder() -> Any:
+    # Imported on first use, not with this module: it loads torch, which a web process
+    # that never predicts (and every management command) should not pay for.
     from learning.encoder import get_encoder
 
     return get_encoder(settings.ENCODER or None)
@@ -103,7 +106,7 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
 def seed_queue(project: Project) -> int:
     """Before any model: rank a diverse, representative seed batch first in the queue."""
     emb = store.load(project.pk, current_encoder().name)
-    labelled = _labelled_ids(project)
+    labelled = Annotation.objects.in_project(project).labelled_ids()
     pool = np.setdiff1d(emb.example_ids, labelled, assume_unique=True)
     if len(pool) == 0:
         return 0
@@ -116,7 +119,7 @@ def seed_queue(project: Project) -> int:
         for rank, i in enumerate(chosen.tolist())
     ]
     with transaction.atomic():
-        ExampleScore.objects.filter(project=project, model_version__isnull=True).delete()
+        ExampleScore.objects.filter(project=project, model_version_number__isnull=True).delete()
         _upsert_scores(scores)
     return len(scores)
 
@@ -138,9 +141,8 @@ def request_training(project: Project, *, reason: str) -> TrainingRun | None:
         # A queued run exists and will see these labels too, unless its job was lost.
         recover_stale_runs(project)
         return None
-    from learning.jobs import train_project
-
-    enqueue(train_project, project.pk, queue="default")
+    # Debounce: labels arriving in the next seconds join this run instead of starting another.
+    enqueue("learning.jobs.train_project", project.pk, queue="default", delay=settings.TRAIN_DEBOUNCE_SECONDS)
     return run
 
 
@@ -158,10 +160,8 @@ def recover_stale_runs(project: Project) -> int:
         error="Interrupted: the worker stopped before this update finished. It was queued again.")
     lost = TrainingRun.objects.filter(project=project, status=RunStatus.QUEUED, requested_at__lt=cutoff).exists()
     if interrupted or lost:
-        from learning.jobs import train_project
-
         logger.warning("project %s: re-queueing a lost model update", project.pk)
-        enqueue(train_project, project.pk, queue="default")
+        enqueue("learning.jobs.train_project", project.pk, queue="default")
     return interrupted + int(lost)
 
 
@@ -169,11 +169,12 @@ def _claim(project_id: int) -> TrainingRun | None:
     queued = TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).first()
     if queued is None:
         return None
-    # Debounce: labels arriving in the next seconds join this run instead of
-    # starting another.
+    # Early (a run re-queued right after another finished): come back when the debounce
+    # is over, rather than holding a worker in sleep.
     wait = (queued.requested_at.timestamp() + settings.TRAIN_DEBOUNCE_SECONDS) - time.time()
-    if wait > 0:
-        time.sleep(wait)
+    if wait > 0.05:
+        enqueue("learning.jobs.train_project", project_id, queue="default", delay=wait)
+        return None
     try:
         with transaction.atomic():
             claimed = TrainingRun.objects.filter(pk=queued.pk, status=RunStatus.QUEUED).update(
@@ -200,13 +201,10 @@ def run_training(project_id: int) -> TrainingRun | None:
         run.mark_failed(f"Unexpected error: {exc!r}. The previous model keeps serving.")
     else:
         run.mark_succeeded(version)
-        from learning.serving import version_recorded
-
-        version_recorded(version.pk)  # promote (unless pinned), drift reference; never raises
+        # The serving layer promotes it (unless pinned) and keeps a drift reference.
+        events.model_version_recorded.send(sender=ModelVersion, version=version)
     if TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).exists():
-        from learning.jobs import train_project
-
-        enqueue(train_project, project_id, queue="default")
+        enqueue("learning.jobs.train_project", project_id, queue="default")
     return run
 
 
@@ -219,21 +217,12 @@ class TrainingSet:
     skipped_deprecated: int
 
 
-def _labelled_ids(project: Project) -> np.ndarray:
-    ids = Annotation.objects.in_project(project).values_list("example_id", flat=True).distinct()
-    return np.unique(np.fromiter(ids, dtype=np.int64))
-
-
 def training_set(project: Project) -> TrainingSet:
     """The latest annotation of each example, mapped onto the current taxonomy's active labels."""
     taxonomy = project.current_taxonomy()
     labels: list[Label] = list(taxonomy.active_labels().order_by("position", "id"))
     index = {label.key: i for i, label in enumerate(labels)}
-    latest: dict[int, list[str]] = {}
-    rows = (Annotation.objects.in_project(project).order_by("example_id", "-created_at", "-id")
-            .values_list("example_id", "label_keys"))
-    for example_id, keys in rows.iterator(chunk_size=10000):
-        latest.setdefault(example_id, keys)
+    latest = Annotation.objects.in_project(project).latest_label_keys()
     ids, targets, skipped = [], [], 0
     for example_id, keys in latest.items():
         mapped = [index[k] for k in keys if k in index]
@@ -260,10 +249,46 @@ def training_set(project: Project) -> TrainingSet:
                        target_array, skipped)
 
 
+@dataclass
+class Fitted:
+    """A fitted model and what it was fitted on, before the pool is scored."""
+
+    data: TrainingSet
+    encoder_name: str
+    embeddings: store.ProjectEmbeddings
+    n_labels: int
+    posterior: bayes.Posterior
+    report: quality.QualityReport
+
+
+@dataclass
+class Scored:
+    """The pool's new queue rows and the labelled ids whose rows leave the queue."""
+
+    strategy: str
+    rows: list[ExampleScore]
+    labelled_ids: np.ndarray
+
+
 def fit_and_score(run: TrainingRun) -> ModelVersion:
     """Refit the model on every current label, measure it, rescore the pool, store a new version."""
-    project = run.project
     timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # One BLAS thread per job: on the 2 shared cores of a small deployment a multi-threaded
+    # OpenBLAS was 5-25x slower (benchmarks/README.md, "Update latency"); more throughput
+    # comes from more workers, not more threads per job.
+    with threadpool_limits(limits=1, user_api="blas"):
+        fitted = fit(run, timings)
+        scored = score(run, fitted, timings)
+    version = record(run, fitted, scored, timings)
+    timings["total_s"] = time.perf_counter() - t0
+    run.timings = {k: round(v, 4) for k, v in timings.items()}
+    return version
+
+
+def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
+    """Fit the posterior on every current label (warm-started from the previous version) and measure it."""
+    project = run.project
     t0 = time.perf_counter()
     data = training_set(project)
     if len(data.label_keys) < (1 if project.is_multi_label else 2):
@@ -292,101 +317,89 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
             logger.warning("model version %s: unreadable artifact, fitting from scratch", previous.pk)
     timings["load_s"] = time.perf_counter() - t0
 
-    from threadpoolctl import threadpool_limits
+    t1 = time.perf_counter()
+    if project.is_multi_label:
+        posterior = bayes.fit_multilabel(X, targets, warm_start=warm)
+    else:
+        posterior = bayes.fit(X, targets, n_classes=len(data.label_keys), warm_start=warm)
+    timings["fit_s"] = time.perf_counter() - t1
+    timings["warm_start"] = float(posterior.info.get("warm_start", 0))
+    timings["evidence_iterations"] = float(posterior.info.get("evidence_iterations", 0))
 
-    # One BLAS thread per job: on the 2 shared cores of a small deployment a multi-threaded
-    # OpenBLAS was 5-25x slower (benchmarks/README.md, "Update latency"); more throughput
-    # comes from more workers, not more threads per job.
-    with threadpool_limits(limits=1, user_api="blas"):
-        t1 = time.perf_counter()
-        if project.is_multi_label:
-            posterior = bayes.fit_multilabel(X, targets, warm_start=warm)
-        else:
-            posterior = bayes.fit(X, targets, n_classes=len(data.label_keys), warm_start=warm)
-        timings["fit_s"] = time.perf_counter() - t1
-        timings["warm_start"] = float(posterior.info.get("warm_start", 0))
-        timings["evidence_iterations"] = float(posterior.info.get("evidence_iterations", 0))
+    t2 = time.perf_counter()
+    # One cross-validation, warm-started from the new model, gives the report and the calibration.
+    report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
+                              multi_label=project.is_multi_label, seed=run.pk, posterior=posterior)
+    posterior = quality.calibrate(posterior, X, targets, seed=run.pk, report=report)
+    timings["quality_s"] = time.perf_counter() - t2
+    return Fitted(data, encoder.name, emb, len(ids), posterior, report)
 
-        t2 = time.perf_counter()
-        # One cross-validation, warm-started from the new model, gives the report and the calibration.
-        report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
-                                  multi_label=project.is_multi_label, seed=run.pk, posterior=posterior)
-        posterior = quality.calibrate(posterior, X, targets, seed=run.pk, report=report)
-        timings["quality_s"] = time.perf_counter() - t2
 
-        t3 = time.perf_counter()
-        labelled_ids = _labelled_ids(project)
-        pool_ids = np.setdiff1d(emb.example_ids, labelled_ids)
-        strategy = project.acquisition_strategy
-        scores: list[ExampleScore] = []
-        if len(pool_ids):
-            X_pool = emb.vectors[emb.rows_of(pool_ids)]
-            rng = np.random.default_rng(run.pk)
-            density = (store.density_of(project.pk, encoder.name, pool_ids)
-                       if acquisition.get_strategy(strategy).density else None)
-            pooled = acquisition.score_pool(posterior, X_pool, strategy=strategy, rng=rng, density=density)
-            priority = pooled.scores.astype(np.float64).copy()
-            spec = acquisition.get_strategy(strategy)
-            if spec.diversity:
-                # The next batch is spread over the embedding space and goes first.
-                batch = acquisition.select_batch(strategy, scores=pooled.scores, embeddings=X_pool,
-                                                 batch_size=settings.SEED_SIZE, rng=rng)
-                top = float(priority.max()) if len(priority) else 0.0
-                priority[batch] = top + 1.0 + (len(batch) - np.arange(len(batch)))
-        timings["score_s"] = time.perf_counter() - t3
-
-    t_rows = time.perf_counter()
+def score(run: TrainingRun, fitted: Fitted, timings: dict[str, float]) -> Scored:
+    """Score every unlabelled example with the new posterior: predictions, acquisition scores, queue order."""
+    project = run.project
+    emb = fitted.embeddings
+    t3 = time.perf_counter()
+    labelled_ids = Annotation.objects.in_project(project).labelled_ids()
+    pool_ids = np.setdiff1d(emb.example_ids, labelled_ids)
+    strategy = project.acquisition_strategy
+    rows: list[ExampleScore] = []
     if len(pool_ids):
-        predicted = _predicted_keys(pooled.proba, data.label_keys, project.is_multi_label)
-        confidence = _confidence(pooled.proba, project.is_multi_label)
+        spec = acquisition.get_strategy(strategy)
+        X_pool = emb.vectors[emb.rows_of(pool_ids)]
+        rng = np.random.default_rng(run.pk)
+        density = store.density_of(project.pk, fitted.encoder_name, pool_ids) if spec.density else None
+        pooled = acquisition.score_pool(fitted.posterior, X_pool, strategy=strategy, rng=rng, density=density)
+        priority = pooled.scores.astype(np.float64).copy()
+        if spec.diversity:
+            # The next batch is spread over the embedding space and goes first.
+            batch = acquisition.select_batch(strategy, scores=pooled.scores, embeddings=X_pool,
+                                             batch_size=settings.SEED_SIZE, rng=rng)
+            top = float(priority.max()) if len(priority) else 0.0
+            priority[batch] = top + 1.0 + (len(batch) - np.arange(len(batch)))
+        timings["score_s"] = time.perf_counter() - t3
+        t_rows = time.perf_counter()
+        predicted = decisions.predicted_keys(pooled.proba, fitted.data.label_keys, project.is_multi_label)
+        confidence = decisions.confidence(pooled.proba, project.is_multi_label)
         now = timezone.now()
-        scores = [
+        rows = [
             ExampleScore(example_id=int(pool_ids[i]), project=project, predicted_keys=predicted[i],
                          confidence=float(confidence[i]), score=float(pooled.scores[i]), priority=float(priority[i]),
                          updated_at=now)
             for i in range(len(pool_ids))
         ]
-    timings["rows_s"] = time.perf_counter() - t_rows
+        timings["rows_s"] = time.perf_counter() - t_rows
+    else:
+        timings["score_s"] = time.perf_counter() - t3
+    return Scored(strategy, rows, labelled_ids)
 
+
+def record(run: TrainingRun, fitted: Fitted, scored: Scored, timings: dict[str, float]) -> ModelVersion:
+    """Store the new version and replace the queue's rows with its scores, in one transaction."""
+    project = run.project
     t4 = time.perf_counter()
     with transaction.atomic():
         number = (ModelVersion.objects.filter(project=project).order_by("-number")
                   .values_list("number", flat=True).first() or 0) + 1
         version = ModelVersion.objects.create(
             project=project, number=number, taxonomy_version=project.current_taxonomy(),
-            label_keys=data.label_keys, encoder=encoder.name, strategy=strategy, n_labels=len(ids),
-            artifact=posterior.to_bytes(), metrics=report.as_dict(),
+            label_keys=fitted.data.label_keys, encoder=fitted.encoder_name, strategy=scored.strategy,
+            n_labels=fitted.n_labels, artifact=fitted.posterior.to_bytes(), metrics=fitted.report.as_dict(),
         )
-        for score in scores:
-            score.model_version = version
+        for row in scored.rows:
+            row.model_version_number = version.number
         # Only labelled items leave the queue: an input routed to a person after this
         # update read the pool keeps its row (and its routed flag).
-        ExampleScore.objects.filter(project=project, example_id__in=labelled_ids.tolist()).delete()
-        _upsert_scores(scores)
+        ExampleScore.objects.filter(project=project, example_id__in=scored.labelled_ids.tolist()).delete()
+        _upsert_scores(scored.rows)
     timings["write_s"] = time.perf_counter() - t4
-    timings["total_s"] = time.perf_counter() - t0
-    run.timings = {k: round(v, 4) for k, v in timings.items()}
     return version
-
-
-def _predicted_keys(proba: np.ndarray, keys: list[str], multi_label: bool) -> list[list[str]]:
-    if multi_label:
-        return [[keys[j] for j in np.flatnonzero(row >= 0.5)] for row in proba]
-    best = np.argmax(proba, axis=1)
-    return [[keys[j]] for j in best.tolist()]
-
-
-def _confidence(proba: np.ndarray, multi_label: bool) -> np.ndarray:
-    if multi_label:
-        # The probability that every per-label decision is right, under independence.
-        return np.prod(np.maximum(proba, 1 - proba), axis=1)
-    return proba.max(axis=1)
 
 
 def _upsert_scores(scores: list[ExampleScore]) -> None:
     for start in range(0, len(scores), UPSERT_BATCH):
         ExampleScore.objects.bulk_create(
             scores[start:start + UPSERT_BATCH], update_conflicts=True, unique_fields=["example"],
-            update_fields=["model_version", "predicted_keys", "confidence", "score", "priority", "is_seed",
+            update_fields=["model_version_number", "predicted_keys", "confidence", "score", "priority", "is_seed",
                            "updated_at"],
         )

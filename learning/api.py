@@ -1,33 +1,14 @@
 """REST API of the learning app."""
 from __future__ import annotations
 
-import uuid
-
-from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
-from rest_framework.decorators import api_view, parser_classes
-from rest_framework.parsers import JSONParser
+from drf_spectacular.utils import extend_schema
+from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from learning import predictions, serving
-from learning.keys import accepts_api_keys, get_project_for_api, request_key
-from learning.models import ModelVersion, Prediction
-from learning.serializers import (
-    ErrorSerializer,
-    ModelSummarySerializer,
-    ModelVersionSerializer,
-    PredictionDetailSerializer,
-    PredictionSerializer,
-    PredictRequestSerializer,
-    PredictResponseSerializer,
-    PromoteResponseSerializer,
-    ServingSerializer,
-)
+from learning.serializers import ModelSummarySerializer
 from learning.views import learning_summary
-from projects.access import get_project_for_user
-from projects.models import Role
+from projects.access import accepts_api_keys, get_project_for_api
 
 
 @extend_schema(responses=ModelSummarySerializer, summary="Live model quality, learning curve and training runs")
@@ -50,112 +31,3 @@ def model_summary(request: Request, pk: int) -> Response:
     return Response(ModelSummarySerializer(data).data)
 
 
-# --- Prediction API ---------------------------------------------------------------------------------------------
-
-@extend_schema(
-    request=PredictRequestSerializer,
-    responses={200: PredictResponseSerializer, 400: OpenApiResponse(description="Invalid input"),
-               409: ErrorSerializer},
-    summary="Predict labels for texts (human fallback below the threshold)",
-    description="Classifies 1 to LABELHUB_PREDICT_BATCH_LIMIT (default 100) texts with the project's promoted "
-    "model version. Each answer has the label(s), the calibrated probability of every label, the confidence, "
-    "whether it is below the project's threshold (`is_uncertain`) and whether it was routed to the annotation "
-    "queue for a person (`is_routed`), the model version and a prediction id for `GET …/predictions/{id}/`. "
-    "409 while the project has no model yet. Needs an API key with the `predict` scope, or a member's token.",
-)
-@api_view(["POST"])
-@accepts_api_keys
-@parser_classes([JSONParser])
-def predict(request: Request, pk: int) -> Response:
-    project = get_project_for_api(request, pk, scope="predict")
-    serializer = PredictRequestSerializer(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    try:
-        outcome = predictions.predict(project, texts=serializer.validated_data["texts"],
-                                      api_key=request_key(request), route=serializer.validated_data["route"])
-    except serving.NoModelError as exc:
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-    names = outcome.model.names
-    return Response({
-        "model_version": outcome.model.number,
-        "threshold": min(outcome.model.threshold.value, 1.0),
-        "predictions": [predictions.describe(p, names) for p in outcome.predictions],
-    })
-
-
-@extend_schema(responses={200: PredictionDetailSerializer}, summary="One prediction, with the human label once given",
-               description="Needs the `predict` or `read` scope.")
-@api_view(["GET"])
-@accepts_api_keys
-def prediction_detail(request: Request, pk: int, prediction_id: uuid.UUID) -> Response:
-    key = request_key(request)
-    scope = "predict" if key is not None and key.has_scope("predict") else "read"
-    project = get_project_for_api(request, pk, scope=scope)
-    prediction = get_object_or_404(Prediction, pk=prediction_id, project=project)
-    names = predictions.label_names(project)
-    return Response({**predictions.describe(prediction, names), "human": predictions.human_label(prediction, names)})
-
-
-@extend_schema(
-    parameters=[OpenApiParameter("limit", int, description="How many (1–500, default 100)."),
-                OpenApiParameter("routed", bool, description="Only predictions routed to a person.")],
-    responses={200: PredictionSerializer(many=True)}, summary="The prediction log, newest first",
-    description="Needs the `read` scope.",
-)
-@api_view(["GET"])
-@accepts_api_keys
-def prediction_list(request: Request, pk: int) -> Response:
-    project = get_project_for_api(request, pk, scope="read")
-    try:
-        limit = min(max(int(request.query_params.get("limit", 100)), 1), 500)
-    except ValueError:
-        return Response({"detail": "limit must be a number."}, status=status.HTTP_400_BAD_REQUEST)
-    rows = Prediction.objects.filter(project=project).defer("embedding")
-    if request.query_params.get("routed", "").lower() in {"1", "true", "yes"}:
-        rows = rows.filter(is_routed=True)
-    names = predictions.label_names(project)
-    return Response([predictions.describe(p, names) for p in rows[:limit]])
-
-
-@extend_schema(responses={200: ServingSerializer}, summary="Serving model version, threshold, expected automation rate",
-               description="Needs the `read` scope.")
-@api_view(["GET"])
-@accepts_api_keys
-def serving_detail(request: Request, pk: int) -> Response:
-    project = get_project_for_api(request, pk, scope="read")
-    return Response(ServingSerializer(serving.serving_summary(project)).data)
-
-
-@extend_schema(responses={200: ModelVersionSerializer(many=True)}, summary="Model versions, newest first",
-               description="Needs the `read` scope.")
-@api_view(["GET"])
-@accepts_api_keys
-def model_version_list(request: Request, pk: int) -> Response:
-    project = get_project_for_api(request, pk, scope="read")
-    return Response(ModelVersionSerializer(serving.version_rows(project), many=True).data)
-
-
-@extend_schema(request=None, responses={200: PromoteResponseSerializer},
-               summary="Promote a model version (it serves from the next request)",
-               description="Managers (personal token) only. Promoting an older version pins it: new versions stop "
-               "being promoted automatically until the newest is promoted again.")
-@api_view(["POST"])
-def model_version_promote(request: Request, pk: int, number: int) -> Response:
-    project = get_project_for_user(request, pk, role=Role.MANAGER)
-    version = get_object_or_404(ModelVersion, project=project, number=number)
-    serving.promote_version(project, version=version, user=request.user)
-    state = serving.serving_state(project.pk)
-    return Response({"model_version": version.number, "auto_promote": state.auto_promote})
-
-
-@extend_schema(request=None, responses={200: PromoteResponseSerializer, 409: ErrorSerializer},
-               summary="Roll back to the version that served before",
-               description="Managers (personal token) only. Pins the earlier version.")
-@api_view(["POST"])
-def model_version_rollback(request: Request, pk: int) -> Response:
-    project = get_project_for_user(request, pk, role=Role.MANAGER)
-    try:
-        promotion = serving.rollback(project, user=request.user)
-    except ValueError as exc:
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-    return Response({"model_version": promotion.version.number, "auto_promote": False})

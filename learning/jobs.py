@@ -1,4 +1,7 @@
-"""Background jobs of the learning app: thin wrappers that take ids and call actions."""
+"""Background jobs of the learning app: thin wrappers that take ids and call actions.
+
+Enqueued by dotted path (`labelhub.jobs.enqueue("learning.jobs.train_project", ...)`).
+"""
 from __future__ import annotations
 
 from learning import actions
@@ -10,9 +13,3 @@ def embed_project(project_id: int) -> None:
 
 def train_project(project_id: int) -> None:
     actions.run_training(project_id)
-
-
-def deliver_webhook(delivery_id: str) -> None:
-    from learning import webhooks
-
-    webhooks.deliver(delivery_id)

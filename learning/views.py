@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.core.cache import cache
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
@@ -12,8 +13,11 @@ from django.views.decorators.vary import vary_on_headers
 from annotation.models import Annotation
 from learning.actions import embedding_progress
 from learning.models import ModelVersion, TrainingRun
-from projects.access import get_project_for_user
+from projects.access import AuthenticatedHttpRequest, get_project_for_user
 from projects.models import Example, Project
+
+# The labelling header's model line: exact to within this many seconds.
+STATUS_SECONDS = 20
 
 
 def learning_summary(project: Project) -> dict[str, Any]:
@@ -42,7 +46,7 @@ def learning_summary(project: Project) -> dict[str, Any]:
         "runs": runs,
         "label_names": names,
         "embedding": embedding_progress(project),
-        "labelled": Annotation.objects.in_project(project).values("example").distinct().count(),
+        "labelled": Annotation.objects.in_project(project).labelled_count(),
         "examples": Example.objects.in_project(project).count(),
     }
 
@@ -50,9 +54,31 @@ def learning_summary(project: Project) -> dict[str, Any]:
 @require_GET
 @login_required
 @vary_on_headers("HX-Request")
-def model_panel(request: HttpRequest, pk: int) -> HttpResponse:
+def model_panel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk)
     context = {"project": project, **learning_summary(project)}
     if request.htmx:
         return render(request, "learning/partials/project-model.html", context)
     return render(request, "learning/model.html", context)
+
+
+def model_status(project: Project) -> dict[str, Any]:
+    """The newest model version and how many labels ago it was trained, cached a few seconds."""
+    key = f"labelhub:model-status:{project.pk}"
+    status = cache.get(key)
+    if status is None:
+        latest = (ModelVersion.objects.filter(project=project).order_by("-number")
+                  .values("number", "n_labels", "created_at").first())
+        labelled = Annotation.objects.in_project(project).labelled_count() if latest else 0
+        status = {"model": latest,
+                  "labels_since_model": max(labelled - latest["n_labels"], 0) if latest else None}
+        cache.set(key, status, STATUS_SECONDS)
+    return status
+
+
+@require_GET
+@login_required
+def model_status_badge(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The labelling page header's model line (loaded by htmx after each item)."""
+    project = get_project_for_user(request, pk)
+    return render(request, "learning/partials/model-status.html", {"project": project, **model_status(project)})

@@ -9,8 +9,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from learning.keys import accepts_api_keys, acting_user, get_project_for_api, request_key
-from projects import actions
+from labelhub.errors import ActionError
+from projects import imports, taxonomy
+from projects.access import accepts_api_keys, acting_user, get_project_for_api, request_credential
 from projects.models import Dataset, DatasetStatus, Project, Role
 from projects.serializers import (
     BulkImportSerializer,
@@ -27,7 +28,7 @@ from projects.serializers import (
 @api_view(["GET"])
 @accepts_api_keys
 def project_list(request: Request) -> Response:
-    key = request_key(request)
+    key = request_credential(request)
     projects = (Project.objects.filter(pk=key.project_id) if key and key.has_scope("read")
                 else Project.objects.visible_to(request.user)).select_related("team").distinct()
     return Response(ProjectSerializer(projects, many=True).data)
@@ -72,11 +73,11 @@ def bulk_import(request: Request, pk: int) -> Response:
     serializer = BulkImportSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     try:
-        dataset = actions.import_records(
+        dataset = imports.import_records(
             project, records=serializer.validated_data["examples"], user=acting_user(request),
             add_unknown_labels=serializer.validated_data["add_unknown_labels"],
         )
-    except actions.ActionError as exc:
+    except ActionError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     ok = dataset.status == DatasetStatus.DONE
     return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST)
@@ -97,11 +98,11 @@ def file_import(request: Request, pk: int) -> Response:
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
     try:
-        dataset = actions.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
+        dataset = imports.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
                                                      source="api")
-        dataset = actions.start_import(dataset, text_column=data["text_column"], label_column=data["label_column"],
+        dataset = imports.start_import(dataset, text_column=data["text_column"], label_column=data["label_column"],
                                        id_column=data["id_column"], add_unknown_labels=data["add_unknown_labels"])
-    except actions.ActionError as exc:
+    except ActionError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     return Response(DatasetSerializer(dataset).data, status=status.HTTP_202_ACCEPTED,
                     headers={"Location": f"/api/v1/projects/{project.pk}/datasets/{dataset.pk}/"})
@@ -136,5 +137,5 @@ def taxonomy_diff(request: Request, pk: int, number: int, other: int) -> Respons
     changelog = [line for version in project.taxonomy_versions.filter(number__gt=low, number__lte=high)
                  .order_by("number") for line in version.changelog]
     data = {"from_version": old.number, "to_version": new.number, "changelog": changelog,
-            "changes": actions.taxonomy_diff(old, new)}
+            "changes": taxonomy.taxonomy_diff(old, new)}
     return Response(TaxonomyDiffSerializer(data).data)

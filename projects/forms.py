@@ -5,7 +5,7 @@ from typing import Any
 
 from django import forms
 
-from projects.actions import LabelSpec, parse_label_lines
+from projects.taxonomy import LabelSpec, parse_label_lines
 from projects.models import Dataset, Project, TaskType
 
 
@@ -90,3 +90,14 @@ class ColumnMapForm(forms.Form):
         self.fields["text_column"].choices = columns
         self.fields["label_column"].choices = [("", "— none (unlabelled) —"), *columns]
         self.fields["id_column"].choices = [("", "— none —"), *columns]
+
+
+def taxonomy_editor_context(project: Project, form: LabelAddForm | None = None) -> dict[str, Any]:
+    """What the taxonomy editor (settings page) shows: the current version, the add form, recent versions."""
+    taxonomy = project.current_taxonomy()
+    return {
+        "project": project,
+        "taxonomy": taxonomy,
+        "label_form": form or LabelAddForm(initial={"expected_version": taxonomy.number}),
+        "versions": project.taxonomy_versions.all()[:10],
+    }

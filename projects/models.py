@@ -66,6 +66,19 @@ class ProjectQuerySet(models.QuerySet["Project"]):
         return self.filter(team__memberships__user=user)
 
 
+# Acquisition strategies are the learning layer's: it registers them here when it loads
+# (`learning.apps`), so this list is `learning.acquisition.STRATEGIES` and nothing else.
+STRATEGY_CHOICES: list[tuple[str, str]] = []
+
+
+def register_strategies(choices: list[tuple[str, str]]) -> None:
+    STRATEGY_CHOICES[:] = choices
+
+
+def strategy_choices() -> list[tuple[str, str]]:
+    return list(STRATEGY_CHOICES)
+
+
 class Project(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="projects")
     name = models.CharField(max_length=200)
@@ -73,10 +86,7 @@ class Project(models.Model):
     guidelines = models.TextField(blank=True, help_text="Shown to annotators beside every item.")
     task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.SINGLE_LABEL)
     acquisition_strategy = models.CharField(
-        max_length=32, default="bald_density_diversity",
-        choices=[("bald_density_diversity", "BALD × density + diversity (recommended)"),
-                 ("bald_diversity", "BALD + diversity"), ("bald", "BALD"), ("entropy", "Entropy"),
-                 ("margin", "Margin"), ("least_confidence", "Least confidence"), ("random", "Random")],
+        max_length=32, default="bald_density_diversity", choices=strategy_choices,
         help_text="How the next items to label are chosen once a model exists.",
     )
     overlap = models.PositiveSmallIntegerField(
@@ -88,6 +98,9 @@ class Project(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ProjectQuerySet.as_manager()
+
+    # The requesting user's role, set by `projects.access` for the request at hand (the nav reads it).
+    user_role: str | None = None
 
     class Meta:
         ordering = ["-created_at"]
@@ -154,6 +167,9 @@ class Label(models.Model):
     shortcut = models.CharField(max_length=1, blank=True)
     is_deprecated = models.BooleanField(default=False)
     position = models.PositiveIntegerField(default=0)
+
+    # Set on labels of older versions shown beside the current taxonomy (see annotation.stats).
+    is_removed: bool = False
 
     class Meta:
         ordering = ["version", "position", "name"]

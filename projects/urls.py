@@ -9,7 +9,6 @@ urlpatterns = [
     path("projects/<int:pk>/", views.project_detail, name="detail"),
     path("projects/<int:pk>/settings/", views.project_settings, name="settings"),
     path("projects/<int:pk>/taxonomy/labels/", views.taxonomy_add_label, name="add-label"),
-    path("projects/<int:pk>/taxonomy/edit/", views.taxonomy_edit_label, name="edit-label"),
     path("projects/<int:pk>/datasets/new/", views.dataset_upload, name="upload"),
     path("projects/<int:pk>/datasets/<int:dataset_pk>/", views.dataset_detail, name="dataset"),
 ]

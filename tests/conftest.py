@@ -17,7 +17,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from rq import SimpleWorker
 
-from projects import actions
+from projects import taxonomy
 from projects.models import Membership, Project, Role, Team
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -74,17 +74,17 @@ def charlie(other_team: Team) -> User:
 
 @pytest.fixture
 def project(team: Team, alice: User) -> Project:
-    return actions.create_project(
+    return taxonomy.create_project(
         team, name="Overruling", task_type="single_label", created_by=alice,
-        labels=[actions.LabelSpec("Yes"), actions.LabelSpec("No")],
+        labels=[taxonomy.LabelSpec("Yes"), taxonomy.LabelSpec("No")],
     )
 
 
 @pytest.fixture
 def multi_project(team: Team, alice: User) -> Project:
-    return actions.create_project(
+    return taxonomy.create_project(
         team, name="Ticket topics", task_type="multi_label", created_by=alice,
-        labels=[actions.LabelSpec(name) for name in ("Hardware", "Access", "Billing")],
+        labels=[taxonomy.LabelSpec(name) for name in ("Hardware", "Access", "Billing")],
     )
 
 

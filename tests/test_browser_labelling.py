@@ -18,7 +18,7 @@ from django.conf import settings
 from annotation.models import Annotation
 from learning.actions import embed_project
 from learning.models import ModelVersion
-from projects.actions import LabelSpec, create_project
+from projects.taxonomy import LabelSpec, create_project
 from projects.importing import content_hash
 from projects.models import Example, Membership, Role
 from tests.test_worker import wait_for, worker  # noqa: F401 - the fixture

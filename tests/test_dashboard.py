@@ -13,7 +13,8 @@ from django.utils import timezone
 from annotation.dashboard import annotator_stats, label_distribution, recent_activity
 from annotation.models import Annotation, AnnotationSource, Comment, Flag, Relabel
 from learning.models import ModelVersion
-from projects import actions
+from annotation import taxonomy as annotation_taxonomy
+from projects import taxonomy
 from projects.models import Dataset, DatasetStatus, Example, Membership, Role
 from tests.conftest import htmx, login
 
@@ -91,7 +92,7 @@ def chart_data(response, name: str):
 
 @pytest.mark.parametrize("headers", [{}, {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "dashboard-data"}])
 def test_it_shows_the_dashboard_to_members_only(project, alice, bob, charlie, headers):
-    url = reverse("annotation:dashboard", args=[project.pk])
+    url = reverse("learning:dashboard", args=[project.pk])
     assert login(charlie).get(url, **headers).status_code == 404
     assert login(bob).get(url, **headers).status_code == 200
     assert login(alice).get(url, **headers).status_code == 200
@@ -103,7 +104,7 @@ def test_it_lets_a_viewer_see_the_dashboard_but_not_the_review_tab(project, team
 
     viewer = User.objects.create_user("vera")
     Membership.objects.create(team=team, user=viewer, role=Role.VIEWER)
-    response = login(viewer).get(reverse("annotation:dashboard", args=[project.pk]))
+    response = login(viewer).get(reverse("learning:dashboard", args=[project.pk]))
     assert response.status_code == 200
     assert 'aria-current="page">Dashboard</a>' in response.content.decode()
     assert reverse("annotation:review", args=[project.pk]) not in response.content.decode()
@@ -115,7 +116,7 @@ def test_it_shows_the_review_tab_with_its_count_to_managers_only(project, alice,
     assert f'href="{review}"' in login(alice).get(url).content.decode()
     page = login(bob).get(url).content.decode()
     assert f'href="{review}"' not in page
-    assert f'href="{reverse("annotation:dashboard", args=[project.pk])}"' in page
+    assert f'href="{reverse("learning:dashboard", args=[project.pk])}"' in page
 
 
 # --- Figures -------------------------------------------------------------------------------------------------------
@@ -136,8 +137,8 @@ def test_it_counts_labelled_examples_per_label_with_retired_labels_marked(projec
     rows = {row["name"]: row for row in label_distribution(project, project.current_taxonomy())}
     # Example 3 has "Yes" from bob and "No" from alice: it counts for both.
     assert rows["Yes"]["count"] == 3 and rows["No"]["count"] == 4
-    actions.set_label_deprecated(project, key=keys_by_name(project)["No"], deprecated=True, user=alice)
-    actions.add_labels(project, labels=[actions.LabelSpec("Maybe")], user=alice)
+    annotation_taxonomy.set_label_deprecated(project, key=keys_by_name(project)["No"], deprecated=True, user=alice)
+    taxonomy.add_labels(project, labels=[taxonomy.LabelSpec("Maybe")], user=alice)
     rows = label_distribution(project, project.current_taxonomy())
     assert [(r["name"], r["count"], r["note"]) for r in rows] == [("Yes", 3, ""), ("Maybe", 0, ""),
                                                                   ("No", 4, "deprecated")]
@@ -146,7 +147,7 @@ def test_it_counts_labelled_examples_per_label_with_retired_labels_marked(projec
 def test_it_shows_the_figures_on_the_page(project, alice, bob, labelled):
     Flag.objects.create(example=labelled[0], raised_by=bob, reason="cut off")
     Relabel.objects.create(project=project, example=labelled[1], reason="split")
-    response = login(bob).get(reverse("annotation:dashboard", args=[project.pk]))
+    response = login(bob).get(reverse("learning:dashboard", args=[project.pk]))
     page = response.content.decode()
     assert "HX-Request" in response["Vary"]
     assert re.search(r"Labelled examples</span><b>6 <small", page)
@@ -159,7 +160,7 @@ def test_it_shows_the_figures_on_the_page(project, alice, bob, labelled):
 
 
 def test_it_reads_well_when_nothing_is_labelled(project, bob):
-    page = login(bob).get(reverse("annotation:dashboard", args=[project.pk])).content.decode()
+    page = login(bob).get(reverse("learning:dashboard", args=[project.pk])).content.decode()
     assert "No examples in this project yet." in page
     assert "No labels yet." in page and "Nobody has labelled yet." in page
     assert page.count("No model yet") == 4
@@ -168,8 +169,8 @@ def test_it_reads_well_when_nothing_is_labelled(project, bob):
 
 def test_it_draws_the_model_report_with_current_label_names(project, alice, bob, labelled):
     model_version(project)
-    actions.edit_label(project, key=keys_by_name(project)["Yes"], user=alice, name="Overruled")
-    response = login(bob).get(reverse("annotation:dashboard", args=[project.pk]))
+    taxonomy.edit_label(project, key=keys_by_name(project)["Yes"], user=alice, name="Overruled")
+    response = login(bob).get(reverse("learning:dashboard", args=[project.pk]))
     page = response.content.decode()
     f1 = chart_data(response, "dashboard-f1")
     assert [(r["label"], r["f1"], r["low"], r["high"]) for r in f1] == [("Overruled", 0.9, 0.8, 0.96),
@@ -184,7 +185,7 @@ def test_it_draws_the_model_report_with_current_label_names(project, alice, bob,
 
 def test_it_polls_without_redrawing_until_something_changes(project, bob, labelled):
     client = login(bob)
-    url = reverse("annotation:dashboard", args=[project.pk])
+    url = reverse("learning:dashboard", args=[project.pk])
     poll = {**htmx(client), "HTTP_HX_TARGET": "dashboard-data"}
     first = client.get(url, **poll)
     assert first.status_code == 200 and "<html" not in first.content.decode()
@@ -208,7 +209,7 @@ def test_it_keeps_the_number_of_queries_flat_as_data_grows(project, alice, bob, 
                    created_at=start + timedelta(seconds=i)) for i, e in enumerate(more))
     client = login(bob)
     with django_assert_max_num_queries(27):
-        assert client.get(reverse("annotation:dashboard", args=[project.pk])).status_code == 200
+        assert client.get(reverse("learning:dashboard", args=[project.pk])).status_code == 200
 
 
 # --- Recent activity on the project page ---------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_it_shows_recent_activity_newest_first(project, alice, bob, labelled):
     Dataset.objects.create(project=project, name="batch-2.csv", status=DatasetStatus.DONE, imported_count=1200,
                            labelled_count=10, created_by=alice, created_at=now - timedelta(minutes=5),
                            finished_at=now - timedelta(minutes=4))
-    actions.add_labels(project, labels=[actions.LabelSpec("Maybe")], user=alice)
+    taxonomy.add_labels(project, labels=[taxonomy.LabelSpec("Maybe")], user=alice)
 
     kinds = [item.kind for item in recent_activity(project)]
     assert kinds[:3] == ["taxonomy", "model", "resolve"]
@@ -297,12 +298,12 @@ def test_it_folds_interleaved_labels_into_one_line_per_annotator_between_other_e
 def test_it_renders_user_text_inert_in_tables_and_chart_data(project, alice, bob, labelled):
     payload = "</script><img src=x onerror=alert(1)>"
     model_version(project)
-    actions.edit_label(project, key=keys_by_name(project)["Yes"], user=alice, name=payload[:40])
+    taxonomy.edit_label(project, key=keys_by_name(project)["Yes"], user=alice, name=payload[:40])
     Comment.objects.create(example=labelled[0], author=bob, body=payload)
-    for url in (reverse("annotation:dashboard", args=[project.pk]), reverse("projects:detail", args=[project.pk])):
+    for url in (reverse("learning:dashboard", args=[project.pk]), reverse("projects:detail", args=[project.pk])):
         page = login(alice).get(url).content.decode()
         assert "<img src=x" not in page and "</script><img" not in page
-    response = login(alice).get(reverse("annotation:dashboard", args=[project.pk]))
+    response = login(alice).get(reverse("learning:dashboard", args=[project.pk]))
     assert payload[:40] in [row["name"] for row in chart_data(response, "dashboard-distribution")]
 
 
@@ -317,6 +318,6 @@ def test_the_dashboard_shows_agreement_when_items_have_several_annotators(projec
         for user, key in ((alice, a), (bob, b)):
             Annotation.objects.create(example=example, annotator=user, taxonomy_version=version, label_keys=[key],
                                       source=AnnotationSource.UI)
-    body = login(bob).get(reverse("annotation:dashboard", args=[project.pk])).content.decode()
+    body = login(bob).get(reverse("learning:dashboard", args=[project.pk])).content.decode()
     assert "Agreement between annotators" in body
     assert "75%" in body and "on 4 items labelled by several people" in body

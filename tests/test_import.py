@@ -9,7 +9,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from annotation.models import Annotation
-from projects import actions
+from labelhub.errors import ActionError
+from projects import imports
 from projects.models import Dataset, DatasetStatus, Example, Project
 from tests.conftest import SHARED_DATA, api_client, htmx, login
 
@@ -136,8 +137,8 @@ def test_it_rejects_a_mapping_to_a_column_the_file_lacks(project, alice):
     assert "Select a valid choice" in response.text
     dataset.refresh_from_db()
     assert dataset.status == DatasetStatus.DRAFT
-    with pytest.raises(actions.ActionError, match="'text'.*sentence, label"):
-        actions.start_import(dataset, text_column="text")
+    with pytest.raises(ActionError, match="'text'.*sentence, label"):
+        imports.start_import(dataset, text_column="text")
     assert_nothing_imported(project)
 
 
@@ -182,7 +183,7 @@ def test_it_polls_progress_through_the_htmx_partial(project, alice, run_jobs):
     assert 'id="dataset-status"' in running.text and "<html" not in running.text
     assert 'hx-trigger="every 1s"' in running.text
     assert running["Vary"] and "HX-Request" in running["Vary"]
-    actions.run_import(dataset.pk)
+    imports.run_import(dataset.pk)
     finished = client.get(url, HTTP_HX_TARGET="dataset-status", **htmx(client))
     assert finished["HX-Refresh"] == "true"
     assert "<html" in client.get(url).text

@@ -195,7 +195,7 @@ def test_concurrent_annotators_never_share_an_item_and_lose_none(team):
     """Ten threads, each its own PostgreSQL connection, drain a 300-item queue at once."""
     if connection.vendor != "postgresql":
         pytest.skip("the concurrency guarantee is tested on PostgreSQL")
-    from projects.actions import LabelSpec, create_project
+    from projects.taxonomy import LabelSpec, create_project
 
     manager = User.objects.create_user(username="mgr")
     project = create_project(team, name="Race", task_type="single_label", created_by=manager,

@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation.models import Annotation, Comment, Flag, Relabel
-from projects import actions
+from projects import taxonomy
 from projects.models import Example, Membership, Role
 from tests.conftest import htmx, login
 
@@ -59,8 +59,8 @@ def test_it_refuses_resolving_to_outsiders_and_annotators(project, bob, charlie,
 
 
 def test_it_does_not_resolve_another_projects_flag_through_this_project(project, team, alice, charlie, flag):
-    other = actions.create_project(charlie.memberships.get().team, name="Theirs", task_type="single_label",
-                                   created_by=charlie, labels=[actions.LabelSpec("A"), actions.LabelSpec("B")])
+    other = taxonomy.create_project(charlie.memberships.get().team, name="Theirs", task_type="single_label",
+                                   created_by=charlie, labels=[taxonomy.LabelSpec("A"), taxonomy.LabelSpec("B")])
     theirs = make_flag(other, charlie, text="their text", reason="theirs")
     url = reverse("annotation:resolve", args=[project.pk, theirs.pk])
     assert login(alice).post(url, {"resolution": "mine now"}).status_code == 404

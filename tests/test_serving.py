@@ -154,14 +154,14 @@ def test_a_version_without_the_curve_falls_back_to_the_confidence_threshold(trai
     serving.set_threshold(trained, mode="target", target_accuracy=0.95)
     summary = serving.serving_summary(trained)
     assert summary["threshold"] == 0.7 and "retrain to get the curve" in summary["note"]
-    response = login(alice).get(reverse("learning:serving", args=[trained.pk]))
+    response = login(alice).get(reverse("serving:serving", args=[trained.pk]))
     assert response.status_code == 200 and b"retrain to get the curve" in response.content
     assert predict(api_client(alice), trained)["threshold"] == 0.7
 
 
 def test_the_serving_page_shows_the_curve_and_saves_a_target(trained, alice, bob, charlie):
     give_curve(ModelVersion.objects.get(project=trained))
-    url = reverse("learning:serving", args=[trained.pk])
+    url = reverse("serving:serving", args=[trained.pk])
     page = login(alice).get(url)
     assert page.status_code == 200 and b'data-chart="accuracy-coverage"' in page.content
     assert b"accuracy-coverage-data" in page.content
@@ -183,23 +183,23 @@ def test_the_serving_page_shows_the_curve_and_saves_a_target(trained, alice, bob
 def test_the_versions_page_compares_promotes_and_rolls_back(trained, alice, bob, charlie):
     retrain_with_more_labels(trained, alice)
     drop_curve(ModelVersion.objects.get(project=trained, number=1))
-    url = reverse("learning:versions", args=[trained.pk])
+    url = reverse("serving:versions", args=[trained.pk])
     page = login(alice).get(url + "?a=1&b=2")
     assert page.status_code == 200 and b"Compare" in page.content and b"v1" in page.content and b"v2" in page.content
     assert b"retrain to get the curve" in page.content
     partial = login(alice).get(url, **htmx(None))
     assert b'id="model-versions"' in partial.content and b"<html" not in partial.content
-    response = login(alice).post(reverse("learning:version-rollback", args=[trained.pk]), **htmx(None))
+    response = login(alice).post(reverse("serving:version-rollback", args=[trained.pk]), **htmx(None))
     assert b"Rolled back" in response.content
     assert serving.serving_state(trained.pk).version_id == ModelVersion.objects.get(project=trained, number=1).pk
-    response = login(alice).post(reverse("learning:version-promote", args=[trained.pk, 2]))
+    response = login(alice).post(reverse("serving:version-promote", args=[trained.pk, 2]))
     assert response.status_code == 302
     assert serving.serving_state(trained.pk).auto_promote
-    response = login(alice).post(reverse("learning:version-auto-promote", args=[trained.pk]), **htmx(None))
+    response = login(alice).post(reverse("serving:version-auto-promote", args=[trained.pk]), **htmx(None))
     assert not serving.serving_state(trained.pk).auto_promote
     assert login(bob).get(url).status_code == 200
     assert b">Promote<" not in login(bob).get(url).content
-    assert login(bob).post(reverse("learning:version-rollback", args=[trained.pk])).status_code == 403
+    assert login(bob).post(reverse("serving:version-rollback", args=[trained.pk])).status_code == 403
     assert login(charlie).get(url).status_code == 404
 
 
@@ -212,14 +212,14 @@ def test_pages_and_tabs_follow_roles(trained, alice, bob, charlie):
     # One "Serving & API" tab; its pages share a row of their own.
     nav = login(bob).get(reverse("learning:model", args=[trained.pk])).content.decode()
     assert "Serving &amp; API" in nav and "Monitoring" not in nav
-    nav = login(bob).get(reverse("learning:serving", args=[trained.pk])).content.decode()
+    nav = login(bob).get(reverse("serving:serving", args=[trained.pk])).content.decode()
     assert "Monitoring" in nav and "API keys" not in nav
-    nav = login(alice).get(reverse("learning:monitoring", args=[trained.pk])).content.decode()
+    nav = login(alice).get(reverse("serving:monitoring", args=[trained.pk])).content.decode()
     assert "API keys" in nav and "Webhooks" in nav
 
 
 def test_the_api_keys_page_shows_a_new_key_once_and_revokes(trained, alice):
-    url = reverse("learning:api-keys", args=[trained.pk])
+    url = reverse("serving:api-keys", args=[trained.pk])
     response = login(alice).post(url, {"name": "router", "scopes": ["predict", "read"]}, **htmx(None))
     assert response.status_code == 200 and b'id="new-api-key"' in response.content
     key = response.content.decode().split('id="new-api-key">')[1].split("<")[0]
@@ -228,7 +228,7 @@ def test_the_api_keys_page_shows_a_new_key_once_and_revokes(trained, alice):
     again = login(alice).get(url).content.decode()
     assert key not in again and f"lh_{row.prefix}_" in again
     assert login(alice).post(url, {"name": "", "scopes": []}).status_code == 400
-    response = login(alice).post(reverse("learning:api-key-revoke", args=[trained.pk, row.pk]), **htmx(None))
+    response = login(alice).post(reverse("serving:api-key-revoke", args=[trained.pk, row.pk]), **htmx(None))
     assert b"Revoked" in response.content
     row.refresh_from_db()
     assert not row.is_active
@@ -239,7 +239,7 @@ def test_monitoring_shows_volume_automation_confidence_and_drift(trained, alice)
     serving.set_threshold(trained, mode="confidence", confidence_threshold=0.9)
     client = api_client(alice)
     predict(client, trained, [f"we overrule matter {i}" for i in range(15)] + [f"zebra stripes {i}" for i in range(15)])
-    url = reverse("learning:monitoring", args=[trained.pk])
+    url = reverse("serving:monitoring", args=[trained.pk])
     page = login(alice).get(url)
     assert page.status_code == 200
     assert b'data-chart="prediction-volume"' in page.content and b'data-chart="confidence-over-time"' in page.content

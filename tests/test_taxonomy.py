@@ -9,7 +9,9 @@ from django.urls import reverse
 
 from annotation.models import Annotation, AnnotationSource, Relabel
 from learning.actions import training_set
-from projects import actions
+from labelhub.errors import ActionError
+from annotation import taxonomy as annotation_taxonomy
+from projects import taxonomy
 from projects.actions import ActionError, LabelSpec, StaleTaxonomyError
 from projects.models import Example
 from tests.conftest import api_client, htmx, login
@@ -38,7 +40,7 @@ def annotate(project, user, texts_and_labels):
 def test_rename_keeps_the_key_so_annotations_are_untouched(project, alice):
     yes = label(project, "Yes")
     annotate(project, alice, [("a", ["Yes"])])
-    new = actions.edit_label(project, key=yes.key, name="Overrules", user=alice, expected_number=1)
+    new = taxonomy.edit_label(project, key=yes.key, name="Overrules", user=alice, expected_number=1)
     assert new.number == 2 and new.changelog == ["Renamed 'Yes' to 'Overrules'."]
     assert new.labels.get(key=yes.key).name == "Overrules"
     assert project.taxonomy_versions.get(number=1).labels.get(key=yes.key).name == "Yes"  # history kept
@@ -49,17 +51,17 @@ def test_rename_keeps_the_key_so_annotations_are_untouched(project, alice):
 def test_edit_checks_names_colours_and_shortcuts(project, alice):
     yes, no = label(project, "Yes"), label(project, "No")
     with pytest.raises(ActionError, match="appears twice"):
-        actions.edit_label(project, key=yes.key, name="no", user=alice)
+        taxonomy.edit_label(project, key=yes.key, name="no", user=alice)
     with pytest.raises(ActionError, match="hex colour"):
-        actions.edit_label(project, key=yes.key, colour="red", user=alice)
+        taxonomy.edit_label(project, key=yes.key, colour="red", user=alice)
     with pytest.raises(ActionError, match="already belongs to 'No'"):
-        actions.edit_label(project, key=yes.key, shortcut=no.shortcut, user=alice)
+        taxonomy.edit_label(project, key=yes.key, shortcut=no.shortcut, user=alice)
     with pytest.raises(ActionError, match="labelling page's own keys"):
-        actions.edit_label(project, key=yes.key, shortcut="s", user=alice)
+        taxonomy.edit_label(project, key=yes.key, shortcut="s", user=alice)
     with pytest.raises(ActionError, match="Nothing changed"):
-        actions.edit_label(project, key=yes.key, name="Yes", user=alice)
+        taxonomy.edit_label(project, key=yes.key, name="Yes", user=alice)
     assert project.current_taxonomy().number == 1
-    new = actions.edit_label(project, key=yes.key, description="Overrules a precedent", colour="#112233",
+    new = taxonomy.edit_label(project, key=yes.key, description="Overrules a precedent", colour="#112233",
                              shortcut="y", user=alice)
     changed = new.labels.get(key=yes.key)
     assert (changed.description, changed.colour, changed.shortcut) == ("Overrules a precedent", "#112233", "y")
@@ -68,7 +70,7 @@ def test_edit_checks_names_colours_and_shortcuts(project, alice):
 def test_merge_moves_annotations_and_retires_the_merged_label(multi_project, alice):
     hw, acc = label(multi_project, "Hardware"), label(multi_project, "Access")
     a, b, c = annotate(multi_project, alice, [("x", ["Access"]), ("y", ["Hardware", "Access"]), ("z", ["Billing"])])
-    new = actions.merge_labels(multi_project, into=hw.key, merged=[acc.key], user=alice, expected_number=1)
+    new = annotation_taxonomy.merge_labels(multi_project, into=hw.key, merged=[acc.key], user=alice, expected_number=1)
     assert new.labels.get(key=acc.key).is_deprecated
     assert "Merged 'Access' into 'Hardware' (2 annotations moved)." in new.changelog
     assert Annotation.objects.get(example=a).label_keys == [hw.key]
@@ -81,7 +83,7 @@ def test_merge_moves_annotations_and_retires_the_merged_label(multi_project, ali
 def test_split_retires_the_label_and_sends_its_items_to_re_review(project, alice):
     yes = label(project, "Yes")
     items = annotate(project, alice, [("a", ["Yes"]), ("b", ["Yes"]), ("c", ["No"])])
-    new = actions.split_label(project, key=yes.key, into=[LabelSpec("Overrules"), LabelSpec("Questions")],
+    new = annotation_taxonomy.split_label(project, key=yes.key, into=[LabelSpec("Overrules"), LabelSpec("Questions")],
                               user=alice, expected_number=1)
     names = {lab.name: lab for lab in new.labels.all()}
     assert names["Yes"].is_deprecated and not names["Overrules"].is_deprecated
@@ -91,27 +93,27 @@ def test_split_retires_the_label_and_sends_its_items_to_re_review(project, alice
     # Until re-reviewed, the old label no longer trains the model.
     assert training_set(project).skipped_deprecated == 2
     with pytest.raises(ActionError, match="at least two"):
-        actions.split_label(project, key=label(project, "No").key, into=[LabelSpec("One")], user=alice)
+        annotation_taxonomy.split_label(project, key=label(project, "No").key, into=[LabelSpec("One")], user=alice)
 
 
 def test_deprecate_and_restore(project, alice):
     no = label(project, "No")
     annotate(project, alice, [("a", ["No"])])
-    new = actions.set_label_deprecated(project, key=no.key, deprecated=True, user=alice)
+    new = annotation_taxonomy.set_label_deprecated(project, key=no.key, deprecated=True, user=alice)
     assert new.labels.get(key=no.key).is_deprecated
     assert "its 1 annotation no longer train" in new.changelog[0]
     assert training_set(project).skipped_deprecated == 1
     with pytest.raises(ActionError, match="already deprecated"):
-        actions.set_label_deprecated(project, key=no.key, deprecated=True, user=alice)
-    restored = actions.set_label_deprecated(project, key=no.key, deprecated=False, user=alice)
+        annotation_taxonomy.set_label_deprecated(project, key=no.key, deprecated=True, user=alice)
+    restored = annotation_taxonomy.set_label_deprecated(project, key=no.key, deprecated=False, user=alice)
     assert not restored.labels.get(key=no.key).is_deprecated
 
 
 def test_a_stale_edit_is_refused_and_changes_nothing(project, alice):
     yes = label(project, "Yes")
-    actions.edit_label(project, key=yes.key, name="Y1", user=alice, expected_number=1)
+    taxonomy.edit_label(project, key=yes.key, name="Y1", user=alice, expected_number=1)
     with pytest.raises(StaleTaxonomyError, match="version 1, it is now version 2"):
-        actions.edit_label(project, key=yes.key, name="Y2", user=alice, expected_number=1)
+        taxonomy.edit_label(project, key=yes.key, name="Y2", user=alice, expected_number=1)
     assert project.current_taxonomy().number == 2
 
 
@@ -119,7 +121,7 @@ def test_a_stale_edit_is_refused_and_changes_nothing(project, alice):
 def test_two_managers_editing_at_once_one_wins_the_other_is_told(team, alice):
     if connection.vendor != "postgresql":
         pytest.skip("row locks are tested on PostgreSQL")
-    project = actions.create_project(team, name="Race", task_type="single_label", created_by=alice,
+    project = taxonomy.create_project(team, name="Race", task_type="single_label", created_by=alice,
                                      labels=[LabelSpec("Yes"), LabelSpec("No")])
     key = label(project, "Yes").key
     outcomes: list[str] = []
@@ -128,7 +130,7 @@ def test_two_managers_editing_at_once_one_wins_the_other_is_told(team, alice):
     def edit(name: str) -> None:
         try:
             barrier.wait()
-            actions.edit_label(project, key=key, name=name, user=alice, expected_number=1)
+            taxonomy.edit_label(project, key=key, name=name, user=alice, expected_number=1)
             outcomes.append("ok")
         except StaleTaxonomyError:
             outcomes.append("stale")
@@ -146,11 +148,11 @@ def test_two_managers_editing_at_once_one_wins_the_other_is_told(team, alice):
 
 def test_diff_lists_each_change_by_stable_key(project, alice):
     yes, no = label(project, "Yes"), label(project, "No")
-    actions.edit_label(project, key=yes.key, name="Overrules", user=alice)
-    actions.set_label_deprecated(project, key=no.key, deprecated=True, user=alice)
-    actions.add_labels(project, labels=[LabelSpec("Maybe")], user=alice)
+    taxonomy.edit_label(project, key=yes.key, name="Overrules", user=alice)
+    annotation_taxonomy.set_label_deprecated(project, key=no.key, deprecated=True, user=alice)
+    taxonomy.add_labels(project, labels=[LabelSpec("Maybe")], user=alice)
     v1, v4 = project.taxonomy_versions.get(number=1), project.taxonomy_versions.get(number=4)
-    changes = {c["change"]: c for c in actions.taxonomy_diff(v1, v4)}
+    changes = {c["change"]: c for c in taxonomy.taxonomy_diff(v1, v4)}
     assert changes["renamed"]["fields"]["name"] == {"from": "Yes", "to": "Overrules"}
     assert changes["deprecated"]["key"] == no.key
     assert changes["added"]["name"] == "Maybe"
@@ -158,7 +160,7 @@ def test_diff_lists_each_change_by_stable_key(project, alice):
 
 def test_the_versions_api_lists_shows_and_diffs(project, alice, bob, charlie):
     yes = label(project, "Yes")
-    actions.edit_label(project, key=yes.key, name="Overrules", user=alice)
+    taxonomy.edit_label(project, key=yes.key, name="Overrules", user=alice)
     client = api_client(bob)
     listing = client.get(f"/api/v1/projects/{project.pk}/taxonomy/versions/")
     assert listing.status_code == 200
@@ -176,7 +178,7 @@ def test_the_versions_api_lists_shows_and_diffs(project, alice, bob, charlie):
 def test_the_editor_renames_merges_splits_and_deprecates(project, alice, hx):
     client = login(alice)
     extra = htmx(client) if hx else {}
-    url = reverse("projects:edit-label", args=[project.pk])
+    url = reverse("annotation:edit-label", args=[project.pk])
     yes, no = label(project, "Yes"), label(project, "No")
     response = client.post(url, {"key": yes.key, "op": "edit", "name": "Overrules", "description": "",
                                  "colour": yes.colour, "shortcut": yes.shortcut, "expected_version": 1}, **extra)
@@ -194,7 +196,7 @@ def test_the_editor_renames_merges_splits_and_deprecates(project, alice, hx):
 
 
 def test_annotators_and_outsiders_cannot_edit_the_taxonomy(project, bob, charlie):
-    url = reverse("projects:edit-label", args=[project.pk])
+    url = reverse("annotation:edit-label", args=[project.pk])
     key = label(project, "Yes").key
     assert login(bob).post(url, {"key": key, "op": "deprecate", "expected_version": 1}).status_code == 403
     assert login(charlie).post(url, {"key": key, "op": "deprecate", "expected_version": 1}).status_code == 404

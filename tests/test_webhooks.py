@@ -220,8 +220,8 @@ def test_promotion_and_finished_imports_send_events(trained, alice, receiver, ru
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     upload = SimpleUploadedFile("more.csv", b"text,label\nwe overrule the lot,Yes\n", content_type="text/csv")
-    dataset = project_actions.create_dataset_from_upload(trained, upload=upload, user=alice)
-    project_actions.configure_import(dataset, text_column="text", label_column="label")
+    dataset = project_imports.create_dataset_from_upload(trained, upload=upload, user=alice)
+    project_imports.configure_import(dataset, text_column="text", label_column="label")
     with run_jobs():
         project_jobs.import_dataset(dataset.pk)  # what start_import queues
     with run_jobs():
@@ -233,7 +233,7 @@ def test_promotion_and_finished_imports_send_events(trained, alice, receiver, ru
     # A JSON push over the API is an import too.
     receiver.requests.clear()
     with run_jobs():
-        project_actions.import_records(trained, records=[{"text": "we overrule it all again", "label": "Yes"}],
+        project_imports.import_records(trained, records=[{"text": "we overrule it all again", "label": "Yes"}],
                                        user=alice)
     pushed = [json.loads(r["body"]) for r in receiver.requests]
     assert [e["data"]["source"] for e in pushed if e["event"] == "import.finished"] == ["api"]
@@ -241,7 +241,7 @@ def test_promotion_and_finished_imports_send_events(trained, alice, receiver, ru
 
 def test_the_webhooks_page_registers_and_logs_deliveries(project, alice, bob, charlie, receiver, run_jobs,
                                                         quick_retries):
-    url = reverse("learning:webhooks", args=[project.pk])
+    url = reverse("serving:webhooks", args=[project.pk])
     response = login(alice).post(url, {"url": receiver.url, "events": ["import.finished"]}, **htmx(None))
     assert response.status_code == 200 and b'id="webhooks"' in response.content
     assert receiver.url.encode() in response.content
@@ -253,14 +253,14 @@ def test_the_webhooks_page_registers_and_logs_deliveries(project, alice, bob, ch
     assert page.status_code == 200 and b"Failed" in page.content and b"HTTP 500" in page.content
     delivery = WebhookDelivery.objects.get()
     with run_jobs():
-        response = login(alice).post(reverse("learning:webhook-redeliver", args=[project.pk, delivery.pk]),
+        response = login(alice).post(reverse("serving:webhook-redeliver", args=[project.pk, delivery.pk]),
                                      **htmx(None))
     assert b'id="webhook-deliveries"' in response.content
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SUCCEEDED
     log = login(alice).get(url, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="webhook-deliveries")
     assert b'id="webhook-deliveries"' in log.content and b"Delivered" in log.content
-    response = login(alice).post(reverse("learning:webhook-change", args=[project.pk, endpoint.pk]),
+    response = login(alice).post(reverse("serving:webhook-change", args=[project.pk, endpoint.pk]),
                                  {"action": "pause"})
     assert response.status_code == 302 and not WebhookEndpoint.objects.get().is_active
     assert login(alice).post(url, {"url": "not a url", "events": []}).status_code == 400

@@ -10,7 +10,8 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 
-from projects import actions
+from labelhub.errors import ActionError
+from projects import imports
 from projects.models import Dataset, DatasetSource, DatasetStatus, Project
 
 
@@ -46,17 +47,17 @@ class Command(BaseCommand):
             with path.open("rb") as handle:
                 upload = File(handle, name=path.name)
                 upload.size = path.stat().st_size
-                dataset = actions.create_dataset_from_upload(project, upload=upload, user=user,  # type: ignore[arg-type]
+                dataset = imports.create_dataset_from_upload(project, upload=upload, user=user,  # type: ignore[arg-type]
                                                              source=DatasetSource.CLI)
             mapping = {"text_column": options["text_column"], "label_column": options["label_column"],
                        "id_column": options["id_column"], "add_unknown_labels": options["add_unknown_labels"]}
             if options["background"]:
-                dataset = actions.start_import(dataset, **mapping)
+                dataset = imports.start_import(dataset, **mapping)
                 dataset = self._follow(dataset)
             else:
-                actions.configure_import(dataset, **mapping)
-                dataset = actions.run_import(dataset.pk, progress=self._bar)
-        except actions.ActionError as exc:
+                imports.configure_import(dataset, **mapping)
+                dataset = imports.run_import(dataset.pk, progress=self._bar)
+        except ActionError as exc:
             raise CommandError(str(exc)) from exc
         sys.stderr.write("\n")
         self._report(dataset)

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand
 
-from projects import actions
+from projects import imports, taxonomy
 from projects.models import DatasetSource, Membership, Project, Role, Team
 
 DEMO_FILE = Path(settings.BASE_DIR) / "demo" / "legal_overruling.csv"
@@ -39,21 +39,21 @@ class Command(BaseCommand):
         Membership.objects.get_or_create(team=team, user=user, defaults={"role": Role.MANAGER})
         project = Project.objects.filter(team=team, name="Overruling sentences").first()
         if project is None:
-            project = actions.create_project(
+            project = taxonomy.create_project(
                 team, name="Overruling sentences", task_type="single_label", created_by=user,
                 description="Does this sentence from a US court opinion overrule a previous case? "
                 "(LegalBench overruling task, CC BY 4.0)",
                 guidelines="Label Yes if the sentence itself overrules, abrogates or disapproves a prior "
                 "decision (e.g. 'we overrule X to the extent…'). Label No if it only cites, distinguishes "
                 "or discusses a case.",
-                labels=[actions.LabelSpec("Yes", "The sentence overrules a previous case."),
-                        actions.LabelSpec("No", "It cites, follows or distinguishes a case without overruling it.")],
+                labels=[taxonomy.LabelSpec("Yes", "The sentence overrules a previous case."),
+                        taxonomy.LabelSpec("No", "It cites, follows or distinguishes a case without overruling it.")],
             )
             upload = SimpleUploadedFile("legal_overruling.csv", self._demo_csv(), content_type="text/csv")
-            dataset = actions.create_dataset_from_upload(project, upload=upload, user=user,
+            dataset = imports.create_dataset_from_upload(project, upload=upload, user=user,
                                                          source=DatasetSource.DEMO)
-            actions.configure_import(dataset, text_column="text", label_column="label")
-            dataset = actions.run_import(dataset.pk, embed=False)
+            imports.configure_import(dataset, text_column="text", label_column="label")
+            dataset = imports.run_import(dataset.pk, embed=False)
             self.stdout.write(f"Demo project: {dataset.imported_count} examples, {dataset.labelled_count} labelled.")
             # Embedded here, with a progress bar, so the first model is ready when the page opens.
             from learning.actions import embed_project

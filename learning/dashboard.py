@@ -1,0 +1,112 @@
+"""The project dashboard: progress, annotators, label distribution, agreement, and the live model quality.
+
+It lives in the learning layer because it shows both sides: the annotation
+figures (`annotation.stats`) and the model's. A poll costs nothing when nothing
+changed: the page sends back the fingerprint of what it shows and gets 204.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Max
+from django.http import HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
+
+from annotation import stats
+from learning.models import ModelVersion
+from learning.views import learning_summary
+from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_access
+from projects.models import Label, Project
+
+
+def fingerprint(project: Project) -> str:
+    """Changes whenever anything the dashboard shows changes; cheap to compute."""
+    parts = [*stats.fingerprint_parts(project),
+             ModelVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"]]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
+def model_quality(project: Project, latest: dict[str, Any] | None,
+                  labels: dict[str, Label]) -> dict[str, Any] | None:
+    """The latest model version's report, with label names as they read now."""
+    if latest is None:
+        return None
+    metrics = latest["metrics"] or {}
+    keys = (ModelVersion.objects.filter(project=project, number=latest["number"])
+            .values_list("label_keys", flat=True).first()) or []
+
+    def name(index: int, fallback: str) -> str:
+        key = keys[index] if index < len(keys) else None
+        return labels[key].name if key in labels else fallback
+
+    per_class = [
+        {"label": name(i, row.get("label", "?")), "f1": row.get("f1"), "low": row.get("f1_low"),
+         "high": row.get("f1_high"), "precision": row.get("precision"), "recall": row.get("recall"),
+         "support": row.get("support")}
+        for i, row in enumerate(metrics.get("per_class") or [])
+    ]
+    confusion = metrics.get("confusion") or {}
+    names = [name(i, label) for i, label in enumerate(confusion.get("labels") or [])]
+    matrix = []
+    for i, counts in enumerate(confusion.get("matrix") or []):
+        total = sum(counts)
+        matrix.append({"label": names[i] if i < len(names) else "?", "total": total, "cells": [
+            {"count": n, "share": n / total if total else 0.0, "is_diagonal": i == j,
+             "predicted": names[j] if j < len(names) else "?"}
+            for j, n in enumerate(counts)
+        ]})
+    reliability = metrics.get("reliability") or {}
+    points = [
+        {"x": conf, "y": acc, "n": int(n)}
+        for conf, acc, n in zip(reliability.get("confidence") or [], reliability.get("accuracy") or [],
+                                reliability.get("count") or [], strict=False)
+        if n and conf is not None and acc is not None
+    ]
+    return {
+        "number": latest["number"], "n_labels": latest["n_labels"], "created_at": latest["created_at"],
+        "n_eval": metrics.get("n_eval"), "accuracy": metrics.get("accuracy") or {},
+        "macro_f1": metrics.get("macro_f1") or {}, "ece": metrics.get("ece"),
+        "per_class": per_class, "has_intervals": any(row["low"] is not None for row in per_class),
+        "confusion": {"labels": names, "rows": matrix}, "reliability": points,
+    }
+
+
+def dashboard_context(access: ProjectAccess) -> dict[str, Any]:
+    project = access.project
+    summary = learning_summary(project)
+    taxonomy = project.current_taxonomy()
+    annotators = stats.annotator_stats(project)
+    return {
+        "taxonomy": taxonomy,
+        "progress": {**stats.progress(project, examples=summary["examples"]),
+                     "annotations": sum(row.total for row in annotators)},
+        "annotators": annotators,
+        "agreement": stats.project_agreement(project),
+        "annotator_chart": [{"name": row.name, "in_app": row.in_app, "imported": row.imported} for row in annotators],
+        "annotator_chart_height": 70 + 34 * len(annotators),
+        "distribution": stats.label_distribution(project, taxonomy),
+        "curve": summary["curve"],
+        "quality": model_quality(project, summary["latest"], stats.labels_by_key(project, taxonomy)),
+        "is_manager": access.is_manager,
+    }
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request")
+def dashboard(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    access = get_access(request, pk)
+    project = access.project
+    polled = bool(request.htmx) and request.htmx.target == "dashboard-data"
+    version = fingerprint(project)
+    if polled and request.GET.get("v") == version:
+        # Nothing changed: htmx leaves the region (and the chart someone is hovering) alone.
+        return HttpResponse(status=204)
+    context = {"project": project, "fingerprint": version, **dashboard_context(access)}
+    if polled:
+        return render(request, "learning/partials/dashboard-data.html", context)
+    return render(request, "learning/dashboard.html", context)

@@ -1,0 +1,38 @@
+"""How the learning layer follows what the layers below announce: labels given, taxonomy
+changes and finished imports start model work."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from annotation import events as annotation_events
+from annotation.models import Annotation
+from labelhub.jobs import enqueue
+from learning import actions
+from projects import events as project_events
+from projects.models import Dataset, DatasetStatus, Project, TaxonomyVersion
+
+
+def retrain_after_labels(*, project: Project, example_ids: list[int], **_: Any) -> None:
+    actions.request_training(project, reason="new labels")
+
+
+def retrain_after_taxonomy_change(*, project: Project, retrain_reason: str = "", **_: Any) -> None:
+    if retrain_reason:
+        transaction.on_commit(lambda: actions.request_training(project, reason=retrain_reason))
+
+
+def embed_after_import(*, dataset: Dataset, embed: bool = True, **_: Any) -> None:
+    # New examples need embeddings before the model can learn from or score them.
+    if embed and dataset.status == DatasetStatus.DONE and dataset.imported_count:
+        enqueue("learning.jobs.embed_project", dataset.project_id)
+
+
+def connect() -> None:
+    annotation_events.labels_given.connect(retrain_after_labels, sender=Annotation,
+                                           dispatch_uid="learning.retrain_after_labels")
+    project_events.taxonomy_changed.connect(retrain_after_taxonomy_change, sender=TaxonomyVersion,
+                                            dispatch_uid="learning.retrain_after_taxonomy_change")
+    project_events.dataset_imported.connect(embed_after_import, sender=Dataset,
+                                            dispatch_uid="learning.embed_after_import")

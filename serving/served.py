@@ -1,0 +1,363 @@
+"""Which model version serves a project, at which threshold; promotion and rollback.
+
+A web process keeps the posterior of each project's serving version in memory. Every
+prediction request runs one indexed query (`serving_state`) that says which version
+serves now; the posterior is only reloaded when that id changes. So a promotion or a
+rollback made anywhere (another web machine, a worker after training) takes effect on
+the next request of every process, without a restart and without loading the model per
+request.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
+
+from annotation.models import Annotation
+from labelhub.errors import ActionError
+from learning import actions as learning_actions
+from learning import bayes, store
+from learning.models import ModelVersion
+from projects.models import Label, Project, TaxonomyVersion
+from serving import monitoring, webhooks
+from serving.models import (
+    DriftReference,
+    ModelPromotion,
+    PromotionKind,
+    ServingConfig,
+    ThresholdMode,
+)
+
+logger = logging.getLogger(__name__)
+
+DRIFT_SAMPLE = 2000
+
+
+class NoModelError(Exception):
+    """The project has no model version to serve yet."""
+
+
+@dataclass(frozen=True)
+class ServingState:
+    version_id: int | None
+    taxonomy_id: int | None
+    threshold_mode: str
+    confidence_threshold: float
+    target_accuracy: float | None
+    auto_promote: bool
+    pinned: bool
+
+
+def serving_state(project_id: int) -> ServingState:
+    """One query: the version that serves (promoted, else the newest), the current taxonomy and the threshold."""
+    newest = ModelVersion.objects.filter(project=OuterRef("pk")).order_by("-number").values("id")[:1]
+    taxonomy = TaxonomyVersion.objects.filter(project=OuterRef("pk")).order_by("-number").values("id")[:1]
+    row = (Project.objects.filter(pk=project_id)
+           .annotate(newest_id=Subquery(newest), taxonomy_now=Subquery(taxonomy))
+           .values("newest_id", "taxonomy_now", "serving__promoted_version_id", "serving__threshold_mode",
+                   "serving__confidence_threshold", "serving__target_accuracy", "serving__auto_promote")
+           .first())
+    if row is None:
+        raise Project.DoesNotExist(project_id)
+    promoted = row["serving__promoted_version_id"]
+    defaults = ServingConfig()
+    auto = row["serving__auto_promote"]
+    return ServingState(
+        version_id=promoted or row["newest_id"],
+        taxonomy_id=row["taxonomy_now"],
+        threshold_mode=row["serving__threshold_mode"] or defaults.threshold_mode,
+        confidence_threshold=(row["serving__confidence_threshold"]
+                              if row["serving__confidence_threshold"] is not None else defaults.confidence_threshold),
+        target_accuracy=row["serving__target_accuracy"],
+        auto_promote=defaults.auto_promote if auto is None else auto,
+        pinned=promoted is not None and promoted != row["newest_id"],
+    )
+
+
+def serving_config(project: Project) -> ServingConfig:
+    config, _ = ServingConfig.objects.get_or_create(project=project)
+    return config
+
+
+# --- Thresholds ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Threshold:
+    value: float
+    mode: str
+    expected_coverage: float | None  # share of inputs answered automatically (the automation rate)
+    expected_accuracy: float | None  # accuracy of those automated answers
+    note: str = ""
+
+
+def curve_of(metrics: dict[str, Any] | None) -> list[dict[str, float]]:
+    """The version's accuracy-vs-coverage points (cross-validated), [] for versions trained before it existed."""
+    points = (metrics or {}).get("accuracy_coverage") or []
+    clean = []
+    for p in points:
+        try:
+            clean.append({"threshold": float(p["threshold"]), "coverage": float(p["coverage"]),
+                          "accuracy": None if p.get("accuracy") is None else float(p["accuracy"])})
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(clean, key=lambda p: p["threshold"])
+
+
+def point_at(curve: list[dict[str, float]], threshold: float) -> dict[str, float] | None:
+    """The curve point that a confidence threshold falls on (the highest curve threshold at or below it)."""
+    below = [p for p in curve if p["threshold"] <= threshold + 1e-12]
+    return below[-1] if below else (curve[0] if curve else None)
+
+
+def threshold_for(state: ServingState | ServingConfig, metrics: dict[str, Any] | None) -> Threshold:
+    """The confidence threshold in force: the manager's, or the lowest one whose automated answers reach
+    the target accuracy on cross-validated predictions (the most automation that meets the target)."""
+    curve = curve_of(metrics)
+    mode = state.threshold_mode
+    if mode == ThresholdMode.TARGET and state.target_accuracy is not None:
+        if not curve:
+            return Threshold(state.confidence_threshold, ThresholdMode.CONFIDENCE, None, None,
+                             "This model version has no accuracy-vs-coverage curve: retrain to get the curve. "
+                             "Until then the confidence threshold applies.")
+        meeting = [p for p in curve if p["accuracy"] is not None and p["coverage"] > 0
+                   and p["accuracy"] >= state.target_accuracy]
+        if not meeting:
+            return Threshold(1.0 + 1e-9, mode, 0.0, None,
+                             f"No threshold reaches {state.target_accuracy:.0%} accuracy yet: every input goes "
+                             "to a person until the model improves.")
+        best = meeting[0]
+        return Threshold(best["threshold"], mode, best["coverage"], best["accuracy"])
+    point = point_at(curve, state.confidence_threshold) if curve else None
+    return Threshold(state.confidence_threshold, ThresholdMode.CONFIDENCE,
+                     point["coverage"] if point else None, point["accuracy"] if point else None,
+                     "" if curve else "Retrain to get the accuracy-vs-coverage curve of this version.")
+
+
+# --- The loaded model, cached per process -------------------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    version_id: int
+    number: int
+    label_keys: list[str]
+    encoder: str
+    posterior: bayes.Posterior
+    metrics: dict[str, Any]
+    taxonomy_id: int | None
+    names: dict[str, str]  # label key -> name in the current taxonomy (else the model's own)
+    threshold: Threshold
+
+
+_models: dict[int, ServedModel] = {}
+_lock = threading.Lock()
+
+
+def _label_names(version: ModelVersion, taxonomy_id: int | None) -> dict[str, str]:
+    names = dict(Label.objects.filter(version_id=version.taxonomy_version_id).values_list("key", "name"))
+    if taxonomy_id is not None:
+        names.update(Label.objects.filter(version_id=taxonomy_id).values_list("key", "name"))
+    return names
+
+
+def served_model(project_id: int) -> ServedModel:
+    """The project's serving model, loaded once per process per version; NoModelError before the first."""
+    state = serving_state(project_id)
+    if state.version_id is None:
+        raise NoModelError("This project has no model yet: label examples of at least two labels and it trains "
+                           "within seconds.")
+    with _lock:
+        cached = _models.get(project_id)
+    if cached is not None and cached.version_id == state.version_id and cached.taxonomy_id == state.taxonomy_id:
+        threshold = threshold_for(state, cached.metrics)
+        if threshold != cached.threshold:
+            cached = ServedModel(**{**cached.__dict__, "threshold": threshold})
+            with _lock:
+                _models[project_id] = cached
+        return cached
+    if cached is not None and cached.version_id == state.version_id:
+        # Only the taxonomy changed (a rename): keep the posterior, refresh the names.
+        version = ModelVersion.objects.only("taxonomy_version_id").get(pk=state.version_id)
+        model = ServedModel(**{**cached.__dict__, "taxonomy_id": state.taxonomy_id,
+                               "names": _label_names(version, state.taxonomy_id),
+                               "threshold": threshold_for(state, cached.metrics)})
+    else:
+        version = ModelVersion.objects.get(pk=state.version_id)
+        model = ServedModel(
+            version_id=version.pk, number=version.number, label_keys=list(version.label_keys),
+            encoder=version.encoder, posterior=bayes.Posterior.from_bytes(bytes(version.artifact)),
+            metrics=version.metrics or {}, taxonomy_id=state.taxonomy_id,
+            names=_label_names(version, state.taxonomy_id), threshold=threshold_for(state, version.metrics),
+        )
+    with _lock:
+        _models[project_id] = model
+    return model
+
+
+def forget(project_id: int | None = None) -> None:
+    with _lock:
+        if project_id is None:
+            _models.clear()
+        else:
+            _models.pop(project_id, None)
+
+
+# --- Promotion ----------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def promote_version(project: Project, *, version: ModelVersion, user: Any,
+                    kind: str = PromotionKind.PROMOTE) -> ModelPromotion | None:
+    """Serve `version` from the next request on. Promoting an older version pins it (new versions
+    stop being promoted automatically until a manager promotes the newest again)."""
+    if version.project_id != project.pk:
+        raise ActionError("That model version belongs to another project.")
+    config = ServingConfig.objects.select_for_update().get_or_create(project=project)[0]
+    versions = ModelVersion.objects.filter(project=project).order_by("-number").values_list("id", flat=True)
+    newest = versions.first()
+    # Before any promotion the newest version serves; a version trained just now did not serve yet.
+    previous_id = config.promoted_version_id or (
+        versions.exclude(pk=version.pk).first() if kind == PromotionKind.AUTO else newest)
+    if kind != PromotionKind.AUTO:
+        config.auto_promote = version.pk == newest
+    if previous_id == version.pk:
+        config.promoted_version = version
+        config.save(update_fields=["promoted_version", "auto_promote"])
+        return None
+    config.promoted_version = version
+    config.updated_at = timezone.now()
+    config.save(update_fields=["promoted_version", "auto_promote", "updated_at"])
+    promotion = ModelPromotion.objects.create(project=project, version=version, previous_id=previous_id,
+                                              kind=kind, by=user if getattr(user, "is_authenticated", False) else None)
+    webhooks.emit(project.pk, "model.promoted", {
+        "model_version": version.number, "previous_version": (
+            ModelVersion.objects.filter(pk=previous_id).values_list("number", flat=True).first()
+            if previous_id else None),
+        "kind": kind, "metrics": {k: version.metrics.get(k) for k in ("accuracy", "macro_f1", "ece")},
+    })
+    return promotion
+
+
+def rollback(project: Project, *, user: Any) -> ModelPromotion:
+    """Serve the version that served before the current one (and pin it)."""
+    current = serving_state(project.pk).version_id
+    last = ModelPromotion.objects.filter(project=project, version_id=current, previous__isnull=False).first()
+    target = last.previous if last else (
+        ModelVersion.objects.filter(project=project, number__lt=ModelVersion.objects.get(pk=current).number)
+        .order_by("-number").first() if current else None)
+    if target is None:
+        raise ActionError("There is no earlier model version to roll back to.", status=409)
+    promotion = promote_version(project, version=target, user=user, kind=PromotionKind.ROLLBACK)
+    assert promotion is not None
+    return promotion
+
+
+@transaction.atomic
+def set_auto_promote(project: Project, *, enabled: bool, user: Any) -> ServingConfig:
+    """Turn automatic promotion on (the newest version serves at once) or off (the serving one is pinned)."""
+    newest = ModelVersion.objects.filter(project=project).order_by("-number").first()
+    if enabled and newest is not None:
+        promote_version(project, version=newest, user=user)
+    config = ServingConfig.objects.select_for_update().get_or_create(project=project)[0]
+    config.auto_promote = enabled
+    config.save(update_fields=["auto_promote"])
+    forget(project.pk)
+    return config
+
+
+@transaction.atomic
+def set_threshold(project: Project, *, mode: str, confidence_threshold: float | None = None,
+                  target_accuracy: float | None = None) -> ServingConfig:
+    """Set where the human fallback starts: a confidence threshold, or a target accuracy to derive it from."""
+    config = ServingConfig.objects.select_for_update().get_or_create(project=project)[0]
+    if mode == ThresholdMode.TARGET:
+        if target_accuracy is None or not 0 < target_accuracy <= 1:
+            raise ActionError("The target accuracy must be between 0 and 100 %.")
+        config.target_accuracy = target_accuracy
+    elif mode == ThresholdMode.CONFIDENCE:
+        if confidence_threshold is None or not 0 <= confidence_threshold <= 1:
+            raise ActionError("The confidence threshold must be between 0 and 1.")
+        config.confidence_threshold = confidence_threshold
+    else:
+        raise ActionError(f"Unknown threshold mode {mode!r}.")
+    config.threshold_mode = mode
+    config.updated_at = timezone.now()
+    config.save()
+    return config
+
+
+def version_recorded(version_id: int) -> None:
+    """After training (in the worker): promote the new version unless a manager pinned one, and keep a
+    sample of its training embeddings for the drift signal. Never raises: training already succeeded."""
+    try:
+        version = ModelVersion.objects.select_related("project").get(pk=version_id)
+        state = serving_state(version.project_id)
+        if state.auto_promote:
+            promote_version(version.project, version=version, user=None, kind=PromotionKind.AUTO)
+        build_drift_reference(version)
+    except Exception:  # noqa: BLE001 - a serving hiccup must not fail a finished training run
+        logger.exception("after-training serving step failed for model version %s", version_id)
+
+
+def build_drift_reference(version: ModelVersion) -> DriftReference | None:
+    """Store a sample of the training embeddings and their typical nearest-neighbour distance."""
+    encoder = learning_actions.current_encoder()
+    emb = store.load(version.project_id, encoder.name)
+    labelled = Annotation.objects.in_project(version.project).labelled_ids()
+    ids = labelled[emb.has(labelled)] if len(labelled) else labelled
+    if len(ids) < 5:
+        return None
+    rng = np.random.default_rng(version.pk)
+    if len(ids) > DRIFT_SAMPLE:
+        ids = np.sort(rng.choice(ids, DRIFT_SAMPLE, replace=False))
+    X = emb.vectors[emb.rows_of(ids)].astype(np.float32)
+    radius = monitoring.nearest_neighbour_radius(X)
+    reference, _ = DriftReference.objects.update_or_create(model_version=version, defaults={
+        "encoder": encoder.name, "dim": X.shape[1], "count": X.shape[0],
+        "vectors": X.astype(np.float16).tobytes(), "radius": radius,
+    })
+    return reference
+
+
+def serving_summary(project: Project) -> dict[str, Any]:
+    """What the serving page and `GET …/serving/` show: version, threshold, expected automation, the curve."""
+    state = serving_state(project.pk)
+    version = ModelVersion.objects.filter(pk=state.version_id).first() if state.version_id else None
+    threshold = threshold_for(state, version.metrics if version else None) if version else None
+    return {
+        "version": version,
+        "model_version": version.number if version else None,
+        "auto_promote": state.auto_promote,
+        "threshold_mode": state.threshold_mode,
+        "confidence_threshold": state.confidence_threshold,
+        "target_accuracy": state.target_accuracy,
+        "threshold": min(threshold.value, 1.0) if threshold else None,
+        "expected_automation_rate": threshold.expected_coverage if threshold else None,
+        "expected_accuracy": threshold.expected_accuracy if threshold else None,
+        "note": threshold.note if threshold else "No model yet.",
+        "accuracy_coverage": curve_of(version.metrics) if version else [],
+    }
+
+
+def version_rows(project: Project, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest model versions with their headline figures and whether each serves (newest first)."""
+    serving_id = serving_state(project.pk).version_id
+    rows = []
+    for v in ModelVersion.objects.filter(project=project).order_by("-number").values(
+            "id", "number", "created_at", "n_labels", "encoder", "strategy", "metrics")[:limit]:
+        metrics = v["metrics"] or {}
+        rows.append({
+            "id": v["id"], "number": v["number"], "created_at": v["created_at"], "n_labels": v["n_labels"],
+            "encoder": v["encoder"], "strategy": v["strategy"], "metrics": metrics,
+            "accuracy": (metrics.get("accuracy") or {}).get("value"),
+            "macro_f1": (metrics.get("macro_f1") or {}).get("value"), "ece": metrics.get("ece"),
+            "is_serving": v["id"] == serving_id, "has_accuracy_coverage": bool(metrics.get("accuracy_coverage")),
+        })
+    return rows
