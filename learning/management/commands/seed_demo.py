@@ -1,4 +1,8 @@
-"""Create the admin user and a demo project from data shipped in the repository (idempotent)."""
+"""Create the admin user and a demo project from data shipped in the repository (idempotent).
+
+It lives in `learning` (not `projects`) because it also embeds the demo examples, and `projects`
+sits below `learning` in the layers.
+"""
 from __future__ import annotations
 
 import csv
@@ -12,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management.base import BaseCommand
 
+from learning.actions import embed_project
 from projects import imports, taxonomy
 from projects.models import DatasetSource, Membership, Project, Role, Team
 
@@ -56,8 +61,6 @@ class Command(BaseCommand):
             dataset = imports.run_import(dataset.pk, embed=False)
             self.stdout.write(f"Demo project: {dataset.imported_count} examples, {dataset.labelled_count} labelled.")
             # Embedded here, with a progress bar, so the first model is ready when the page opens.
-            from learning.actions import embed_project
-
             embed_project(project.pk, progress=self._bar)
             self.stderr.write("\n")
         self.stdout.write(self.style.SUCCESS("=" * 64))
