@@ -642,16 +642,6 @@ def fit_multilabel(
     )
 
 
-def calibration_loss(
-    mu: np.ndarray, var: np.ndarray, y: np.ndarray, temperature: float, variance_scale: float, multi_label: bool
-) -> float:
-    """Mean negative log-likelihood of held-out labels under the calibrated probit predictive."""
-    z = mu / np.sqrt(temperature**2 + PI_OVER_8 * variance_scale * var)
-    if multi_label:
-        return -float(np.mean(y * _log_sigmoid(z) + (1 - y) * _log_sigmoid(-z)))
-    return -float(np.mean(_log_softmax(z)[np.arange(len(y)), y]))
-
-
 # Bounds keep a calibration fitted on a few dozen held-out predictions from going wild.
 TEMPERATURE_BOUNDS = (0.25, 10.0)
 VARIANCE_SCALE_BOUNDS = (1e-3, 3.0)

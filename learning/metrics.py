@@ -195,12 +195,6 @@ def multilabel_calibration_error(proba: np.ndarray, Y_true: np.ndarray, *, n_bin
 
 
 # ---- cross-validation ---------------------------------------------------------------------
-def stratified_folds(y: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold id per example. Each class is dealt round-robin from a shuffled order, so a class
-    with fewer examples than folds simply appears in fewer folds (never an error)."""
-    return bayes._stratified_folds(np.asarray(y), folds, rng)
-
-
 @dataclass
 class OutOfFold:
     """Out-of-fold logit moments from cross-validation, before any calibration."""

@@ -1,8 +1,6 @@
 """Embeddings, training runs, model versions and per-example scores."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from django.db import models
 from django.db.models import Q
@@ -104,6 +102,3 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project} model v{self.number}"
-
-    def metric(self, name: str) -> Any:
-        return self.metrics.get(name)
