@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning import bayes
+from learning import bayes, calibration
+from learning.folds import stratified_folds
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -209,7 +210,7 @@ class OutOfFold:
         """Predictive probabilities (N, K) under a calibration (T, c); fallback rows as they are."""
         out = self.fallback.copy()
         z = self.mu[self.fitted] / np.sqrt(temperature**2 + bayes.PI_OVER_8 * variance_scale * self.var[self.fitted])
-        out[self.fitted] = bayes._sigmoid(z) if self.multi_label else bayes._softmax(z)
+        out[self.fitted] = bayes.sigmoid(z) if self.multi_label else bayes.softmax(z)
         return out
 
 
@@ -238,7 +239,7 @@ def out_of_fold_logits(
     y = np.asarray(y)
     n = X.shape[0]
     folds = max(2, min(folds, n))
-    assignment = bayes._stratified_folds(y, folds, rng, multi_label=multi_label)
+    assignment = stratified_folds(y, folds, rng, multi_label=multi_label)
     mu = np.zeros((n, n_classes))
     var = np.zeros((n, n_classes))
     fitted = np.full(n, True)
@@ -268,7 +269,7 @@ def fit_out_of_fold_calibration(oof: OutOfFold, y: np.ndarray) -> tuple[float, f
     """(temperature, variance_scale) fitted on the out-of-fold logits; (1, 1) with under 10 of them."""
     if oof.fitted.sum() < 10:
         return 1.0, 1.0
-    return bayes.fit_calibration(oof.mu[oof.fitted], oof.var[oof.fitted], np.asarray(y)[oof.fitted],
+    return calibration.fit_calibration(oof.mu[oof.fitted], oof.var[oof.fitted], np.asarray(y)[oof.fitted],
                                  multi_label=oof.multi_label)
 
 
@@ -294,7 +295,7 @@ def cross_validated_proba(
                              multi_label=multi_label, warm_start=warm_start)
     # Two calibration parameters fitted on these same out-of-fold logits: a mild optimism we
     # accept, since without them the raw Laplace predictive is badly under-confident (see
-    # bayes.fit_calibration).
+    # calibration.fit_calibration).
     t, c = fit_out_of_fold_calibration(oof, y) if calibrated else (1.0, 1.0)
     return oof.proba(t, c)
 

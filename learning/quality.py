@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from learning import bayes, metrics
+from learning import bayes, calibration, metrics
 
 MAX_EVAL_ITEMS = 2000
 FOLDS = 5
@@ -147,4 +147,4 @@ def calibrate(posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, seed:
         return posterior
     rng = np.random.default_rng(seed)
     keep = _subsample(len(y), rng)
-    return bayes.calibrate(posterior, X[keep], y[keep], rng=rng)
+    return calibration.calibrate(posterior, X[keep], y[keep], rng=rng)
