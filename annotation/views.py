@@ -10,20 +10,19 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Exists, OuterRef, Q
 from django.http import HttpResponse
-from django.contrib.humanize.templatetags.humanize import intcomma
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from annotation import actions
-from annotation import taxonomy
+from annotation import actions, taxonomy
 from annotation.actions import Item
 from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, ExampleScore, Flag, Relabel
 from labelhub.errors import ActionError
@@ -287,8 +286,8 @@ def _apply_label_op(project: Project, data: dict[str, Any], user: Any) -> str:
     elif op == "merge":
         version = taxonomy.merge_labels(project, into=key, merged=data["merged"], user=user, expected_number=expected)
     elif op == "split":
-        version = taxonomy.split_label(project, key=key, into=project_taxonomy.parse_label_lines(data["into"]), user=user,
-                                      expected_number=expected)
+        into = project_taxonomy.parse_label_lines(data["into"])
+        version = taxonomy.split_label(project, key=key, into=into, user=user, expected_number=expected)
     else:
         version = taxonomy.set_label_deprecated(project, key=key, deprecated=op == "deprecate", user=user,
                                                expected_number=expected)
@@ -321,8 +320,8 @@ def taxonomy_edit_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
         return response
     if error:
         messages.error(request, error)
-        return render(request, "projects/project_settings.html",
-                      {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project)}, status=status)
+        context = {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project)}
+        return render(request, "projects/project_settings.html", context, status=status)
     messages.success(request, done)
     return redirect("projects:settings", project.pk)
 

@@ -35,8 +35,8 @@ from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from projects import imports, taxonomy  # noqa: E402
 from annotation.models import Annotation  # noqa: E402
+from projects import imports, taxonomy  # noqa: E402
 from projects.models import Dataset, DatasetStatus, Example, Project, Team  # noqa: E402
 
 WORDS = ("court overrule precedent holding appeal statute contract plaintiff defendant motion judgment "
@@ -67,7 +67,7 @@ class PeakRss:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self.process.memory_info().rss)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 

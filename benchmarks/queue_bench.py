@@ -92,11 +92,11 @@ def fill(args: argparse.Namespace) -> dict[str, Any]:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus
-    from learning.models import ExampleScore, ModelVersion
-    from projects.taxonomy import LabelSpec, create_project
+    from annotation.models import Annotation, AnnotationSource, Assignment, AssignmentStatus, ExampleScore
+    from learning.models import ModelVersion
     from projects.importing import content_hash
     from projects.models import Example, Membership, Role, Team
+    from projects.taxonomy import LabelSpec, create_project
 
     rng = random.Random(args.seed)
     texts = base_texts(args.texts)

@@ -221,7 +221,7 @@ class EmbeddingCache:
         index = self._load_index(encoder.name, refresh=True)
         keys = [text_key(str(t)) for t in texts]
         missing: dict[str, str] = {}
-        for key, text in zip(keys, texts):
+        for key, text in zip(keys, texts, strict=True):
             if key not in index and key not in missing:
                 missing[key] = str(text)
         todo = list(missing.items())

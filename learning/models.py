@@ -75,7 +75,7 @@ class TrainingRun(models.Model):
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "error", "finished_at", "timings", "n_labels"])
 
-    def mark_succeeded(self, version: "ModelVersion") -> None:
+    def mark_succeeded(self, version: ModelVersion) -> None:
         self.status = RunStatus.SUCCEEDED
         self.model_version = version
         self.finished_at = timezone.now()

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from projects.models import Dataset, Example, Label, Membership, Project, Team, TaxonomyVersion
+from projects.models import Dataset, Example, Label, Membership, Project, TaxonomyVersion, Team
 
 
 class MembershipInline(admin.TabularInline):

@@ -80,7 +80,8 @@ def bulk_import(request: Request, pk: int) -> Response:
     except ActionError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     ok = dataset.status == DatasetStatus.DONE
-    return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST)
+    code = status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST
+    return Response(DatasetSerializer(dataset).data, status=code)
 
 
 @extend_schema(

@@ -5,8 +5,8 @@ from typing import Any
 
 from django import forms
 
-from projects.taxonomy import LabelSpec, parse_label_lines
 from projects.models import Dataset, Project, TaskType
+from projects.taxonomy import LabelSpec, parse_label_lines
 
 
 class ProjectCreateForm(forms.Form):
@@ -71,7 +71,9 @@ class LabelEditForm(forms.Form):
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(help_text="CSV with a header row, JSONL (one object per line) or JSON (an array of objects).")
+    file = forms.FileField(
+        help_text="CSV with a header row, JSONL (one object per line) or JSON (an array of objects)."
+    )
 
 
 class ColumnMapForm(forms.Form):

@@ -50,7 +50,10 @@ _RESAVE_HINT: Final = (
 
 
 class ImportFormatError(Exception):
-    """A file-level problem that makes the whole file unreadable (message names the file and, where known, the row/line)."""
+    """A file-level problem that makes the whole file unreadable.
+
+    The message names the file and, where known, the row or line.
+    """
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,10 @@ def content_hash(text: str) -> str:
 def read_columns(
     path: StrPath, fmt: str, *, display_name: str | None = None, sample_rows: int = 50
 ) -> list[str]:
-    """The column names the UI offers for mapping: the CSV header, or the union of keys of the first `sample_rows` objects for JSONL/JSON, in first-seen order."""
+    """The column names the UI offers for mapping, in first-seen order.
+
+    For CSV the header; for JSONL/JSON the union of keys of the first `sample_rows` objects.
+    """
     name = _display_name(path, display_name)
     if fmt == "csv":
         with _open_text(path, name) as f:
@@ -148,7 +154,9 @@ def iter_rows(
     display_name: str | None = None,
     label_separator: str = "|",
 ) -> Iterator[ParsedRow | RowError]:
-    """Stream the file, yielding one ParsedRow or RowError per data row. Raises ImportFormatError for file-level problems.
+    """Stream the file, yielding one ParsedRow or RowError per data row.
+
+    Raises ImportFormatError for file-level problems.
 
     The error can come part-way through (a bad byte near the end of the file
     is only seen when the reader gets there), so callers should treat the

@@ -58,7 +58,7 @@ class TaskType(models.TextChoices):
 
 
 class ProjectQuerySet(models.QuerySet["Project"]):
-    def visible_to(self, user: Any) -> "ProjectQuerySet":
+    def visible_to(self, user: Any) -> ProjectQuerySet:
         if not user.is_authenticated:
             return self.none()
         if user.is_superuser:
@@ -116,7 +116,7 @@ class Project(models.Model):
     def is_multi_label(self) -> bool:
         return self.task_type == TaskType.MULTI_LABEL
 
-    def current_taxonomy(self) -> "TaxonomyVersion":
+    def current_taxonomy(self) -> TaxonomyVersion:
         version = self.taxonomy_versions.order_by("-number").first()
         if version is None:
             raise TaxonomyVersion.DoesNotExist(f"project {self.pk} has no taxonomy")
@@ -137,7 +137,9 @@ class TaxonomyVersion(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="taxonomy_versions")
     number = models.PositiveIntegerField()
-    changelog = models.JSONField(default=list, help_text="Readable lines describing what changed from the previous version.")
+    changelog = models.JSONField(
+        default=list, help_text="Readable lines describing what changed from the previous version."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -148,7 +150,7 @@ class TaxonomyVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.project} v{self.number}"
 
-    def active_labels(self) -> models.QuerySet["Label"]:
+    def active_labels(self) -> models.QuerySet[Label]:
         return self.labels.filter(is_deprecated=False)
 
 
@@ -297,7 +299,7 @@ class Dataset(models.Model):
 
 
 class ExampleQuerySet(models.QuerySet["Example"]):
-    def in_project(self, project: Project | int) -> "ExampleQuerySet":
+    def in_project(self, project: Project | int) -> ExampleQuerySet:
         return self.filter(project=project)
 
 

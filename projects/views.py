@@ -1,7 +1,6 @@
 """Pages of the projects app: project list, create, settings, taxonomy, datasets."""
 from __future__ import annotations
 
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -120,8 +119,8 @@ def taxonomy_add_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     if request.htmx:
         # htmx does not swap 4xx answers by default; the form shows the error instead.
         return render(request, "projects/partials/taxonomy-editor.html", taxonomy_editor_context(project, form))
-    return render(request, "projects/project_settings.html",
-                  {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project, form)}, status=status)
+    context = {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project, form)}
+    return render(request, "projects/project_settings.html", context, status=status)
 
 
 @require_http_methods(["GET", "POST"])

@@ -11,8 +11,8 @@ from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from learning.models import ModelVersion
 from labelhub.errors import ActionError
+from learning.models import ModelVersion
 from projects.access import accepts_api_keys, get_project_for_api, get_project_for_user
 from projects.models import Role
 from serving import predictions
@@ -29,7 +29,6 @@ from serving.serializers import (
     PromoteResponseSerializer,
     ServingSerializer,
 )
-
 
 # --- Prediction API ---------------------------------------------------------------------------------------------
 

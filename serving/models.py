@@ -17,7 +17,6 @@ from learning.models import ModelVersion
 from projects.models import Example, Project
 
 
-
 class ThresholdMode(models.TextChoices):
     CONFIDENCE = "confidence", "A confidence threshold"
     TARGET = "target", "A target accuracy for automated predictions"

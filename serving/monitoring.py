@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from django.utils import timezone
 
-from serving.models import DriftReference, Prediction
 from projects.models import Project
+from serving.models import DriftReference, Prediction
 
 CONFIDENCE_BINS = 10
 RECENT_FOR_DRIFT = 1000

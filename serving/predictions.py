@@ -4,8 +4,8 @@ Routing an input (confidence below the project's threshold) makes it an example 
 the project (metadata source "api"), stores its embedding (already computed to
 predict) so training can use it once labelled, and marks its queue entry `is_routed`,
 which the annotation queue serves before anything else. When a person labels it,
-the annotation layer announces `labels_given` and `serving.receivers` calls `human_labels_given`, which stamps the prediction and
-sends the `prediction.labelled` webhook.
+the annotation layer announces `labels_given` and `serving.receivers` calls
+`human_labels_given`, which stamps the prediction and sends the `prediction.labelled` webhook.
 """
 from __future__ import annotations
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-
-
 # --- Prediction API ---------------------------------------------------------------------------------------------
 
 

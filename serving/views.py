@@ -24,7 +24,6 @@ from serving import served as serving
 from serving.forms import ApiKeyForm, ThresholdForm, WebhookForm
 from serving.models import ApiKey, ModelPromotion, ThresholdMode, WebhookDelivery, WebhookEndpoint
 
-
 # --- Serving: threshold and accuracy vs coverage ------------------------------------------------------------------
 
 

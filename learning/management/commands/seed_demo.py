@@ -73,7 +73,8 @@ class Command(BaseCommand):
 
     def _bar(self, done: int, total: int) -> None:
         filled = int(30 * done / max(total, 1))
-        self.stderr.write(f"\rEmbedding demo examples [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}", ending="")
+        bar = "#" * filled + "." * (30 - filled)
+        self.stderr.write(f"\rEmbedding demo examples [{bar}] {done:,}/{total:,}", ending="")
         self.stderr.flush()
 
     def _demo_csv(self) -> bytes:

@@ -79,7 +79,8 @@ class Command(BaseCommand):
             y_train = np.array([index[row[0]] for row in train_labels])
             y_test = np.array([index[row[0]] for row in test_labels])
 
-        cache_dir = options["cache_dir"] or os.environ.get("LABELHUB_CACHE_DIR") or Path(settings.BASE_DIR) / "var" / "cache" / "embeddings"
+        cache_dir = (options["cache_dir"] or os.environ.get("LABELHUB_CACHE_DIR")
+                     or Path(settings.BASE_DIR) / "var" / "cache" / "embeddings")
         cache = EmbeddingCache(cache_dir)
         encoder = get_encoder(options["encoder"])
         started = time.perf_counter()
@@ -119,7 +120,9 @@ class Command(BaseCommand):
         if options["plot"]:
             simulation.plot_curves(result, options["plot"])
         self.stdout.write("")
-        self.stdout.write(f"{'strategy':<18}{'final macro-F1':>15}{'AUC':>8}{'labels to random@budget':>26}{'ratio':>8}")
+        self.stdout.write(
+            f"{'strategy':<18}{'final macro-F1':>15}{'AUC':>8}{'labels to random@budget':>26}{'ratio':>8}"
+        )
         for name, entry in result["strategies"].items():
             s = entry["summary"]
             reached = s["labels_to_reach_random_final"]
