@@ -46,7 +46,8 @@ def fit_calibration(
         s = t2 + bayes.PI_OVER_8 * c * var
         z = mu / np.sqrt(s)
         if multi_label:
-            value = -float(np.sum(residual_base * bayes.log_sigmoid(z) + (1 - residual_base) * bayes.log_sigmoid(-z))) * scale
+            log_lik = residual_base * bayes.log_sigmoid(z) + (1 - residual_base) * bayes.log_sigmoid(-z)
+            value = -float(np.sum(log_lik)) * scale
             dz = (bayes.sigmoid(z) - residual_base) * scale
         else:
             logp = bayes.log_softmax(z)
@@ -93,10 +94,10 @@ def calibrate(
             # The full model starts each fold's MAP and preconditions it: same optimum, fewer steps.
             if posterior.multi_label:
                 part = bayes.fit_multilabel(X[~held], y[~held], prior_precision=posterior.prior_precision,
-                                      warm_start=posterior)
+                                            warm_start=posterior)
             else:
-                part = bayes.fit(X[~held], y[~held], n_classes=posterior.n_classes, prior_precision=posterior.prior_precision,
-                           warm_start=posterior)
+                part = bayes.fit(X[~held], y[~held], n_classes=posterior.n_classes,
+                                 prior_precision=posterior.prior_precision, warm_start=posterior)
         except bayes.ModelFitError:
             continue  # a fold left with one class: skip it, the others still inform T and c
         mu, var = part.logit_mean_var(X[held])
