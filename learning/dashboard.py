@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from annotation import stats
-from learning.models import ModelVersion
+from learning.models import Metrics, ModelVersion
 from learning.views import learning_summary
 from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_access
 from projects.models import Label, Project
@@ -35,7 +35,7 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
     """The latest model version's report, with label names as they read now."""
     if latest is None:
         return None
-    metrics = latest["metrics"] or {}
+    metrics = Metrics(latest["metrics"] or {})
     keys = (ModelVersion.objects.filter(project=project, number=latest["number"])
             .values_list("label_keys", flat=True).first()) or []
 
@@ -47,9 +47,9 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
         {"label": name(i, row.get("label", "?")), "f1": row.get("f1"), "low": row.get("f1_low"),
          "high": row.get("f1_high"), "precision": row.get("precision"), "recall": row.get("recall"),
          "support": row.get("support")}
-        for i, row in enumerate(metrics.get("per_class") or [])
+        for i, row in enumerate(metrics.per_class)
     ]
-    confusion = metrics.get("confusion") or {}
+    confusion = metrics.confusion
     names = [name(i, label) for i, label in enumerate(confusion.get("labels") or [])]
     matrix = []
     for i, counts in enumerate(confusion.get("matrix") or []):
@@ -59,7 +59,7 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
              "predicted": names[j] if j < len(names) else "?"}
             for j, n in enumerate(counts)
         ]})
-    reliability = metrics.get("reliability") or {}
+    reliability = metrics.reliability
     points = [
         {"x": conf, "y": acc, "n": int(n)}
         for conf, acc, n in zip(reliability.get("confidence") or [], reliability.get("accuracy") or [],
@@ -68,8 +68,8 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
     ]
     return {
         "number": latest["number"], "n_labels": latest["n_labels"], "created_at": latest["created_at"],
-        "n_eval": metrics.get("n_eval"), "accuracy": metrics.get("accuracy") or {},
-        "macro_f1": metrics.get("macro_f1") or {}, "ece": metrics.get("ece"),
+        "n_eval": metrics.n_eval, "accuracy": metrics.interval("accuracy"),
+        "macro_f1": metrics.interval("macro_f1"), "ece": metrics.ece,
         "per_class": per_class, "has_intervals": any(row["low"] is not None for row in per_class),
         "confusion": {"labels": names, "rows": matrix}, "reliability": points,
     }

@@ -1,6 +1,9 @@
 """Embeddings, training runs, model versions and per-example scores."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 from django.db import models
 from django.db.models import Q
@@ -82,6 +85,56 @@ class TrainingRun(models.Model):
         self.save(update_fields=["status", "model_version", "finished_at", "timings", "n_labels"])
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """A model version's quality report (the `metrics` JSON written by `quality.QualityReport.as_dict`), read
+    in one place. Missing figures read as None or empty: old versions lack newer ones."""
+
+    raw: dict[str, Any]
+
+    def interval(self, name: str) -> dict[str, Any]:
+        """{'value', 'low', 'high'} of an interval metric (accuracy, macro_f1), empty when absent."""
+        return dict(self.raw.get(name) or {})
+
+    def value(self, name: str) -> float | None:
+        return self.interval(name).get("value")
+
+    @property
+    def ece(self) -> float | None:
+        return self.raw.get("ece")
+
+    @property
+    def n_eval(self) -> int | None:
+        return self.raw.get("n_eval")
+
+    @property
+    def per_class(self) -> list[dict[str, Any]]:
+        return list(self.raw.get("per_class") or [])
+
+    @property
+    def confusion(self) -> dict[str, Any]:
+        return dict(self.raw.get("confusion") or {})
+
+    @property
+    def reliability(self) -> dict[str, Any]:
+        return dict(self.raw.get("reliability") or {})
+
+    @property
+    def accuracy_coverage(self) -> list[dict[str, Any]]:
+        return list(self.raw.get("accuracy_coverage") or [])
+
+    def headline(self) -> dict[str, Any]:
+        """Accuracy and macro-F1 with their intervals, and ECE: what lists and webhooks show."""
+        return {"accuracy": self.raw.get("accuracy"), "macro_f1": self.raw.get("macro_f1"), "ece": self.ece}
+
+    def curve_point(self) -> dict[str, float | None]:
+        """The learning curve's figures for this version."""
+        accuracy, f1 = self.interval("accuracy"), self.interval("macro_f1")
+        return {"accuracy": accuracy.get("value"), "accuracy_low": accuracy.get("low"),
+                "accuracy_high": accuracy.get("high"), "macro_f1": f1.get("value"), "macro_f1_low": f1.get("low"),
+                "macro_f1_high": f1.get("high"), "ece": self.ece}
+
+
 class ModelVersion(models.Model):
     """A fitted model: the posterior over last-layer weights and its cross-validated quality."""
 
@@ -102,3 +155,7 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project} model v{self.number}"
+
+    @property
+    def report(self) -> Metrics:
+        return Metrics(self.metrics or {})

@@ -12,7 +12,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from annotation.models import Annotation
 from learning.actions import embedding_progress
-from learning.models import ModelVersion, TrainingRun
+from learning.models import Metrics, ModelVersion, TrainingRun
 from projects.access import AuthenticatedHttpRequest, get_project_for_user
 from projects.models import Example, Project
 
@@ -29,13 +29,7 @@ def learning_summary(project: Project) -> dict[str, Any]:
     curve = [
         {
             "version": v["number"], "n_labels": v["n_labels"], "created_at": v["created_at"].isoformat(),
-            "accuracy": (v["metrics"].get("accuracy") or {}).get("value"),
-            "accuracy_low": (v["metrics"].get("accuracy") or {}).get("low"),
-            "accuracy_high": (v["metrics"].get("accuracy") or {}).get("high"),
-            "macro_f1": (v["metrics"].get("macro_f1") or {}).get("value"),
-            "macro_f1_low": (v["metrics"].get("macro_f1") or {}).get("low"),
-            "macro_f1_high": (v["metrics"].get("macro_f1") or {}).get("high"),
-            "ece": v["metrics"].get("ece"),
+            **Metrics(v["metrics"] or {}).curve_point(),
         }
         for v in versions
     ]

@@ -23,7 +23,7 @@ from annotation.models import Annotation
 from labelhub.errors import ActionError
 from learning import actions as learning_actions
 from learning import bayes, store
-from learning.models import ModelVersion
+from learning.models import Metrics, ModelVersion
 from projects.models import Label, Project, TaxonomyVersion
 from serving import monitoring, webhooks
 from serving.models import (
@@ -97,9 +97,9 @@ class Threshold:
     note: str = ""
 
 
-def curve_of(metrics: dict[str, Any] | None) -> list[dict[str, float]]:
+def curve_of(metrics: Metrics | None) -> list[dict[str, float]]:
     """The version's accuracy-vs-coverage points (cross-validated), [] for versions trained before it existed."""
-    points = (metrics or {}).get("accuracy_coverage") or []
+    points = metrics.accuracy_coverage if metrics is not None else []
     clean = []
     for p in points:
         try:
@@ -116,7 +116,7 @@ def point_at(curve: list[dict[str, float]], threshold: float) -> dict[str, float
     return below[-1] if below else (curve[0] if curve else None)
 
 
-def threshold_for(state: ServingState | ServingConfig, metrics: dict[str, Any] | None) -> Threshold:
+def threshold_for(state: ServingState | ServingConfig, metrics: Metrics | None) -> Threshold:
     """The confidence threshold in force: the manager's, or the lowest one whose automated answers reach
     the target accuracy on cross-validated predictions (the most automation that meets the target)."""
     curve = curve_of(metrics)
@@ -150,7 +150,7 @@ class ServedModel:
     label_keys: list[str]
     encoder: str
     posterior: bayes.Posterior
-    metrics: dict[str, Any]
+    metrics: Metrics
     taxonomy_id: int | None
     names: dict[str, str]  # label key -> name in the current taxonomy (else the model's own)
     threshold: Threshold
@@ -193,8 +193,8 @@ def served_model(project_id: int) -> ServedModel:
         model = ServedModel(
             version_id=version.pk, number=version.number, label_keys=list(version.label_keys),
             encoder=version.encoder, posterior=bayes.Posterior.from_bytes(bytes(version.artifact)),
-            metrics=version.metrics or {}, taxonomy_id=state.taxonomy_id,
-            names=_label_names(version, state.taxonomy_id), threshold=threshold_for(state, version.metrics),
+            metrics=version.report, taxonomy_id=state.taxonomy_id,
+            names=_label_names(version, state.taxonomy_id), threshold=threshold_for(state, version.report),
         )
     with _lock:
         _models[project_id] = model
@@ -240,7 +240,7 @@ def promote_version(project: Project, *, version: ModelVersion, user: Any,
         "model_version": version.number, "previous_version": (
             ModelVersion.objects.filter(pk=previous_id).values_list("number", flat=True).first()
             if previous_id else None),
-        "kind": kind, "metrics": {k: version.metrics.get(k) for k in ("accuracy", "macro_f1", "ece")},
+        "kind": kind, "metrics": version.report.headline(),
     })
     return promotion
 
@@ -330,7 +330,7 @@ def serving_summary(project: Project) -> dict[str, Any]:
     """What the serving page and `GET …/serving/` show: version, threshold, expected automation, the curve."""
     state = serving_state(project.pk)
     version = ModelVersion.objects.filter(pk=state.version_id).first() if state.version_id else None
-    threshold = threshold_for(state, version.metrics if version else None) if version else None
+    threshold = threshold_for(state, version.report) if version else None
     return {
         "version": version,
         "model_version": version.number if version else None,
@@ -342,7 +342,7 @@ def serving_summary(project: Project) -> dict[str, Any]:
         "expected_automation_rate": threshold.expected_coverage if threshold else None,
         "expected_accuracy": threshold.expected_accuracy if threshold else None,
         "note": threshold.note if threshold else "No model yet.",
-        "accuracy_coverage": curve_of(version.metrics) if version else [],
+        "accuracy_coverage": curve_of(version.report) if version else [],
     }
 
 
@@ -352,12 +352,11 @@ def version_rows(project: Project, *, limit: int = 100) -> list[dict[str, Any]]:
     rows = []
     for v in ModelVersion.objects.filter(project=project).order_by("-number").values(
             "id", "number", "created_at", "n_labels", "encoder", "strategy", "metrics")[:limit]:
-        metrics = v["metrics"] or {}
+        metrics = Metrics(v["metrics"] or {})
         rows.append({
             "id": v["id"], "number": v["number"], "created_at": v["created_at"], "n_labels": v["n_labels"],
-            "encoder": v["encoder"], "strategy": v["strategy"], "metrics": metrics,
-            "accuracy": (metrics.get("accuracy") or {}).get("value"),
-            "macro_f1": (metrics.get("macro_f1") or {}).get("value"), "ece": metrics.get("ece"),
-            "is_serving": v["id"] == serving_id, "has_accuracy_coverage": bool(metrics.get("accuracy_coverage")),
+            "encoder": v["encoder"], "strategy": v["strategy"], "metrics": metrics.raw,
+            "accuracy": metrics.value("accuracy"), "macro_f1": metrics.value("macro_f1"), "ece": metrics.ece,
+            "is_serving": v["id"] == serving_id, "has_accuracy_coverage": bool(metrics.accuracy_coverage),
         })
     return rows

@@ -88,14 +88,14 @@ def _versions_context(request: AuthenticatedHttpRequest, access: ProjectAccess) 
     names = dict(project.current_taxonomy().labels.values_list("name", "name"))
     compared = []
     for version in compare:
-        metrics = version.metrics or {}
+        metrics = version.report
         threshold = serving.threshold_for(serving.serving_state(project.pk), metrics)
         compared.append({
             "number": version.number, "n_labels": version.n_labels, "created_at": version.created_at,
-            "accuracy": metrics.get("accuracy") or {}, "macro_f1": metrics.get("macro_f1") or {},
-            "ece": metrics.get("ece"),
-            "per_class": {row.get("label"): row.get("f1") for row in metrics.get("per_class") or []},
-            "automation": threshold.expected_coverage, "has_curve": bool(metrics.get("accuracy_coverage")),
+            "accuracy": metrics.interval("accuracy"), "macro_f1": metrics.interval("macro_f1"),
+            "ece": metrics.ece,
+            "per_class": {row.get("label"): row.get("f1") for row in metrics.per_class},
+            "automation": threshold.expected_coverage, "has_curve": bool(metrics.accuracy_coverage),
         })
     classes = sorted({label for c in compared for label in c["per_class"]}, key=lambda n: (n not in names, n))
     state = serving.serving_state(project.pk)
