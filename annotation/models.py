@@ -6,6 +6,7 @@ from datetime import datetime
 import numpy as np
 from django.conf import settings
 from django.db import connection, models
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from projects.models import Example, Project, TaxonomyVersion
@@ -230,3 +231,28 @@ class ExampleScore(models.Model):
             # The annotation queue walks this index: routed items, then the seed, then by priority.
             models.Index(fields=["project", "-is_routed", "-is_seed", "-priority"], name="example_score_serve_order"),
         ]
+
+
+# The Examples page's states: what a manager filters the project's items by.
+BROWSE_STATES = ("unlabelled", "labelled", "flagged", "uncertain")
+
+
+def browse_examples(project: Project, *, query: str = "", state: str = "", label_key: str = "") -> QuerySet[Example]:
+    """The project's examples for the Examples page: searched, filtered by state or given label, in a stable order
+    (the least confident prediction first for "uncertain"), each with `is_labelled` and `is_flagged`."""
+    examples = Example.objects.in_project(project).search(query).annotate(
+        is_labelled=Exists(Annotation.objects.filter(example=OuterRef("pk"))),
+        is_flagged=Exists(Flag.objects.filter(example=OuterRef("pk"), resolved_at__isnull=True)),
+    )
+    if state == "unlabelled":
+        examples = examples.filter(is_labelled=False)
+    elif state == "labelled":
+        examples = examples.filter(is_labelled=True)
+    elif state == "flagged":
+        examples = examples.filter(is_flagged=True)
+    if label_key:
+        examples = examples.filter(
+            pk__in=Annotation.objects.in_project(project).with_label(label_key).values("example_id"))
+    if state == "uncertain":
+        return examples.filter(score__model_version_number__isnull=False).order_by("score__confidence", "id")
+    return examples.order_by("id")

@@ -13,7 +13,6 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Exists, OuterRef, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -24,7 +23,16 @@ from django.views.decorators.vary import vary_on_headers
 
 from annotation import actions, taxonomy
 from annotation.actions import Item
-from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, ExampleScore, Flag, Relabel
+from annotation.models import (
+    Annotation,
+    Assignment,
+    AssignmentStatus,
+    Comment,
+    ExampleScore,
+    Flag,
+    Relabel,
+    browse_examples,
+)
 from labelhub.errors import ActionError
 from projects import taxonomy as project_taxonomy
 from projects.access import AuthenticatedHttpRequest, get_project_for_user
@@ -72,7 +80,7 @@ def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Ite
         "my_count": Assignment.objects.filter(project=project, annotator=request.user,
                                               status=AssignmentStatus.SUBMITTED).count(),
         "error": error, "notice": notice,
-        "is_manager": project.user_role == Role.MANAGER,
+        "is_manager": ProjectAccess(project=project, role=project.user_role).is_manager,
     }
     if item is not None:
         example = item.example
@@ -235,34 +243,14 @@ def browse(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """Find items by text, label, prediction or state; a manager opens any of them to label."""
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     taxonomy = project.current_taxonomy()
-    examples = Example.objects.in_project(project).annotate(
-        is_labelled=Exists(Annotation.objects.filter(example=OuterRef("pk"))),
-        is_flagged=Exists(Flag.objects.filter(example=OuterRef("pk"), resolved_at__isnull=True)),
-    )
     query = request.GET.get("q", "").strip()
     state = request.GET.get("state", "")
     label_key = request.GET.get("label", "")
-    if query:
-        examples = examples.filter(Q(text__icontains=query) | Q(external_id=query))
-    if state == "unlabelled":
-        examples = examples.filter(is_labelled=False)
-    elif state == "labelled":
-        examples = examples.filter(is_labelled=True)
-    elif state == "flagged":
-        examples = examples.filter(is_flagged=True)
-    elif state == "uncertain":
-        examples = examples.filter(score__model_version_number__isnull=False).order_by("score__confidence")
-    if label_key:
-        examples = examples.filter(
-            pk__in=Annotation.objects.in_project(project).with_label(label_key).values("example_id"))
-    if state != "uncertain":
-        examples = examples.order_by("id")
+    examples = browse_examples(project, query=query, state=state, label_key=label_key)
     page = Paginator(examples.select_related("score"), 25).get_page(request.GET.get("page"))
-    names = {label.key: label.name for label in taxonomy.labels.all()}
-    latest = {}
-    for example_id, keys in (Annotation.objects.filter(example__in=[e.pk for e in page])
-                             .order_by("example_id", "-created_at").values_list("example_id", "label_keys")):
-        latest.setdefault(example_id, [names.get(k, k) for k in keys])
+    names = {key: label.name for key, label in taxonomy.labels_by_key().items()}
+    latest = {example_id: [names.get(k, k) for k in keys] for example_id, keys in
+              Annotation.objects.filter(example__in=[e.pk for e in page]).latest_label_keys().items()}
     rows = [{"example": e, "labels": latest.get(e.pk, []),
              "predicted": [names.get(k, k) for k in getattr(getattr(e, "score", None), "predicted_keys", []) or []]}
             for e in page]

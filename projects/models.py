@@ -150,6 +150,10 @@ class TaxonomyVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.project} v{self.number}"
 
+    def labels_by_key(self) -> dict[str, Label]:
+        """This version's labels by stable key, in taxonomy order."""
+        return {label.key: label for label in self.labels.order_by("position", "id")}
+
     def active_labels(self) -> models.QuerySet[Label]:
         return self.labels.filter(is_deprecated=False)
 
@@ -301,6 +305,11 @@ class Dataset(models.Model):
 class ExampleQuerySet(models.QuerySet["Example"]):
     def in_project(self, project: Project | int) -> ExampleQuerySet:
         return self.filter(project=project)
+
+    def search(self, query: str) -> ExampleQuerySet:
+        """Examples whose text contains `query` (any case) or whose external id is `query`."""
+        query = query.strip()
+        return self.filter(models.Q(text__icontains=query) | models.Q(external_id=query)) if query else self
 
 
 class Example(models.Model):
