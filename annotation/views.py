@@ -35,7 +35,7 @@ from annotation.models import (
 )
 from labelhub.errors import ActionError
 from projects import taxonomy as project_taxonomy
-from projects.access import AuthenticatedHttpRequest, get_project_for_user
+from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_project_for_user
 from projects.forms import LabelEditForm, ProjectSettingsForm, taxonomy_editor_context
 from projects.models import Example, Project, Role, TaxonomyVersion
 
