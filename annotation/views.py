@@ -297,7 +297,7 @@ def taxonomy_edit_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
             error = str(exc)
             status = exc.status
     else:
-        error = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())
+        error = "; ".join(f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items())
         status = 400
     if request.htmx:
         # htmx does not swap 4xx answers by default; the editor shows the message instead.

@@ -78,17 +78,22 @@ class Strategy:
 
 
 def _random_score(proba: np.ndarray, samples: np.ndarray | None, rng: np.random.Generator, ml: bool) -> np.ndarray:
-    return rng.random(proba.shape[0])
+    return rng.random(len(proba))
+
+
+def _bald_score(proba: np.ndarray, samples: np.ndarray | None, rng: np.random.Generator, ml: bool) -> np.ndarray:
+    if samples is None:
+        raise ValueError("BALD scores need posterior samples (the strategy's needs_samples)")
+    return bald(samples, multi_label=ml)
 
 
 STRATEGIES: dict[str, Strategy] = {
     "bald_density_diversity": Strategy(
-        "bald_density_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml),  # type: ignore[arg-type]
+        "bald_density_diversity", True, True, _bald_score,
         density=True, title="BALD × density + diversity (recommended)",
     ),
-    "bald_diversity": Strategy("bald_diversity", True, True, lambda p, s, r, ml: bald(s, multi_label=ml),  # type: ignore[arg-type]
-                               title="BALD + diversity"),
-    "bald": Strategy("bald", True, False, lambda p, s, r, ml: bald(s, multi_label=ml), title="BALD"),  # type: ignore[arg-type]
+    "bald_diversity": Strategy("bald_diversity", True, True, _bald_score, title="BALD + diversity"),
+    "bald": Strategy("bald", True, False, _bald_score, title="BALD"),
     "entropy": Strategy("entropy", False, False, lambda p, s, r, ml: entropy(p, multi_label=ml), title="Entropy"),
     "margin": Strategy("margin", False, False, lambda p, s, r, ml: margin(p, multi_label=ml), title="Margin"),
     "least_confidence": Strategy(
@@ -148,8 +153,8 @@ def score_pool(
     # Class-major columns (k, sample): the product below then comes out as (K, S/2 + 1, B), so
     # every reduction over classes is an elementwise operation between contiguous slabs instead
     # of a reduction along a short last axis, which numpy does several times slower.
-    weights = posterior.raw_sample_weights(deviations).reshape(-1, half + 1, k).transpose(0, 2, 1)
-    weights = weights.reshape(-1, (half + 1) * k)
+    by_class = posterior.raw_sample_weights(deviations).reshape(-1, half + 1, k).transpose(0, 2, 1)
+    weights = by_class.reshape(-1, (half + 1) * k)
     linear_t = np.ascontiguousarray(weights[:-1].T)
     bias = weights[-1][:, None]
     inv_t = np.float32(1.0 / posterior.temperature)

@@ -223,7 +223,10 @@ def training_set(project: Project) -> TrainingSet:
     labels: list[Label] = list(taxonomy.active_labels().order_by("position", "id"))
     index = {label.key: i for i, label in enumerate(labels)}
     latest = Annotation.objects.in_project(project).latest_label_keys()
-    ids, targets, skipped = [], [], 0
+    ids: list[int] = []
+    # A 0/1 row per example for multi-label, else the class index.
+    targets: list[np.ndarray | int] = []
+    skipped = 0
     for example_id, keys in latest.items():
         mapped = [index[k] for k in keys if k in index]
         if project.is_multi_label:
@@ -250,6 +253,7 @@ def training_set(project: Project) -> TrainingSet:
 
 
 @dataclass
+    target_array: np.ndarray
 class Fitted:
     """A fitted model and what it was fitted on, before the pool is scored."""
 

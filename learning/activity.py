@@ -59,22 +59,22 @@ def recent_activity(project: Project, *, limit: int = 15, is_manager: bool = Fal
     for a in annotations:
         names = ", ".join(label_display(labels.get(k), k)["name"] for k in a.label_keys)
         via = " (API)" if a.source == AnnotationSource.API else ""
-        items.append(Activity(a.created_at, "label", _name(a.annotator), f"labelled{via}", a.snippet,  # type: ignore[attr-defined]
+        items.append(Activity(a.created_at, "label", _name(a.annotator), f"labelled{via}", a.snippet,
                               names))
     for c in (Comment.objects.filter(example__project=project).select_related("author")
               .annotate(snippet=Substr("example__text", 1, SNIPPET)).order_by("-created_at", "-id")[:limit]):
-        items.append(Activity(c.created_at, "comment", _name(c.author), "commented on", c.snippet,  # type: ignore[attr-defined]
+        items.append(Activity(c.created_at, "comment", _name(c.author), "commented on", c.snippet,
                               c.body[:200]))
     review = reverse("annotation:review", args=[project.pk]) if is_manager else ""
     flags = Flag.objects.filter(example__project=project).annotate(snippet=Substr("example__text", 1, SNIPPET))
     for f in flags.select_related("raised_by").order_by("-created_at", "-id")[:limit]:
-        items.append(Activity(f.created_at, "flag", _name(f.raised_by), "flagged", f.snippet,  # type: ignore[attr-defined]
+        items.append(Activity(f.created_at, "flag", _name(f.raised_by), "flagged", f.snippet,
                               f.reason, review))
     for f in (flags.filter(resolved_at__isnull=False).select_related("resolved_by")
               .order_by("-resolved_at", "-id")[:limit]):
         assert f.resolved_at is not None
         items.append(Activity(f.resolved_at, "resolve", _name(f.resolved_by), "resolved a flag on",
-                              f.snippet, f.resolution, review))  # type: ignore[attr-defined]
+                              f.snippet, f.resolution, review))
     settings_url = reverse("projects:settings", args=[project.pk]) if is_manager else ""
     for v in project.taxonomy_versions.select_related("created_by").order_by("-number")[:limit]:
         items.append(Activity(v.created_at, "taxonomy", _name(v.created_by), f"made taxonomy v{v.number}",

@@ -346,7 +346,7 @@ class _Objective:
             # float32 is plenty for a preconditioner and halves the N D^2 product.
             X32 = Xb.astype(np.float32)
             self.gram = (X32.T @ X32).astype(np.float64)
-            self.factors = np.eye(Xb.shape[1])[None]  # (1, D+1, D+1): shared by every output
+            self.factors: np.ndarray = np.eye(Xb.shape[1])[None]  # (1, D+1, D+1): shared by every output
         else:
             # Per output, applied as products with the inverse factors (computed once per warm
             # posterior): one batched matmul per evaluation instead of 2 K triangular solves.

@@ -26,12 +26,14 @@ LEVEL = 0.95
 @dataclass
 class QualityReport:
     n_eval: int
-    accuracy: dict[str, float]
-    macro_f1: dict[str, float]
+    # {"value", "low", "high"}: no interval (None) for multi-label sets.
+    accuracy: dict[str, float | None]
+    macro_f1: dict[str, float | None]
     ece: float
     per_class: list[dict[str, Any]] = field(default_factory=list)
     confusion: dict[str, Any] = field(default_factory=dict)
-    reliability: dict[str, list[float | None]] = field(default_factory=dict)
+    # NaN for empty bins until as_dict turns it into null.
+    reliability: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
     # Threshold on the confidence of the whole prediction -> share of items kept and their
     # accuracy (``metrics.accuracy_coverage``), from the calibrated out-of-fold predictions.

@@ -76,8 +76,8 @@ def get_project_for_user(request: Any, pk: int | str, *, role: str = Role.VIEWER
     return get_access(request, pk, role=role).project
 
 
-def managed_teams(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Team]:
-    """Teams in which the user may create projects."""
+def managed_teams(user: Any) -> QuerySet[Team]:
+    """Teams in which the (logged-in) user may create projects."""
     if getattr(user, "is_superuser", False):
         return Team.objects.all()
     return Team.objects.filter(memberships__user=user, memberships__role=Role.MANAGER)

@@ -5,12 +5,12 @@ from typing import Any
 
 from django import forms
 
-from projects.models import Dataset, Project, TaskType
+from projects.models import Dataset, Project, TaskType, Team
 from projects.taxonomy import LabelSpec, parse_label_lines
 
 
 class ProjectCreateForm(forms.Form):
-    team = forms.ModelChoiceField(queryset=None, empty_label=None)  # type: ignore[arg-type]
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label=None)  # the user's teams: __init__
     name = forms.CharField(max_length=200)
     task_type = forms.ChoiceField(choices=TaskType.choices, initial=TaskType.SINGLE_LABEL)
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
@@ -24,7 +24,9 @@ class ProjectCreateForm(forms.Form):
 
     def __init__(self, *args: Any, teams: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = teams
+        team = self.fields["team"]
+        assert isinstance(team, forms.ModelChoiceField)
+        team.queryset = teams
 
     def clean_labels(self) -> list[LabelSpec]:
         specs = parse_label_lines(self.cleaned_data["labels"])
@@ -67,7 +69,7 @@ class LabelEditForm(forms.Form):
 
     def __init__(self, *args: Any, keys: list[tuple[str, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["merged"].choices = keys or []
+        _choice_field(self, "merged").choices = keys or []
 
 
 class UploadForm(forms.Form):
@@ -89,9 +91,16 @@ class ColumnMapForm(forms.Form):
     def __init__(self, *args: Any, dataset: Dataset, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         columns = [(c, c) for c in dataset.columns]
-        self.fields["text_column"].choices = columns
-        self.fields["label_column"].choices = [("", "— none (unlabelled) —"), *columns]
-        self.fields["id_column"].choices = [("", "— none —"), *columns]
+        _choice_field(self, "text_column").choices = columns
+        _choice_field(self, "label_column").choices = [("", "— none (unlabelled) —"), *columns]
+        _choice_field(self, "id_column").choices = [("", "— none —"), *columns]
+
+
+def _choice_field(form: forms.Form, name: str) -> forms.ChoiceField:
+    """A form's own copy of a declared choice field, typed so that its choices can be set."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)
+    return field
 
 
 def taxonomy_editor_context(project: Project, form: LabelAddForm | None = None) -> dict[str, Any]:

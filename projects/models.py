@@ -259,6 +259,7 @@ class Dataset(models.Model):
 
     def progress(self) -> dict[str, Any]:
         """{'done', 'total', 'phase', 'percent'} for the progress bar."""
+        data: dict[str, Any]
         if self.status == DatasetStatus.DONE:
             data = {"done": self.total_rows, "total": self.total_rows, "phase": "done"}
         else:

@@ -35,7 +35,10 @@ class TaxonomyChangeSerializer(serializers.Serializer):
     change = serializers.ChoiceField(choices=["added", "removed", "renamed", "edited", "deprecated", "restored"])
     key = serializers.CharField()
     name = serializers.CharField()
-    fields = serializers.DictField(required=False, help_text="Per changed field: {'from': …, 'to': …}.")
+    # `fields` and `label` below are API fields, not the Serializer/Field attributes of the same
+    # name that the stubs see: DRF's metaclass moves declared fields off the class.
+    fields = serializers.DictField(  # type: ignore[assignment]
+        required=False, help_text="Per changed field: {'from': …, 'to': …}.")
 
 
 class TaxonomyDiffSerializer(serializers.Serializer):
@@ -74,7 +77,8 @@ class DatasetSerializer(serializers.ModelSerializer):
 class ExampleInSerializer(serializers.Serializer):
     text = serializers.CharField(allow_blank=True, trim_whitespace=False,
                                  help_text="The text to label. Empty text is rejected.")
-    label = serializers.JSONField(required=False, help_text="A label name; for multi-label projects a list of names.")
+    label = serializers.JSONField(  # type: ignore[assignment]  # an API field, as above
+        required=False, help_text="A label name; for multi-label projects a list of names.")
     labels = serializers.ListField(child=serializers.CharField(), required=False,
                                    help_text="Label names (multi-label projects).")
     external_id = serializers.CharField(required=False, allow_blank=True, max_length=255)

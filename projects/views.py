@@ -98,6 +98,7 @@ def taxonomy_add_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     form = LabelAddForm(request.POST)
     status = 200
+    shown_form: LabelAddForm | None = form  # None after a success: the editor then offers a fresh form
     if form.is_valid():
         try:
             taxonomy.add_labels(
@@ -110,7 +111,7 @@ def taxonomy_add_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
             form.add_error(None, str(exc))
             status = exc.status
         else:
-            form = None
+            shown_form = None
             if not request.htmx:
                 messages.success(request, "Label added.")
                 return redirect("projects:settings", project.pk)
@@ -118,8 +119,8 @@ def taxonomy_add_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
         status = 400
     if request.htmx:
         # htmx does not swap 4xx answers by default; the form shows the error instead.
-        return render(request, "projects/partials/taxonomy-editor.html", taxonomy_editor_context(project, form))
-    context = {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project, form)}
+        return render(request, "projects/partials/taxonomy-editor.html", taxonomy_editor_context(project, shown_form))
+    context = {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project, shown_form)}
     return render(request, "projects/project_settings.html", context, status=status)
 
 

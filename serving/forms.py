@@ -21,7 +21,8 @@ class ThresholdForm(forms.Form):
                                        widget=forms.NumberInput(attrs={"step": "0.5"}))
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("threshold_mode") == ThresholdMode.TARGET and data.get("target_accuracy") is None:
             self.add_error("target_accuracy", "Give a target accuracy, e.g. 95.")
         if data.get("threshold_mode") == ThresholdMode.CONFIDENCE and data.get("confidence_threshold") is None:

@@ -34,19 +34,22 @@ class PredictRequestSerializer(serializers.Serializer):
         limit = settings.PREDICT_BATCH_LIMIT
         if len(texts) > limit:
             raise serializers.ValidationError(f"At most {limit} texts per request; got {len(texts)}.")
-        errors = {}
+        # Keyed by the text's index, as a string: it is a JSON object key on the wire anyway.
+        errors: dict[str, list[str]] = {}
         for i, text in enumerate(texts):
             if not text.strip():
-                errors[i] = ["Empty text."]
+                errors[str(i)] = ["Empty text."]
             elif len(text) > settings.MAX_TEXT_CHARS:
-                errors[i] = [f"Longer than {settings.MAX_TEXT_CHARS} characters."]
+                errors[str(i)] = [f"Longer than {settings.MAX_TEXT_CHARS} characters."]
         if errors:
             raise serializers.ValidationError(errors)
         return texts
 
 
 class HumanLabelSerializer(serializers.Serializer):
-    label = serializers.CharField(allow_null=True, help_text="The label's name (single-label), else null.")
+    # `label` is an API field, not Field.label: DRF's metaclass moves declared fields off the class.
+    label = serializers.CharField(  # type: ignore[assignment]
+        allow_null=True, help_text="The label's name (single-label), else null.")
     labels = serializers.ListField(child=serializers.CharField())
     label_keys = serializers.ListField(child=serializers.CharField())
     labelled_at = serializers.DateTimeField()
@@ -54,8 +57,8 @@ class HumanLabelSerializer(serializers.Serializer):
 
 class PredictionSerializer(serializers.Serializer):
     prediction_id = serializers.UUIDField()
-    label = serializers.CharField(allow_null=True,
-                                  help_text="The predicted label's name (single-label projects), else null.")
+    label = serializers.CharField(  # type: ignore[assignment]  # an API field, as above
+        allow_null=True, help_text="The predicted label's name (single-label projects), else null.")
     labels = serializers.ListField(
         child=serializers.CharField(),
         help_text="Predicted label names (one for single-label; any number for multi-label).")

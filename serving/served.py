@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from django.db import transaction
@@ -97,10 +97,16 @@ class Threshold:
     note: str = ""
 
 
-def curve_of(metrics: Metrics | None) -> list[dict[str, float]]:
+class CurvePoint(TypedDict):
+    threshold: float
+    coverage: float
+    accuracy: float | None  # stored NaN (no item kept) comes back as null
+
+
+def curve_of(metrics: Metrics | None) -> list[CurvePoint]:
     """The version's accuracy-vs-coverage points (cross-validated), [] for versions trained before it existed."""
     points = metrics.accuracy_coverage if metrics is not None else []
-    clean = []
+    clean: list[CurvePoint] = []
     for p in points:
         try:
             clean.append({"threshold": float(p["threshold"]), "coverage": float(p["coverage"]),
@@ -110,7 +116,7 @@ def curve_of(metrics: Metrics | None) -> list[dict[str, float]]:
     return sorted(clean, key=lambda p: p["threshold"])
 
 
-def point_at(curve: list[dict[str, float]], threshold: float) -> dict[str, float] | None:
+def point_at(curve: list[CurvePoint], threshold: float) -> CurvePoint | None:
     """The curve point that a confidence threshold falls on (the highest curve threshold at or below it)."""
     below = [p for p in curve if p["threshold"] <= threshold + 1e-12]
     return below[-1] if below else (curve[0] if curve else None)

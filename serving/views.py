@@ -86,7 +86,7 @@ def _versions_context(request: AuthenticatedHttpRequest, access: ProjectAccess) 
         other = rows[0] if rows[0]["id"] != serving_row["id"] else rows[1]
         compare = list(ModelVersion.objects.filter(pk__in=[serving_row["id"], other["id"]]).order_by("number"))
     names = dict(project.current_taxonomy().labels.values_list("name", "name"))
-    compared = []
+    compared: list[dict[str, Any]] = []
     for version in compare:
         metrics = version.report
         threshold = serving.threshold_for(serving.serving_state(project.pk), metrics)
@@ -228,15 +228,16 @@ def webhooks_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if form.is_valid():
+    shown_form: WebhookForm | None = form  # None after a success: the page then offers a fresh form
             webhooks.register_endpoint(project, url=form.cleaned_data["url"], events=form.cleaned_data["events"],
                                        user=request.user)
             if not request.htmx:
                 messages.success(request, "Webhook registered.")
                 return redirect("serving:webhooks", project.pk)
-            form = None
+            shown_form = None
         else:
             status = 400
-    context = _webhooks_context(project, form)
+    context = _webhooks_context(project, shown_form)
     if request.htmx:
         target = request.htmx.target
         if target == "webhook-deliveries":
@@ -288,7 +289,8 @@ def monitoring_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     context = {
         "project": project, "days": days, "timeline": monitoring.timeline(project, days=days),
         "drift": monitoring.drift(project, version_id=state.version_id),
-        "serving_version": ModelVersion.objects.filter(pk=state.version_id).values_list("number", flat=True).first(),
+        "serving_version": (ModelVersion.objects.filter(pk=state.version_id).values_list("number", flat=True).first()
+                            if state.version_id is not None else None),
         "threshold_mode": ThresholdMode(state.threshold_mode).label,
     }
     if request.htmx:
