@@ -8,7 +8,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/labelhub
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test serve worker migrate demo services browser lint bench-import clean
+.PHONY: run test serve worker services browser lint bench-import clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,11 +51,17 @@ browser:
 		else echo "Install chromium (e.g. apt-get install chromium chromium-driver) to run the browser tests"; fi; \
 	fi
 
-## test: install, start services, run the whole suite against PostgreSQL and Redis
+## lint: the import layers (import-linter), ruff and mypy; `make test` runs it first
+lint: $(VENV)/.dev
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	DEBUG=1 $(BIN)/mypy
+
+## test: install, lint, start services, run the whole suite against PostgreSQL and Redis
 test: export DEBUG = 1
 test: export DATABASE_URL = $(TEST_DATABASE_URL)
 test: export REDIS_URL = $(TEST_REDIS_URL)
-test: $(VENV)/.dev services browser
+test: $(VENV)/.dev lint services browser
 	$(BIN)/python manage.py check
 	DATABASE_URL=sqlite:///:memory: $(BIN)/python manage.py makemigrations --check --dry-run >/dev/null
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
