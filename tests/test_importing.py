@@ -357,12 +357,14 @@ def test_it_parses_jsonl_with_line_numbers_and_skips_blank_lines(tmp_path: Path)
         content_hash=content_hash("first"),
     )
     assert second == ParsedRow(
-        row=4, text="second", labels=(), external_id="s-2", metadata={"extra": None}, content_hash=content_hash("second")
+        row=4, text="second", labels=(), external_id="s-2", metadata={"extra": None},
+        content_hash=content_hash("second"),
     )
 
 
 def test_it_reports_malformed_and_non_object_jsonl_lines_and_goes_on(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "a.jsonl", ['{"text": "ok"}', '{"text": "broken"', '["a list"]', '"text"', '{"text": "later"}'])
+    lines = ['{"text": "ok"}', '{"text": "broken"', '["a list"]', '"text"', '{"text": "later"}']
+    path = write_jsonl(tmp_path / "a.jsonl", lines)
     results = parse(path, "jsonl")
     assert [r.row for r in results] == [1, 2, 3, 4, 5]
     assert isinstance(results[0], ParsedRow) and isinstance(results[4], ParsedRow)
@@ -446,7 +448,8 @@ def test_it_accepts_an_empty_json_array(tmp_path: Path, content: str) -> None:
         ("", "'data.json' is empty"),
         ('{"text": "a"}', "'data.json' holds a single JSON object"),
         ('"text"', "must hold a JSON array of objects"),
-        ('[{"text": "a"},\n {"text": "b"},\n {"text": }]', r"invalid JSON in element 3: Expecting value \(line 3, column 11\)"),
+        ('[{"text": "a"},\n {"text": "b"},\n {"text": }]',
+         r"invalid JSON in element 3: Expecting value \(line 3, column 11\)"),
         ('[{"text": "a"} {"text": "b"}]', r"expected ',' or ']' after element 1, found '\{' \(line 1, column 16\)"),
         ('[{"text": "a"},\n {"text": "b"', "invalid JSON in element 2"),
         ('[{"text": "a"},\n {"text": "b"},', "invalid JSON in element 3"),
@@ -580,7 +583,8 @@ def test_it_streams_a_large_csv_in_flat_memory(tmp_path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["text", "label", "source"])
         for i in range(200_000):
-            writer.writerow([f"example number {i}, with a comma and some padding text", "Yes" if i % 2 else "No", "gen"])
+            text = f"example number {i}, with a comma and some padding text"
+            writer.writerow([text, "Yes" if i % 2 else "No", "gen"])
     assert path.stat().st_size > 10 * 1024 * 1024
     parsed, peak = peak_traced_bytes_while_consuming(path, "csv")
     assert parsed == 200_000

@@ -71,7 +71,8 @@ def test_it_fits_a_model_scores_the_pool_and_records_quality(project, alice):
     version = ModelVersion.objects.get(project=project)
     assert version.n_labels == 60 and run.n_labels == 60
     assert version.metrics["accuracy"]["value"] > 0.9
-    assert version.metrics["accuracy"]["low"] <= version.metrics["accuracy"]["value"] <= version.metrics["accuracy"]["high"]
+    accuracy = version.metrics["accuracy"]
+    assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
     assert set(version.metrics) >= {"macro_f1", "ece", "per_class", "confusion", "reliability"}
     scores = ExampleScore.objects.filter(project=project)
     assert scores.count() == 240  # the unlabelled pool

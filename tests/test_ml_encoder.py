@@ -51,7 +51,8 @@ def test_it_caches_embeddings_on_disk(encoder: Encoder, tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path)
     calls: list[int] = []
     first = cache.encode(encoder, TEXTS[:3], progress=lambda done, total: calls.append(total))
-    again = EmbeddingCache(tmp_path).encode(encoder, [TEXTS[1], TEXTS[3], TEXTS[0]], progress=lambda d, t: calls.append(t))
+    again = EmbeddingCache(tmp_path).encode(encoder, [TEXTS[1], TEXTS[3], TEXTS[0]],
+                                            progress=lambda d, t: calls.append(t))
     assert calls[0] == 3 and calls[-1] == 1  # the second call encoded only the new text
     assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
     assert encoder.name in {p.name for p in tmp_path.iterdir()} or any(tmp_path.iterdir())
