@@ -47,10 +47,11 @@ from django.core.management import call_command  # noqa: E402
 
 from labelhub.jobs import uses_rq  # noqa: E402
 from learning import actions as learning_actions  # noqa: E402
-from learning import keys, serving  # noqa: E402
 from learning.models import ModelVersion, TrainingRun  # noqa: E402
 from projects import imports, taxonomy  # noqa: E402
 from projects.models import Project, Team  # noqa: E402
+from serving import keys  # noqa: E402
+from serving import served as serving  # noqa: E402
 
 DEMO = ROOT / "demo" / "legal_overruling.csv"
 

@@ -138,7 +138,8 @@ def fill(args: argparse.Namespace) -> dict[str, Any]:
         priority_of = dict(zip(order, priorities, strict=True))
         for start in range(0, len(ids), batch):
             ExampleScore.objects.bulk_create(
-                ExampleScore(example_id=i, project=project, model_version=model, predicted_keys=[rng.choice(keys)],
+                ExampleScore(example_id=i, project=project, model_version_number=model.number,
+                             predicted_keys=[rng.choice(keys)],
                              confidence=rng.uniform(0.34, 1.0), score=priority_of[i],
                              priority=priority_of[i] + (10.0 if i in seeds else 0.0), is_seed=i in seeds,
                              updated_at=now)
