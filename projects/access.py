@@ -22,6 +22,7 @@ from django.http import Http404, HttpRequest
 from django_htmx.middleware import HtmxDetails
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from projects.models import ROLE_RANK, Project, Role, Team
@@ -161,5 +162,6 @@ def accepts_api_keys(func: Any) -> Any:
     """Put under `@api_view`: the endpoint takes project credentials (checked by `get_project_for_api`)
     beside user tokens, rate-limited per credential."""
     func.permission_classes = [IsUserOrCredential]
-    func.throttle_classes = [CredentialRateThrottle]
+    # The per-user limit of every other endpoint (DEFAULT_THROTTLE_CLASSES) still applies to tokens.
+    func.throttle_classes = [CredentialRateThrottle, *api_settings.DEFAULT_THROTTLE_CLASSES]
     return func

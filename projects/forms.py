@@ -112,3 +112,12 @@ def taxonomy_editor_context(project: Project, form: LabelAddForm | None = None) 
         "label_form": form or LabelAddForm(initial={"expected_version": taxonomy.number}),
         "versions": project.taxonomy_versions.all()[:10],
     }
+
+
+class PersonalTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="Which script or machine uses it, e.g. “nightly import”.")
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires", coerce=int, empty_value=None, initial="90",
+        choices=[("30", "in 30 days"), ("90", "in 90 days"), ("365", "in a year"), ("", "never")],
+        required=False,
+    )

@@ -6,22 +6,23 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
-from rest_framework.authtoken.models import Token
 
 from labelhub.errors import ActionError
-from projects import imports, taxonomy
+from projects import imports, taxonomy, tokens
 from projects.access import AuthenticatedHttpRequest, get_access, get_project_for_user, managed_teams
 from projects.forms import (
     ColumnMapForm,
     LabelAddForm,
+    PersonalTokenForm,
     ProjectCreateForm,
     ProjectSettingsForm,
     UploadForm,
     taxonomy_editor_context,
 )
-from projects.models import Dataset, DatasetStatus, Example, Project, Role
+from projects.models import Dataset, DatasetStatus, Example, PersonalToken, Project, Role
 
 
 @require_GET
@@ -177,13 +178,34 @@ def dataset_detail(request: AuthenticatedHttpRequest, pk: int, dataset_pk: int) 
 
 @require_http_methods(["GET", "POST"])
 @login_required
+@never_cache
 def api_token(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """The user's REST API token: shown, created or replaced."""
-    token = Token.objects.filter(user=request.user).first()
+    """The user's personal API tokens: listed, created (the key shown in this response only)."""
+    form = PersonalTokenForm(request.POST or None)
+    new_key = None
+    status = 200
     if request.method == "POST":
-        if token:
-            token.delete()
-        token = Token.objects.create(user=request.user)
-        messages.success(request, "A new token was created; the old one no longer works.")
-        return redirect("api-token")
-    return render(request, "projects/api_token.html", {"token": token})
+        if form.is_valid():
+            try:
+                _, new_key = tokens.create_personal_token(request.user, name=form.cleaned_data["name"],
+                                                          expires_in_days=form.cleaned_data["expires_in_days"])
+                form = PersonalTokenForm()
+            except ActionError as exc:
+                form.add_error(None, str(exc))
+                status = 400
+        else:
+            status = 400
+    # No redirect after creating: the key is never stored, so this response is the only one that has it
+    # (and never_cache keeps it out of the browser's and any proxy's cache).
+    return render(request, "projects/api_token.html", {
+        "form": form, "new_key": new_key, "tokens": PersonalToken.objects.filter(user=request.user),
+    }, status=status)
+
+
+@require_POST
+@login_required
+def api_token_revoke(request: AuthenticatedHttpRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(PersonalToken, pk=token_id, user=request.user)
+    token.revoke()
+    messages.success(request, f"Token “{token.name}” revoked: it no longer works.")
+    return redirect("api-token")

@@ -12,6 +12,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
@@ -175,6 +176,7 @@ def _keys_context(project: Project, form: ApiKeyForm | None = None, new_key: str
 
 @require_http_methods(["GET", "POST"])
 @login_required
+@never_cache  # shows secrets: the new key, the endpoints' signing secrets
 @vary_on_headers("HX-Request")
 def api_keys_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.MANAGER)
@@ -221,6 +223,7 @@ def _webhooks_context(project: Project, form: WebhookForm | None = None) -> dict
 
 @require_http_methods(["GET", "POST"])
 @login_required
+@never_cache  # shows secrets: the new key, the endpoints' signing secrets
 @vary_on_headers("HX-Request")
 def webhooks_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.MANAGER)
@@ -248,6 +251,7 @@ def webhooks_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
+@never_cache  # shows secrets: the new key, the endpoints' signing secrets
 @vary_on_headers("HX-Request")
 def webhook_change(request: AuthenticatedHttpRequest, pk: int, endpoint_id: int) -> HttpResponse:
     """Pause, resume or delete an endpoint."""
