@@ -18,8 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation.models import Annotation, ExampleScore
+from learning import actions as learning_actions
 from learning import decisions
-from learning.actions import current_encoder
 from learning.models import EmbeddingChunk
 from projects.importing import content_hash
 from projects.models import Example, Label, Project
@@ -42,7 +42,8 @@ def predict(project: Project, *, texts: list[str], api_key: ApiKey | None = None
             route: bool = True) -> PredictOutcome:
     """Predict labels for texts with the serving model; inputs below the threshold go to people."""
     model = serving.served_model(project.pk)
-    encoder = current_encoder()
+    # Looked up on the module at each call, so a process-wide override (the tests' fake) applies here too.
+    encoder = learning_actions.current_encoder()
     if encoder.name != model.encoder:
         raise EncoderMismatchError(
             f"Model v{model.number} was trained on {model.encoder} embeddings but this server encodes with "
