@@ -1,31 +1,55 @@
-"""Personas and helpers shared by the whole suite.
+"""Personas, helpers and shared set-ups of the whole suite.
 
 alice manages team Alpha Legal and its project, bob annotates in that team,
 charlie belongs to another team and must get 404 on everything of alice's.
+
+Test modules never import each other (or this file): what two of them share is a
+fixture here, helper functions included (a fixture that returns the function).
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import django_rq
+import numpy as np
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.db import connection
 from django.test import Client
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from rq import SimpleWorker
 
-from projects import taxonomy
-from projects.models import Membership, Project, Role, Team
+from annotation.models import Annotation, AnnotationSource, ExampleScore
+from learning import actions as learning_actions
+from learning import store
+from learning.models import EmbeddingChunk, ModelVersion, TrainingRun
+from projects import taxonomy, tokens
+from projects.importing import content_hash
+from projects.models import Example, Membership, Project, Role, Team
+from serving import served
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(autouse=True)
 def _isolated_media(settings: Any, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _no_training_debounce(settings: Any) -> None:
+    # The debounce is a delayed job (RQ's scheduled registry, which a burst worker never
+    # runs) and makes a run claimed early come back later: tests train at once.
+    settings.TRAIN_DEBOUNCE_SECONDS = 0
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +59,19 @@ def _empty_queues(settings: Any) -> Iterator[None]:
     if not settings.REDIS_URL:
         yield
         return
-    connection = django_rq.get_connection("default")
-    connection.flushdb()
+    redis = django_rq.get_connection("default")
+    redis.flushdb()
     yield
-    connection.flushdb()
+    redis.flushdb()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The small real data sets shipped with the tests (tests/data, see its README)."""
+    return DATA
+
+
+# --- Personas and projects -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -88,22 +121,42 @@ def multi_project(team: Team, alice: User) -> Project:
     )
 
 
-def login(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
+# --- Clients -------------------------------------------------------------------------------------------------------
 
 
-def htmx(client: Client) -> dict[str, str]:
+@pytest.fixture
+def login() -> Callable[[User], Client]:
+    """`login(user)`: a test client logged in as `user`."""
+
+    def login(user: User) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return login
+
+
+@pytest.fixture
+def htmx() -> dict[str, str]:
+    """The headers of an HTMX request: `client.get(url, **htmx)`."""
     return {"HTTP_HX_REQUEST": "true"}
 
 
-def api_client(user: User | None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        token, _ = Token.objects.get_or_create(user=user)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
+@pytest.fixture
+def api_client() -> Callable[[User | None], APIClient]:
+    """`api_client(user)`: an API client with the user's token (none for `None`)."""
+
+    def api_client(user: User | None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            _, key = tokens.create_personal_token(user, name="tests", expires_in_days=None)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        return client
+
+    return api_client
+
+
+# --- Jobs ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -114,7 +167,7 @@ def run_jobs(django_capture_on_commit_callbacks: Any) -> Callable[..., Any]:
         def __init__(self) -> None:
             self._capture = None
 
-        def __enter__(self) -> "Runner":
+        def __enter__(self) -> Runner:
             self._capture = django_capture_on_commit_callbacks(execute=True)
             self._capture.__enter__()
             return self
@@ -122,7 +175,250 @@ def run_jobs(django_capture_on_commit_callbacks: Any) -> Callable[..., Any]:
         def __exit__(self, *exc: Any) -> None:
             assert self._capture is not None
             self._capture.__exit__(*exc)
-            worker = django_rq.get_worker("default", worker_class=SimpleWorker)
+            # Every queue a real worker listens on (`make worker`): imports have their own.
+            worker = django_rq.get_worker("default", "imports", worker_class=SimpleWorker)
             worker.work(burst=True)
 
     return Runner
+
+
+@pytest.fixture
+def worker(tmp_path: Path, settings: Any) -> Iterator[subprocess.Popen[str]]:
+    """A real `manage.py rqworker` process, started as `make worker` starts it."""
+    if not settings.REDIS_URL or connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL and Redis (make test sets them up)")
+    db = connection.settings_dict
+    settings.MEDIA_ROOT = tmp_path / "media"
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "LABELHUB_DATA_DIR": str(tmp_path),
+        # The worker keeps a (short) debounce: a delayed job its scheduler has to move.
+        "LABELHUB_TRAIN_DEBOUNCE_SECONDS": "0.5",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", "default", "imports", "--with-scheduler",
+         "--name", f"test-worker-{os.getpid()}"],
+        cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., None]:
+    """`wait_for(predicate, timeout, process=worker)`: poll until true; fail early if the worker died."""
+
+    def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, *,
+                 process: subprocess.Popen[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if process is not None and process.poll() is not None:
+                assert process.stdout is not None
+                raise AssertionError(f"worker exited: {process.stdout.read()}")
+            time.sleep(0.2)
+        raise AssertionError("timed out")
+
+    return wait_for
+
+
+# --- The annotation queue --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_pool() -> Callable[..., list[Example]]:
+    """`make_pool(project, n, scored=True)`: n examples, queued in order of creation (highest last)."""
+
+    def make_pool(project: Project, n: int, *, scored: bool = True) -> list[Example]:
+        examples = Example.objects.bulk_create(
+            Example(project=project, text=f"item {i}", content_hash=f"h{project.pk}-{i}") for i in range(n))
+        if scored:
+            ExampleScore.objects.bulk_create(
+                ExampleScore(example=e, project=project, priority=float(i)) for i, e in enumerate(examples))
+        return examples
+
+    return make_pool
+
+
+@pytest.fixture
+def active_keys() -> Callable[[Project], list[str]]:
+    """`active_keys(project)`: the keys of the current taxonomy's labels in use, in order."""
+
+    def active_keys(project: Project) -> list[str]:
+        return [label.key for label in project.current_taxonomy().active_labels()]
+
+    return active_keys
+
+
+# --- The learning loop on stored vectors -----------------------------------------------------------------------------
+
+VECTORS = SimpleNamespace(name="unit-test-vectors")
+
+
+@pytest.fixture
+def stored_vectors(monkeypatch: Any) -> Iterator[SimpleNamespace]:
+    """The current encoder is a name only: tests store their own vectors (the real encoder runs in the worker
+    tests)."""
+    monkeypatch.setattr(learning_actions, "current_encoder", lambda: VECTORS)
+    yield VECTORS
+    store._cache.clear()
+    store._density.clear()
+
+
+@pytest.fixture
+def clustered_examples(stored_vectors: SimpleNamespace) -> Callable[..., list[Example]]:
+    """`clustered_examples(project, annotator, n, labelled=k, seed=0)`: n examples in two well-separated clusters,
+    their vectors stored, the first k labelled by their cluster."""
+
+    def clustered_examples(project: Project, annotator: User, n: int, *, labelled: int,
+                           seed: int = 0) -> list[Example]:
+        rng = np.random.default_rng(seed)
+        keys = [label.key for label in project.current_taxonomy().labels.all()]
+        examples = Example.objects.bulk_create(
+            Example(project=project, text=f"example {seed}-{i}", content_hash=f"{seed}-{i}") for i in range(n))
+        classes = np.arange(n) % 2
+        centres = rng.normal(size=(2, 16)) * 3
+        vectors = (centres[classes] + rng.normal(size=(n, 16))).astype(np.float16)
+        ids = np.array([e.pk for e in examples], dtype=np.int64)
+        EmbeddingChunk.objects.create(project=project, encoder=stored_vectors.name, dim=16, count=n,
+                                      example_ids=ids.tobytes(), vectors=vectors.tobytes())
+        version = project.current_taxonomy()
+        Annotation.objects.bulk_create(
+            Annotation(example=examples[i], annotator=annotator, taxonomy_version=version,
+                       label_keys=[keys[classes[i]]], source=AnnotationSource.UI) for i in range(labelled))
+        return examples
+
+    return clustered_examples
+
+
+# --- A trained model to serve ----------------------------------------------------------------------------------------
+
+DIM = 16
+_rng = np.random.default_rng(7)
+CENTRES = _rng.normal(size=(2, DIM))
+CENTRES /= np.linalg.norm(CENTRES, axis=1, keepdims=True)
+
+
+class FakeEncoder:
+    """Texts with "overrule" sit near one centre, "affirm" near the other, anything else in between."""
+
+    name = "fake-encoder-16"
+    dim = DIM
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16)
+            noise = np.random.default_rng(seed).normal(size=DIM) * 0.35
+            if "overrule" in text:
+                base = CENTRES[0]
+            elif "affirm" in text:
+                base = CENTRES[1]
+            else:
+                base = (CENTRES[0] + CENTRES[1]) / 2
+            v = base * 2 + noise
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch: Any) -> Iterator[FakeEncoder]:
+    encoder = FakeEncoder()
+    monkeypatch.setattr(learning_actions, "current_encoder", lambda: encoder)
+    served.forget()
+    store._cache.clear()
+    cache.clear()
+    yield encoder
+    served.forget()
+    store._cache.clear()
+
+
+@pytest.fixture
+def add_examples(fake_encoder: FakeEncoder) -> Callable[[Project, list[str]], list[Example]]:
+    """`add_examples(project, texts)`: examples with the fake encoder's vectors stored."""
+
+    def add_examples(project: Project, texts: list[str]) -> list[Example]:
+        examples = Example.objects.bulk_create(
+            Example(project=project, text=t, content_hash=content_hash(t)) for t in texts)
+        ids = np.array([e.pk for e in examples], dtype=np.int64)
+        vectors = fake_encoder.encode(texts).astype(np.float16)
+        EmbeddingChunk.objects.create(project=project, encoder=fake_encoder.name, dim=DIM, count=len(texts),
+                                      example_ids=ids.tobytes(), vectors=vectors.tobytes())
+        return examples
+
+    return add_examples
+
+
+@pytest.fixture
+def label_examples() -> Callable[[Project, Any, list[Example], list[str]], None]:
+    """`label_examples(project, user, examples, names)`: one annotation per example, by label name."""
+
+    def label_examples(project: Project, user: Any, examples: list[Example], names: list[str]) -> None:
+        version = project.current_taxonomy()
+        keys = dict(version.labels.values_list("name", "key"))
+        Annotation.objects.bulk_create(
+            Annotation(example=e, annotator=user, taxonomy_version=version, label_keys=[keys[n]],
+                       source=AnnotationSource.UI) for e, n in zip(examples, names, strict=True))
+
+    return label_examples
+
+
+@pytest.fixture
+def train(fake_encoder: FakeEncoder) -> Callable[[Project], ModelVersion]:
+    """`train(project)`: run a training run now; the new model version."""
+
+    def train(project: Project) -> ModelVersion:
+        TrainingRun.objects.create(project=project)
+        run = learning_actions.run_training(project.pk)
+        assert run is not None and run.model_version is not None, run and run.error
+        return run.model_version
+
+    return train
+
+
+@pytest.fixture
+def trained(project: Project, alice: User, add_examples: Any, label_examples: Any, train: Any) -> Project:
+    """`project` with 40 labelled examples, 10 unlabelled ones and model v1."""
+    texts = [f"we overrule case {i}" for i in range(20)] + [f"we affirm case {i}" for i in range(20)]
+    examples = add_examples(project, texts + [f"pool text {i} overrule" for i in range(10)])
+    label_examples(project, alice, examples[:40], ["Yes"] * 20 + ["No"] * 20)
+    train(project)
+    return project
+
+
+CURVE = [
+    {"threshold": 0.5, "coverage": 1.0, "accuracy": 0.90},
+    {"threshold": 0.7, "coverage": 0.8, "accuracy": 0.94},
+    {"threshold": 0.8, "coverage": 0.6, "accuracy": 0.96},
+    {"threshold": 0.9, "coverage": 0.4, "accuracy": 0.99},
+]
+
+
+@pytest.fixture
+def give_curve() -> Callable[..., None]:
+    """`give_curve(version, curve=CURVE)`: give a version an accuracy-vs-coverage curve (four points)."""
+
+    def give_curve(version: ModelVersion, curve: list[dict[str, float]] = CURVE) -> None:
+        version.metrics = {**version.metrics, "accuracy_coverage": curve}
+        version.save(update_fields=["metrics"])
+
+    return give_curve
+
+
+@pytest.fixture
+def drop_curve() -> Callable[[ModelVersion], None]:
+    """`drop_curve(version)`: make it look trained before the quality report had the accuracy-vs-coverage curve."""
+
+    def drop_curve(version: ModelVersion) -> None:
+        version.metrics = {k: v for k, v in version.metrics.items() if k != "accuracy_coverage"}
+        version.save(update_fields=["metrics"])
+
+    return drop_curve

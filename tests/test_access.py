@@ -5,7 +5,6 @@ import pytest
 from django.urls import reverse
 
 from projects.models import Dataset, DatasetStatus
-from tests.conftest import api_client, login
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ PAGES = [
 
 @pytest.mark.parametrize(("name", "args", "for_alice", "for_bob", "for_charlie"), PAGES)
 def test_it_gives_each_persona_the_right_answer_on_project_pages(
-        name, args, for_alice, for_bob, for_charlie, project, dataset, alice, bob, charlie):
+        name, args, for_alice, for_bob, for_charlie, project, dataset, alice, bob, charlie, login):
     url = reverse(name, args=args(project, dataset))
     assert login(alice).get(url).status_code == for_alice
     assert login(bob).get(url).status_code == for_bob
@@ -41,13 +40,13 @@ def test_it_sends_anonymous_users_to_the_login_page(name, args, project, dataset
     assert response["Location"].startswith(reverse("login"))
 
 
-def test_it_lists_only_projects_of_the_users_teams(project, alice, bob, charlie):
+def test_it_lists_only_projects_of_the_users_teams(project, alice, bob, charlie, login):
     assert "Overruling" in login(alice).get(reverse("projects:list")).text
     assert "Overruling" in login(bob).get(reverse("projects:list")).text
     assert "Overruling" not in login(charlie).get(reverse("projects:list")).text
 
 
-def test_it_refuses_writes_to_outsiders_and_annotators(project, alice, bob, charlie):
+def test_it_refuses_writes_to_outsiders_and_annotators(project, alice, bob, charlie, login):
     url = reverse("projects:add-label", args=[project.pk])
     payload = {"name": "Maybe", "expected_version": 1}
     assert login(charlie).post(url, payload).status_code == 404
@@ -58,7 +57,7 @@ def test_it_refuses_writes_to_outsiders_and_annotators(project, alice, bob, char
     assert project.name == "Overruling"
 
 
-def test_it_lets_only_managers_create_projects(alice, bob, charlie, team):
+def test_it_lets_only_managers_create_projects(alice, bob, charlie, team, login):
     payload = {"team": team.pk, "name": "New", "task_type": "single_label", "labels": "A\nB"}
     assert login(bob).post(reverse("projects:create"), payload).status_code == 302
     assert not team.projects.filter(name="New").exists()
@@ -81,7 +80,7 @@ API = [
 
 @pytest.mark.parametrize(("name", "args", "method", "for_alice", "for_bob", "for_charlie"), API)
 def test_it_checks_the_token_owner_on_every_endpoint(
-        name, args, method, for_alice, for_bob, for_charlie, project, dataset, alice, bob, charlie):
+        name, args, method, for_alice, for_bob, for_charlie, project, dataset, alice, bob, charlie, api_client):
     url = reverse(name, args=args(project, dataset))
     body = {"examples": [{"text": "we overrule smith v. jones."}]}
     for user, expected in ((bob, for_bob), (charlie, for_charlie), (alice, for_alice)):
@@ -90,7 +89,7 @@ def test_it_checks_the_token_owner_on_every_endpoint(
     assert getattr(api_client(None), method)(url, body, format="json").status_code == 401
 
 
-def test_it_lists_only_visible_projects_over_the_api(project, alice, charlie):
+def test_it_lists_only_visible_projects_over_the_api(project, alice, charlie, api_client):
     assert [p["name"] for p in api_client(alice).get(reverse("api-project-list")).json()] == ["Overruling"]
     assert api_client(charlie).get(reverse("api-project-list")).json() == []
 
@@ -105,7 +104,7 @@ def test_it_publishes_the_openapi_schema_and_docs(alice, client):
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
 
 
-def test_it_shows_and_replaces_the_users_api_token(alice):
+def test_it_shows_and_replaces_the_users_api_token(alice, login):
     client = login(alice)
     assert "no token yet" in client.get(reverse("api-token")).text
     client.post(reverse("api-token"))

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from annotation.models import Annotation
+from annotation.models import Annotation, ExampleScore
 from learning.actions import embed_project
 from learning.models import ModelVersion
-from projects.taxonomy import LabelSpec, create_project
 from projects.importing import content_hash
 from projects.models import Example, Membership, Role
-from tests.test_worker import wait_for, worker  # noqa: F401 - the fixture
+from projects.taxonomy import LabelSpec, create_project
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -83,7 +82,7 @@ def wait_for_next_item(page, text: str) -> None:
 
 
 def test_an_annotator_labels_by_keyboard_while_a_manager_edits_the_taxonomy(
-        worker, live_server, browser, team, alice, bob, settings):  # noqa: F811
+        worker, wait_for, live_server, browser, team, alice, bob, settings):
     settings.SEED_SIZE = 8
     project = create_project(team, name="Overruling", task_type="single_label", created_by=alice,
                              labels=[LabelSpec("Yes"), LabelSpec("No"), LabelSpec("Unclear")],
@@ -169,8 +168,6 @@ def test_an_annotator_labels_by_keyboard_while_a_manager_edits_the_taxonomy(
 
 def test_multi_label_items_are_ticked_by_key_and_submitted_with_enter(live_server, browser, multi_project, alice,
                                                                        bob):
-    from learning.models import ExampleScore, ModelVersion
-
     project = multi_project
     keys = {label.name: label.key for label in project.current_taxonomy().labels.all()}
     texts = ["My laptop will not boot and I cannot log in to the VPN either.",
@@ -184,8 +181,8 @@ def test_multi_label_items_are_ticked_by_key_and_submitted_with_enter(live_serve
                                           n_labels=10, artifact=b"")
     for example, predicted, priority in zip(examples, (["Hardware"], ["Access"], ["Billing"]), (3, 2, 1),
                                             strict=True):
-        ExampleScore.objects.create(example=example, project=project, model_version=version, priority=priority,
-                                    predicted_keys=[keys[n] for n in predicted], confidence=0.71)
+        ExampleScore.objects.create(example=example, project=project, model_version_number=version.number,
+                                    priority=priority, predicted_keys=[keys[n] for n in predicted], confidence=0.71)
     page = browser.new_page(viewport={"width": 1280, "height": 760})
     log_in(page, live_server, "bob")
     page.goto(f"{live_server.url}/projects/{project.pk}/label/")

@@ -10,13 +10,13 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation.dashboard import annotator_stats, label_distribution, recent_activity
-from annotation.models import Annotation, AnnotationSource, Comment, Flag, Relabel
-from learning.models import ModelVersion
 from annotation import taxonomy as annotation_taxonomy
+from annotation.models import Annotation, AnnotationSource, Comment, Flag, Relabel
+from annotation.stats import annotator_stats, label_distribution
+from learning.activity import recent_activity
+from learning.models import ModelVersion
 from projects import taxonomy
 from projects.models import Dataset, DatasetStatus, Example, Membership, Role
-from tests.conftest import htmx, login
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +91,7 @@ def chart_data(response, name: str):
 
 
 @pytest.mark.parametrize("headers", [{}, {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "dashboard-data"}])
-def test_it_shows_the_dashboard_to_members_only(project, alice, bob, charlie, headers):
+def test_it_shows_the_dashboard_to_members_only(project, alice, bob, charlie, headers, login):
     url = reverse("learning:dashboard", args=[project.pk])
     assert login(charlie).get(url, **headers).status_code == 404
     assert login(bob).get(url, **headers).status_code == 200
@@ -99,7 +99,7 @@ def test_it_shows_the_dashboard_to_members_only(project, alice, bob, charlie, he
     assert "/accounts/login/" in Client().get(url, **headers)["Location"]
 
 
-def test_it_lets_a_viewer_see_the_dashboard_but_not_the_review_tab(project, team, alice):
+def test_it_lets_a_viewer_see_the_dashboard_but_not_the_review_tab(project, team, alice, login):
     from django.contrib.auth.models import User
 
     viewer = User.objects.create_user("vera")
@@ -110,7 +110,7 @@ def test_it_lets_a_viewer_see_the_dashboard_but_not_the_review_tab(project, team
     assert reverse("annotation:review", args=[project.pk]) not in response.content.decode()
 
 
-def test_it_shows_the_review_tab_with_its_count_to_managers_only(project, alice, bob):
+def test_it_shows_the_review_tab_with_its_count_to_managers_only(project, alice, bob, login):
     url = reverse("projects:detail", args=[project.pk])
     review = reverse("annotation:review", args=[project.pk])
     assert f'href="{review}"' in login(alice).get(url).content.decode()
@@ -144,7 +144,7 @@ def test_it_counts_labelled_examples_per_label_with_retired_labels_marked(projec
                                                                   ("No", 4, "deprecated")]
 
 
-def test_it_shows_the_figures_on_the_page(project, alice, bob, labelled):
+def test_it_shows_the_figures_on_the_page(project, alice, bob, labelled, login):
     Flag.objects.create(example=labelled[0], raised_by=bob, reason="cut off")
     Relabel.objects.create(project=project, example=labelled[1], reason="split")
     response = login(bob).get(reverse("learning:dashboard", args=[project.pk]))
@@ -159,7 +159,7 @@ def test_it_shows_the_figures_on_the_page(project, alice, bob, labelled):
     assert "No model yet" in page
 
 
-def test_it_reads_well_when_nothing_is_labelled(project, bob):
+def test_it_reads_well_when_nothing_is_labelled(project, bob, login):
     page = login(bob).get(reverse("learning:dashboard", args=[project.pk])).content.decode()
     assert "No examples in this project yet." in page
     assert "No labels yet." in page and "Nobody has labelled yet." in page
@@ -167,7 +167,7 @@ def test_it_reads_well_when_nothing_is_labelled(project, bob):
     assert "data-chart=" not in page
 
 
-def test_it_draws_the_model_report_with_current_label_names(project, alice, bob, labelled):
+def test_it_draws_the_model_report_with_current_label_names(project, alice, bob, labelled, login):
     model_version(project)
     taxonomy.edit_label(project, key=keys_by_name(project)["Yes"], user=alice, name="Overruled")
     response = login(bob).get(reverse("learning:dashboard", args=[project.pk]))
@@ -183,10 +183,10 @@ def test_it_draws_the_model_report_with_current_label_names(project, alice, bob,
     assert "ECE 0.040" in page
 
 
-def test_it_polls_without_redrawing_until_something_changes(project, bob, labelled):
+def test_it_polls_without_redrawing_until_something_changes(project, bob, labelled, htmx, login):
     client = login(bob)
     url = reverse("learning:dashboard", args=[project.pk])
-    poll = {**htmx(client), "HTTP_HX_TARGET": "dashboard-data"}
+    poll = {**htmx, "HTTP_HX_TARGET": "dashboard-data"}
     first = client.get(url, **poll)
     assert first.status_code == 200 and "<html" not in first.content.decode()
     assert first.content.decode().lstrip().startswith('<section id="dashboard-data"')
@@ -199,7 +199,7 @@ def test_it_polls_without_redrawing_until_something_changes(project, bob, labell
 
 
 def test_it_keeps_the_number_of_queries_flat_as_data_grows(project, alice, bob, labelled,
-                                                           django_assert_max_num_queries):
+                                                           django_assert_max_num_queries, login):
     model_version(project)
     more = make_examples(project, 300)
     start = timezone.now() - timedelta(hours=1)
@@ -215,7 +215,7 @@ def test_it_keeps_the_number_of_queries_flat_as_data_grows(project, alice, bob, 
 # --- Recent activity on the project page ---------------------------------------------------------------------------
 
 
-def test_it_shows_recent_activity_newest_first(project, alice, bob, labelled):
+def test_it_shows_recent_activity_newest_first(project, alice, bob, labelled, htmx, login):
     now = timezone.now()
     Comment.objects.create(example=labelled[0], author=bob, body="Is <b>this</b> a holding?",
                            created_at=now - timedelta(minutes=3))
@@ -233,7 +233,8 @@ def test_it_shows_recent_activity_newest_first(project, alice, bob, labelled):
     assert {"label", "comment", "flag", "import"} <= set(kinds) and len(kinds) <= 15
 
     page = login(bob).get(reverse("projects:detail", args=[project.pk])).content.decode()
-    section = page[page.index('id="project-activity"'):]
+    assert f'hx-get="{reverse("learning:activity", args=[project.pk])}"' in page  # the page loads the panel
+    section = login(bob).get(reverse("learning:activity", args=[project.pk]), **htmx).content.decode()
     assert "Added label &#x27;Maybe&#x27;." in section
     assert "Is &lt;b&gt;this&lt;/b&gt; a holding?" in section and "<b>this</b>" not in section
     assert re.search(r'imported</a>\s+<q>batch-2.csv</q>\s+<span class="muted">— 1,200 examples, 10 labelled',
@@ -242,8 +243,8 @@ def test_it_shows_recent_activity_newest_first(project, alice, bob, labelled):
     assert re.search(r"<b>alice</b>\s+labelled\s+<q>sentence 3</q>", section)
 
 
-def test_it_refreshes_the_activity_partial_for_members_only(project, alice, bob, charlie, labelled):
-    url = reverse("projects:detail", args=[project.pk])
+def test_it_refreshes_the_activity_partial_for_members_only(project, alice, bob, charlie, labelled, login):
+    url = reverse("learning:activity", args=[project.pk])
     headers = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "project-activity"}
     assert login(charlie).get(url, **headers).status_code == 404
     response = login(bob).get(url, **headers)
@@ -261,16 +262,16 @@ def test_it_refreshes_the_activity_partial_for_members_only(project, alice, bob,
     assert reverse("annotation:review", args=[project.pk]) in login(alice).get(url, **headers).content.decode()
 
 
-def test_it_says_so_when_nothing_happened_yet(project, bob):
+def test_it_says_so_when_nothing_happened_yet(project, bob, login):
     Annotation.objects.all().delete()
-    body = login(bob).get(reverse("projects:detail", args=[project.pk]),
+    body = login(bob).get(reverse("learning:activity", args=[project.pk]),
                           HTTP_HX_REQUEST="true", HTTP_HX_TARGET="project-activity").content.decode()
     # The project's creation made taxonomy v1: that is the one event.
     assert "made taxonomy v1" in body and body.count("<li") == 1
 
 
 def test_it_stops_the_timeline_where_the_fetched_labels_end(project, bob, labelled, monkeypatch):
-    monkeypatch.setattr("annotation.dashboard.LABELS_FETCHED", 3)
+    monkeypatch.setattr("learning.activity.LABELS_FETCHED", 3)
     old = timezone.now() - timedelta(hours=3)
     Comment.objects.create(example=labelled[0], author=bob, body="older than the labels shown", created_at=old)
     items = recent_activity(project)
@@ -295,19 +296,20 @@ def test_it_folds_interleaved_labels_into_one_line_per_annotator_between_other_e
                          ("alice", "label", 1, "No"), ("bob", "label", 1, "Yes")]
 
 
-def test_it_renders_user_text_inert_in_tables_and_chart_data(project, alice, bob, labelled):
+def test_it_renders_user_text_inert_in_tables_and_chart_data(project, alice, bob, labelled, login):
     payload = "</script><img src=x onerror=alert(1)>"
     model_version(project)
     taxonomy.edit_label(project, key=keys_by_name(project)["Yes"], user=alice, name=payload[:40])
     Comment.objects.create(example=labelled[0], author=bob, body=payload)
-    for url in (reverse("learning:dashboard", args=[project.pk]), reverse("projects:detail", args=[project.pk])):
+    for url in (reverse("learning:dashboard", args=[project.pk]), reverse("projects:detail", args=[project.pk]),
+                reverse("learning:activity", args=[project.pk])):
         page = login(alice).get(url).content.decode()
         assert "<img src=x" not in page and "</script><img" not in page
     response = login(alice).get(reverse("learning:dashboard", args=[project.pk]))
     assert payload[:40] in [row["name"] for row in chart_data(response, "dashboard-distribution")]
 
 
-def test_the_dashboard_shows_agreement_when_items_have_several_annotators(project, alice, bob):
+def test_the_dashboard_shows_agreement_when_items_have_several_annotators(project, alice, bob, login):
     from annotation.models import Annotation, AnnotationSource
     from projects.models import Example
 

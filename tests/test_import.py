@@ -1,7 +1,10 @@
 """Importing files and JSON pushes: what lands, and bad input that changes nothing."""
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,8 @@ from django.urls import reverse
 from annotation.models import Annotation
 from labelhub.errors import ActionError
 from projects import imports
+from projects.importing import content_hash
 from projects.models import Dataset, DatasetStatus, Example, Project
-from tests.conftest import SHARED_DATA, api_client, htmx, login
-
-OVERRULING = SHARED_DATA / "legal_overruling" / "train.csv"
 
 
 def upload(client, project: Project, name: str, content: bytes):
@@ -22,18 +23,22 @@ def upload(client, project: Project, name: str, content: bytes):
                        {"file": SimpleUploadedFile(name, content)})
 
 
-def import_file(alice, project: Project, run_jobs, name: str, content: bytes, **mapping) -> Dataset:
-    """Upload and map columns through the pages, as a manager would, then run the queued job."""
-    client = login(alice)
-    response = upload(client, project, name, content)
-    assert response.status_code == 302, response.content
-    dataset = Dataset.objects.get(project=project, name=name)
-    form = {"text_column": "text", "label_column": "", "id_column": "", **mapping}
-    with run_jobs():
-        response = client.post(reverse("projects:dataset", args=[project.pk, dataset.pk]), form)
-    assert response.status_code == 302, response.content
-    dataset.refresh_from_db()
-    return dataset
+@pytest.fixture
+def import_file(login) -> Callable[..., Dataset]:
+    def import_file(alice, project: Project, run_jobs, name: str, content: bytes, **mapping) -> Dataset:
+        """Upload and map columns through the pages, as a manager would, then run the queued job."""
+        client = login(alice)
+        response = upload(client, project, name, content)
+        assert response.status_code == 302, response.content
+        dataset = Dataset.objects.get(project=project, name=name)
+        form = {"text_column": "text", "label_column": "", "id_column": "", **mapping}
+        with run_jobs():
+            response = client.post(reverse("projects:dataset", args=[project.pk, dataset.pk]), form)
+        assert response.status_code == 302, response.content
+        dataset.refresh_from_db()
+        return dataset
+
+    return import_file
 
 
 def assert_nothing_imported(project: Project, taxonomy_version: int = 1) -> None:
@@ -42,23 +47,27 @@ def assert_nothing_imported(project: Project, taxonomy_version: int = 1) -> None
     assert project.current_taxonomy().number == taxonomy_version
 
 
-def test_it_imports_a_real_labelled_csv_and_turns_labels_into_annotations(project, alice, run_jobs):
-    if not OVERRULING.exists():
-        pytest.skip("../shared/data is not here")
-    dataset = import_file(alice, project, run_jobs, "train.csv", OVERRULING.read_bytes(), label_column="label")
+def test_it_imports_a_real_labelled_csv_and_turns_labels_into_annotations(
+        project, alice, run_jobs, data_dir, import_file):
+    path = data_dir / "legal_overruling.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    label_of = {content_hash(row["text"]): row["label"] for row in rows}  # repeats carry the same label
+    dataset = import_file(alice, project, run_jobs, path.name, path.read_bytes(), label_column="label")
     assert dataset.status == DatasetStatus.DONE, dataset.errors
     unique_texts = Example.objects.filter(project=project).count()
-    assert dataset.imported_count == unique_texts > 1000
+    assert dataset.imported_count == unique_texts == len(label_of) > 400
     # The file repeats some sentences: each repeat is skipped and counted.
-    assert dataset.duplicate_count == 1920 - unique_texts
+    assert dataset.duplicate_count == len(rows) - unique_texts > 0
     assert dataset.labelled_count == unique_texts
     keys = {label.name: label.key for label in project.current_taxonomy().labels.all()}
     yes = Annotation.objects.in_project(project).filter(label_keys=[keys["Yes"]]).count()
     no = Annotation.objects.in_project(project).filter(label_keys=[keys["No"]]).count()
-    assert yes + no == unique_texts and yes > 300 and no > 300
+    expected = Counter(label_of.values())
+    assert yes + no == unique_texts and (yes, no) == (expected["Yes"], expected["No"])
 
 
-def test_it_imports_jsonl_with_ids_metadata_and_multi_labels(multi_project, alice, run_jobs):
+def test_it_imports_jsonl_with_ids_metadata_and_multi_labels(multi_project, alice, run_jobs, import_file):
     lines = [
         {"text": "printer on floor 3 is jammed", "labels": "Hardware", "ticket": "T-1", "site": "Paris"},
         {"text": "cannot log in and was charged twice", "labels": "Access|Billing", "ticket": "T-2"},
@@ -75,7 +84,7 @@ def test_it_imports_jsonl_with_ids_metadata_and_multi_labels(multi_project, alic
     assert not Example.objects.get(external_id="T-3").annotations.exists()
 
 
-def test_it_imports_a_json_array(project, alice, run_jobs):
+def test_it_imports_a_json_array(project, alice, run_jobs, import_file):
     content = json.dumps([{"body": "we overrule smith.", "y": "Yes"}, {"body": "we follow smith.", "y": "No"}])
     dataset = import_file(alice, project, run_jobs, "rows.json", content.encode(),
                           text_column="body", label_column="y")
@@ -83,7 +92,7 @@ def test_it_imports_a_json_array(project, alice, run_jobs):
     assert dataset.imported_count == 2 and dataset.labelled_count == 2
 
 
-def test_it_adds_unknown_labels_when_asked(project, alice, run_jobs):
+def test_it_adds_unknown_labels_when_asked(project, alice, run_jobs, import_file):
     content = b"text,label\nwe overrule smith.,Yes\nit is unclear.,Maybe\n"
     dataset = import_file(alice, project, run_jobs, "rows.csv", content, label_column="label",
                           add_unknown_labels="on")
@@ -113,7 +122,7 @@ BAD_FILES = [
 @pytest.mark.parametrize(("case", "name", "content", "mapping", "reason_part", "bad_row"), BAD_FILES,
                          ids=[case[0] for case in BAD_FILES])
 def test_it_rejects_a_bad_file_whole_and_names_file_row_and_reason(
-        case, name, content, mapping, reason_part, bad_row, project, alice, run_jobs):
+        case, name, content, mapping, reason_part, bad_row, project, alice, run_jobs, import_file, login):
     dataset = import_file(alice, project, run_jobs, name, content, **mapping)
     assert dataset.status == DatasetStatus.FAILED
     assert dataset.error_count >= 1
@@ -127,7 +136,7 @@ def test_it_rejects_a_bad_file_whole_and_names_file_row_and_reason(
     assert "Nothing was imported" in page and name in page
 
 
-def test_it_rejects_a_mapping_to_a_column_the_file_lacks(project, alice):
+def test_it_rejects_a_mapping_to_a_column_the_file_lacks(project, alice, login):
     client = login(alice)
     upload(client, project, "rows.csv", b"sentence,label\nwe overrule smith.,Yes\n")
     dataset = Dataset.objects.get(project=project)
@@ -142,7 +151,7 @@ def test_it_rejects_a_mapping_to_a_column_the_file_lacks(project, alice):
     assert_nothing_imported(project)
 
 
-def test_it_refuses_files_over_the_size_limit(project, alice, settings):
+def test_it_refuses_files_over_the_size_limit(project, alice, settings, login):
     settings.MAX_UPLOAD_MB = 1
     response = upload(login(alice), project, "big.csv", b"text\n" + b"x" * (1024 * 1024 + 10) + b"\n")
     assert response.status_code == 400
@@ -150,21 +159,21 @@ def test_it_refuses_files_over_the_size_limit(project, alice, settings):
     assert not Dataset.objects.filter(project=project).exists()
 
 
-def test_it_refuses_undecodable_bytes_at_upload_when_the_header_is_bad(project, alice):
+def test_it_refuses_undecodable_bytes_at_upload_when_the_header_is_bad(project, alice, login):
     response = upload(login(alice), project, "latin1.csv", "text\ncaf\xe9\n".encode("latin-1"))
     assert response.status_code == 400
     assert "latin1.csv" in response.text and "UTF-8" in response.text
     assert not Dataset.objects.filter(project=project).exists()
 
 
-def test_it_refuses_unknown_file_types(project, alice):
+def test_it_refuses_unknown_file_types(project, alice, login):
     response = upload(login(alice), project, "rows.xlsx", b"PK\x03\x04")
     assert response.status_code == 400
     assert "rows.xlsx" in response.text
     assert not Dataset.objects.filter(project=project).exists()
 
 
-def test_it_skips_and_counts_duplicates_within_and_across_files(project, alice, run_jobs):
+def test_it_skips_and_counts_duplicates_within_and_across_files(project, alice, run_jobs, import_file):
     first = import_file(alice, project, run_jobs, "a.csv", b"text\none\ntwo\none\n")
     assert (first.imported_count, first.duplicate_count) == (2, 1)
     second = import_file(alice, project, run_jobs, "b.csv", b"text\ntwo\nthree\n")
@@ -172,24 +181,24 @@ def test_it_skips_and_counts_duplicates_within_and_across_files(project, alice, 
     assert Example.objects.filter(project=project).count() == 3
 
 
-def test_it_polls_progress_through_the_htmx_partial(project, alice, run_jobs):
+def test_it_polls_progress_through_the_htmx_partial(project, alice, run_jobs, htmx, login):
     client = login(alice)
     upload(client, project, "rows.csv", b"text\none\ntwo\n")
     dataset = Dataset.objects.get(project=project)
     client.post(reverse("projects:dataset", args=[project.pk, dataset.pk]), {"text_column": "text"})
     url = reverse("projects:dataset", args=[project.pk, dataset.pk])
-    running = client.get(url, HTTP_HX_TARGET="dataset-status", **htmx(client))
+    running = client.get(url, HTTP_HX_TARGET="dataset-status", **htmx)
     assert running.status_code == 200
     assert 'id="dataset-status"' in running.text and "<html" not in running.text
     assert 'hx-trigger="every 1s"' in running.text
     assert running["Vary"] and "HX-Request" in running["Vary"]
     imports.run_import(dataset.pk)
-    finished = client.get(url, HTTP_HX_TARGET="dataset-status", **htmx(client))
+    finished = client.get(url, HTTP_HX_TARGET="dataset-status", **htmx)
     assert finished["HX-Refresh"] == "true"
     assert "<html" in client.get(url).text
 
 
-def test_it_imports_a_json_push_with_a_token(project, alice):
+def test_it_imports_a_json_push_with_a_token(project, alice, api_client):
     url = reverse("api-bulk-import", args=[project.pk])
     body = {"examples": [
         {"text": "we overrule smith.", "label": "Yes", "external_id": "a-1", "metadata": {"court": "9th"}},
@@ -202,7 +211,7 @@ def test_it_imports_a_json_push_with_a_token(project, alice):
     assert api_client(None).post(url, body, format="json").status_code == 401
 
 
-def test_it_rejects_a_json_push_with_a_bad_row_and_imports_none(project, alice):
+def test_it_rejects_a_json_push_with_a_bad_row_and_imports_none(project, alice, api_client):
     url = reverse("api-bulk-import", args=[project.pk])
     body = {"examples": [{"text": "we overrule smith.", "label": "Yes"}, {"text": "", "label": "No"},
                          {"text": "hm", "label": "Perhaps"}]}
@@ -214,7 +223,7 @@ def test_it_rejects_a_json_push_with_a_bad_row_and_imports_none(project, alice):
     assert_nothing_imported(project)
 
 
-def test_it_rejects_an_empty_or_malformed_json_push(project, alice):
+def test_it_rejects_an_empty_or_malformed_json_push(project, alice, api_client):
     url = reverse("api-bulk-import", args=[project.pk])
     assert api_client(alice).post(url, {"examples": []}, format="json").status_code == 400
     assert api_client(alice).post(url, {"rows": [1]}, format="json").status_code == 400
@@ -222,7 +231,7 @@ def test_it_rejects_an_empty_or_malformed_json_push(project, alice):
     assert_nothing_imported(project)
 
 
-def test_it_queues_a_file_uploaded_over_the_api(project, alice, run_jobs):
+def test_it_queues_a_file_uploaded_over_the_api(project, alice, run_jobs, api_client):
     url = reverse("api-file-import", args=[project.pk])
     with run_jobs():
         response = api_client(alice).post(

@@ -24,7 +24,6 @@ from projects.importing import (
     read_columns,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEXT_AND_LABEL = ColumnMap(text="text", label="label")
 
 
@@ -545,12 +544,10 @@ def test_it_round_trips_any_csv_written_by_csv_writer(tmp_path: Path, rows: list
         ),
     ],
 )
-def test_it_parses_the_shared_real_datasets_without_errors(dataset: str, labels: list[str]) -> None:
-    path = DATA / dataset / "train.csv"
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
+def test_it_parses_the_real_datasets_without_errors(dataset: str, labels: list[str], data_dir: Path) -> None:
+    path = data_dir / f"{dataset}.csv"
     assert read_columns(path, "csv") == ["text", "label"]
-    # The longest CFPB complaint is 12,054 characters, so a 10,000 limit would reject it.
+    # The longest CFPB complaint (in the file) is 12,054 characters, so a 10,000 limit would reject it.
     results = parse(path, known_labels=labels, max_text_chars=50_000)
     assert only_errors(results) == []
     assert len(results) == count_rows(path, "csv")

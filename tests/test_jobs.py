@@ -23,7 +23,7 @@ def test_it_runs_jobs_in_a_background_thread_after_commit_without_redis(settings
     seen.clear()
     done.clear()
     with transaction.atomic():
-        jobs.enqueue(record_thread)
+        jobs.enqueue("tests.test_jobs.record_thread")
         assert seen == []  # nothing runs before the commit
     assert done.wait(10)
     assert seen[0].startswith("labelhub-job") and seen[0] != threading.current_thread().name
@@ -35,6 +35,6 @@ def test_it_drops_jobs_of_a_rolled_back_transaction(settings):
     seen.clear()
     done.clear()
     with pytest.raises(RuntimeError), transaction.atomic():
-        jobs.enqueue(record_thread)
+        jobs.enqueue("tests.test_jobs.record_thread")
         raise RuntimeError("rolled back")
     assert not done.wait(0.5)

@@ -7,11 +7,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, Flag
-from learning.models import ExampleScore, ModelVersion
+from annotation.models import Annotation, Assignment, AssignmentStatus, Comment, ExampleScore, Flag
+from learning.models import ModelVersion
 from projects.models import Example, Membership, Role
-from tests.conftest import htmx, login
-from tests.test_queue import keys, make_pool
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -31,7 +29,7 @@ def url(name: str, project, *args) -> str:
     return reverse(f"annotation:{name}", args=[project.pk, *args])
 
 
-def test_the_page_shows_one_item_escaped_with_its_metadata_and_label_keys(project, bob):
+def test_the_page_shows_one_item_escaped_with_its_metadata_and_label_keys(project, bob, login):
     Example.objects.create(project=project, text=XSS + "\n\n  indented line", content_hash="x",
                            metadata={"court": "<b>9th Cir.</b>"})
     response = login(bob).get(url("label", project))
@@ -43,26 +41,26 @@ def test_the_page_shows_one_item_escaped_with_its_metadata_and_label_keys(projec
     assert '<kbd>1</kbd>' in body and 'data-shortcut="2"' in body
 
 
-def test_the_models_suggestion_is_preselected_with_its_confidence(project, alice, bob):
+def test_the_models_suggestion_is_preselected_with_its_confidence(project, alice, bob, active_keys, login, make_pool):
     example = make_pool(project, 1)[0]
     version = ModelVersion.objects.create(project=project, number=1, taxonomy_version=project.current_taxonomy(),
-                                          label_keys=keys(project), encoder="e", strategy="bald", n_labels=2,
+                                          label_keys=active_keys(project), encoder="e", strategy="bald", n_labels=2,
                                           artifact=b"")
-    ExampleScore.objects.filter(example=example).update(model_version=version, predicted_keys=[keys(project)[1]],
-                                                        confidence=0.87)
+    ExampleScore.objects.filter(example=example).update(model_version_number=version.number,
+                                                        predicted_keys=[active_keys(project)[1]], confidence=0.87)
     body = login(bob).get(url("label", project)).content.decode()
     assert "Model suggests <b>No</b>" in body and "87% confident" in body
-    assert re.search(rf'value="{keys(project)[1]}" class="label-btn suggested"', body)
+    assert re.search(rf'value="{active_keys(project)[1]}" class="label-btn suggested"', body)
 
 
 @pytest.mark.parametrize("hx", [False, True])
-def test_submitting_saves_the_label_and_serves_the_next_item(project, bob, hx):
+def test_submitting_saves_the_label_and_serves_the_next_item(project, bob, hx, active_keys, htmx, login, make_pool):
     make_pool(project, 3)
     client = login(bob)
     first = client.get(url("label", project))
     ticket = ticket_of(first)
-    response = client.post(url("submit", project), {"ticket": ticket, "label": keys(project)[0],
-                                                    "taxonomy_version": 1}, **(htmx(client) if hx else {}))
+    response = client.post(url("submit", project), {"ticket": ticket, "label": active_keys(project)[0],
+                                                    "taxonomy_version": 1}, **(htmx if hx else {}))
     assert Annotation.objects.filter(annotator=bob).count() == 1
     if hx:
         assert response.status_code == 200 and 'id="label-item"' in response.content.decode()
@@ -73,35 +71,35 @@ def test_submitting_saves_the_label_and_serves_the_next_item(project, bob, hx):
 
 
 @pytest.mark.parametrize("hx", [False, True])
-def test_a_refused_submission_says_why_and_saves_nothing(project, bob, hx):
+def test_a_refused_submission_says_why_and_saves_nothing(project, bob, hx, htmx, login, make_pool):
     make_pool(project, 2)
     client = login(bob)
     ticket = ticket_of(client.get(url("label", project)))
     response = client.post(url("submit", project), {"ticket": ticket, "label": "bogus"},
-                           **(htmx(client) if hx else {}), follow=not hx)
+                           **(htmx if hx else {}), follow=not hx)
     assert "is not a label of this project" in response.content.decode().replace("&#x27;", "'")
     assert not Annotation.objects.exists()
 
 
-def test_someone_elses_ticket_is_refused(project, alice, bob):
+def test_someone_elses_ticket_is_refused(project, alice, bob, active_keys, htmx, login, make_pool):
     make_pool(project, 2)
     ticket = ticket_of(login(alice).get(url("label", project)))
     client = login(bob)
-    response = client.post(url("submit", project), {"ticket": ticket, "label": keys(project)[0]}, **htmx(client))
+    response = client.post(url("submit", project), {"ticket": ticket, "label": active_keys(project)[0]}, **htmx)
     assert "not leased to you" in response.content.decode()
     assert not Annotation.objects.exists()
 
 
 @pytest.mark.parametrize("hx", [False, True])
-def test_skip_and_undo(project, bob, hx):
+def test_skip_and_undo(project, bob, hx, active_keys, htmx, login, make_pool):
     make_pool(project, 3)
     client = login(bob)
-    extra = htmx(client) if hx else {}
+    extra = htmx if hx else {}
     ticket = ticket_of(client.get(url("label", project)))
     client.post(url("skip", project), {"ticket": ticket}, **extra)
     assert Assignment.objects.filter(annotator=bob, status=AssignmentStatus.SKIPPED).count() == 1
     ticket = ticket_of(client.get(url("label", project)))
-    client.post(url("submit", project), {"ticket": ticket, "label": keys(project)[0]}, **extra)
+    client.post(url("submit", project), {"ticket": ticket, "label": active_keys(project)[0]}, **extra)
     response = client.post(url("undo", project), **extra)
     assert not Annotation.objects.exists()
     if hx:
@@ -109,10 +107,10 @@ def test_skip_and_undo(project, bob, hx):
 
 
 @pytest.mark.parametrize("hx", [False, True])
-def test_comments_and_flags(project, bob, hx):
+def test_comments_and_flags(project, bob, hx, htmx, login, make_pool):
     example = make_pool(project, 1)[0]
     client = login(bob)
-    extra = htmx(client) if hx else {}
+    extra = htmx if hx else {}
     response = client.post(url("comments", project, example.pk), {"body": XSS}, **extra)
     assert Comment.objects.get().body == XSS
     if hx:
@@ -127,22 +125,22 @@ def test_comments_and_flags(project, bob, hx):
     assert Comment.objects.count() == 1
 
 
-def test_a_manager_searches_and_opens_any_item(project, alice):
+def test_a_manager_searches_and_opens_any_item(project, alice, active_keys, htmx, login, make_pool):
     examples = make_pool(project, 5)
     client = login(alice)
     body = client.get(url("browse", project), {"q": "item 3"}).content.decode()
     assert "item 3" in body and "item 4" not in body
-    body = client.get(url("browse", project), {"state": "unlabelled"}, **htmx(client)).content.decode()
+    body = client.get(url("browse", project), {"state": "unlabelled"}, **htmx).content.decode()
     assert 'id="browse-results"' in body and "5 examples" in body
     page = client.get(url("label", project), {"example": examples[2].pk})
     assert f'data-example="{examples[2].pk}"' in page.content.decode()
-    client.post(url("submit", project), {"ticket": ticket_of(page), "label": keys(project)[1]})
+    client.post(url("submit", project), {"ticket": ticket_of(page), "label": active_keys(project)[1]})
     assert Annotation.objects.get().example == examples[2]
     # Picking by hand takes no queue slot: an annotator can still be served the item.
     assert Assignment.objects.get(annotator__username="alice").slot is None
 
 
-def test_roles_and_outsiders(project, bob, charlie, team):
+def test_roles_and_outsiders(project, bob, charlie, team, login, make_pool):
     example = make_pool(project, 1)[0]
     viewer = User.objects.create_user(username="vera")
     Membership.objects.create(team=team, user=viewer, role=Role.VIEWER)

@@ -1,48 +1,16 @@
 """The learning loop in the app: coalesced training runs, the training set, failures, the model panel."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from django.urls import reverse
 
-from annotation.models import Annotation, AnnotationSource
+from annotation.models import Annotation, ExampleScore
 from learning import actions, store
-from learning.models import EmbeddingChunk, ExampleScore, ModelVersion, RunStatus, TrainingRun
-from projects.models import Example
-from tests.conftest import api_client, htmx, login
+from learning.models import ModelVersion, RunStatus, TrainingRun
 
-ENCODER = SimpleNamespace(name="unit-test-vectors")
-
-
-@pytest.fixture(autouse=True)
-def _fast(settings, monkeypatch):
-    settings.TRAIN_DEBOUNCE_SECONDS = 0
-    # Unit tests store their own vectors; the real encoder runs in the worker tests.
-    monkeypatch.setattr(actions, "current_encoder", lambda: ENCODER)
-    yield
-    store._cache.clear()
-    store._density.clear()
-
-
-def make_examples(project, alice, n: int, *, labelled: int, seed: int = 0):
-    """n examples in two well-separated clusters, the first `labelled` of them labelled."""
-    rng = np.random.default_rng(seed)
-    keys = [label.key for label in project.current_taxonomy().labels.all()]
-    examples = Example.objects.bulk_create(
-        Example(project=project, text=f"example {seed}-{i}", content_hash=f"{seed}-{i}") for i in range(n))
-    classes = np.arange(n) % 2
-    centres = rng.normal(size=(2, 16)) * 3
-    vectors = (centres[classes] + rng.normal(size=(n, 16))).astype(np.float16)
-    ids = np.array([e.pk for e in examples], dtype=np.int64)
-    EmbeddingChunk.objects.create(project=project, encoder=ENCODER.name, dim=16, count=n,
-                                  example_ids=ids.tobytes(), vectors=vectors.tobytes())
-    version = project.current_taxonomy()
-    Annotation.objects.bulk_create(
-        Annotation(example=examples[i], annotator=alice, taxonomy_version=version, label_keys=[keys[classes[i]]],
-                   source=AnnotationSource.UI) for i in range(labelled))
-    return examples
+# Unit tests store their own vectors; the real encoder runs in the worker tests.
+pytestmark = pytest.mark.usefixtures("stored_vectors")
 
 
 def test_it_coalesces_a_burst_of_requests_into_one_queued_run(project, django_capture_on_commit_callbacks):
@@ -63,8 +31,8 @@ def test_it_never_runs_two_updates_at_once(project):
     assert queued.status == RunStatus.QUEUED  # left for the running update to pick up
 
 
-def test_it_fits_a_model_scores_the_pool_and_records_quality(project, alice):
-    make_examples(project, alice, 300, labelled=60)
+def test_it_fits_a_model_scores_the_pool_and_records_quality(project, alice, clustered_examples):
+    clustered_examples(project, alice, 300, labelled=60)
     TrainingRun.objects.create(project=project)
     run = actions.run_training(project.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
@@ -81,8 +49,8 @@ def test_it_fits_a_model_scores_the_pool_and_records_quality(project, alice):
     assert set(run.timings) >= {"fit_s", "score_s", "total_s"}
 
 
-def test_it_rescores_the_pool_after_new_labels(project, alice):
-    examples = make_examples(project, alice, 300, labelled=20)
+def test_it_rescores_the_pool_after_new_labels(project, alice, clustered_examples):
+    examples = clustered_examples(project, alice, 300, labelled=20)
     TrainingRun.objects.create(project=project)
     actions.run_training(project.pk)
     before = dict(ExampleScore.objects.filter(project=project).values_list("example_id", "confidence"))
@@ -95,14 +63,14 @@ def test_it_rescores_the_pool_after_new_labels(project, alice):
     assert run.status == RunStatus.SUCCEEDED
     after = dict(ExampleScore.objects.filter(project=project).values_list("example_id", "confidence"))
     assert len(after) == 220
-    assert not ExampleScore.objects.filter(project=project, model_version__number=1).exists()
+    assert not ExampleScore.objects.filter(project=project, model_version_number=1).exists()
     common = set(before) & set(after)
     assert sum(abs(before[i] - after[i]) > 1e-9 for i in common) > len(common) / 2
     assert list(ModelVersion.objects.filter(project=project).values_list("number", "n_labels")) == [(2, 80), (1, 20)]
 
 
-def test_it_records_a_one_class_failure_and_keeps_the_previous_model(project, alice):
-    make_examples(project, alice, 100, labelled=20)
+def test_it_records_a_one_class_failure_and_keeps_the_previous_model(project, alice, clustered_examples):
+    clustered_examples(project, alice, 100, labelled=20)
     TrainingRun.objects.create(project=project)
     actions.run_training(project.pk)
     # Now every label is the same: a degenerate training set.
@@ -113,43 +81,44 @@ def test_it_records_a_one_class_failure_and_keeps_the_previous_model(project, al
     assert run.status == RunStatus.FAILED
     assert "same class" in run.error
     assert ModelVersion.objects.filter(project=project).count() == 1
-    assert ExampleScore.objects.filter(project=project, model_version__number=1).count() == 80
+    assert ExampleScore.objects.filter(project=project, model_version_number=1).count() == 80
 
 
-def test_it_explains_too_few_labels(project, alice):
-    make_examples(project, alice, 50, labelled=1)
+def test_it_explains_too_few_labels(project, alice, clustered_examples):
+    clustered_examples(project, alice, 50, labelled=1)
     TrainingRun.objects.create(project=project)
     run = actions.run_training(project.pk)
     assert run.status == RunStatus.FAILED and "at least two" in run.error
 
 
-def test_it_ignores_labels_that_are_deprecated_in_the_current_taxonomy(project, alice):
-    make_examples(project, alice, 40, labelled=20)
-    from projects.actions import _copy_version
+def test_it_ignores_labels_that_are_deprecated_in_the_current_taxonomy(project, alice, clustered_examples):
+    clustered_examples(project, alice, 40, labelled=20)
+    from projects.taxonomy import new_version
 
-    _, new = _copy_version(project, user=alice, expected_number=None, changelog=["Deprecated No"])
+    _, new = new_version(project, user=alice, expected_number=None, changelog=["Deprecated No"])
     new.labels.filter(name="No").update(is_deprecated=True)
     data = actions.training_set(project)
     assert data.label_names == ["Yes"] and data.skipped_deprecated == 10 and len(data.example_ids) == 10
 
 
-def test_it_seeds_the_queue_with_a_diverse_batch_before_any_model(project, alice, settings):
+def test_it_seeds_the_queue_with_a_diverse_batch_before_any_model(project, alice, settings, clustered_examples):
     settings.SEED_SIZE = 6
-    make_examples(project, alice, 120, labelled=0)
+    clustered_examples(project, alice, 120, labelled=0)
     assert actions.seed_queue(project) == 6
     seeds = ExampleScore.objects.filter(project=project, is_seed=True).order_by("-priority")
     assert seeds.count() == 6
     assert sorted(s.priority for s in seeds) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 
-def test_it_shows_the_model_panel_and_summary_to_members_only(project, alice, bob, charlie):
-    make_examples(project, alice, 200, labelled=40)
+def test_it_shows_the_model_panel_and_summary_to_members_only(
+        project, alice, bob, charlie, api_client, clustered_examples, htmx, login):
+    clustered_examples(project, alice, 200, labelled=40)
     TrainingRun.objects.create(project=project)
     actions.run_training(project.pk)
     url = reverse("learning:model", args=[project.pk])
     page = login(bob).get(url)
     assert page.status_code == 200 and "Learning curve" in page.text and "<html" in page.text
-    partial = login(bob).get(url, **htmx(None))
+    partial = login(bob).get(url, **htmx)
     assert 'id="project-model"' in partial.text and "<html" not in partial.text
     assert login(charlie).get(url).status_code == 404
     summary = api_client(alice).get(reverse("api-model-summary", args=[project.pk]))
@@ -180,31 +149,33 @@ def test_a_lost_update_is_requeued_instead_of_blocking_the_project(project, djan
     assert callbacks == []
 
 
-def test_the_density_weighted_strategy_scores_the_pool_with_cached_density(project, alice):
+def test_the_density_weighted_strategy_scores_the_pool_with_cached_density(
+        project, alice, clustered_examples, stored_vectors):
     project.acquisition_strategy = "bald_density_diversity"
     project.save()
-    make_examples(project, alice, 300, labelled=60)
+    clustered_examples(project, alice, 300, labelled=60)
     TrainingRun.objects.create(project=project)
     run = actions.run_training(project.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert ModelVersion.objects.get(project=project).strategy == "bald_density_diversity"
     scores = ExampleScore.objects.filter(project=project)
     assert scores.count() == 240 and all(s.score >= 0 for s in scores)
-    assert (project.pk, ENCODER.name) in store._density  # computed once, reused by the next update
+    assert (project.pk, stored_vectors.name) in store._density  # computed once, reused by the next update
 
 
-def test_density_is_extended_not_recomputed_for_a_few_new_examples(project, alice, monkeypatch):
+def test_density_is_extended_not_recomputed_for_a_few_new_examples(
+        project, alice, monkeypatch, clustered_examples, stored_vectors):
     from learning import acquisition
 
-    examples = make_examples(project, alice, 200, labelled=0)
+    examples = clustered_examples(project, alice, 200, labelled=0)
     ids = np.array([e.pk for e in examples], dtype=np.int64)
-    first = store.density_of(project.pk, ENCODER.name, ids)
+    first = store.density_of(project.pk, stored_vectors.name, ids)
     calls = []
     real = acquisition.information_density
     monkeypatch.setattr(acquisition, "information_density", lambda X, **kw: calls.append(len(X)) or real(X, **kw))
-    extra = make_examples(project, alice, 5, labelled=0, seed=1)
+    extra = clustered_examples(project, alice, 5, labelled=0, seed=1)
     both = np.concatenate([ids, [e.pk for e in extra]])
-    second = store.density_of(project.pk, ENCODER.name, both)
+    second = store.density_of(project.pk, stored_vectors.name, both)
     np.testing.assert_allclose(second[:200], first)  # old values kept
     assert len(second) == 205 and np.all((second >= 0) & (second <= 1))
     assert calls == [5 + 200]  # only the new rows, against a sample of the old ones

@@ -77,34 +77,28 @@ def test_it_gives_the_same_quality_with_a_warm_model_as_with_cold_folds_at_its_p
     assert warm.accuracy["value"] == metrics.accuracy(y, cold.argmax(axis=1))
 
 
-def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_update(project, alice, monkeypatch,
-                                                                                     settings):
+def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_update(project, alice,
+                                                                                     clustered_examples):
     from annotation.models import Annotation
-    from learning import actions, store
+    from learning import actions
     from learning.models import ModelVersion, RunStatus, TrainingRun
-    from tests.test_learning_loop import ENCODER, make_examples
 
-    monkeypatch.setattr(actions, "current_encoder", lambda: ENCODER)
-    settings.TRAIN_DEBOUNCE_SECONDS = 0
-    try:
-        examples = make_examples(project, alice, 300, labelled=100)
-        TrainingRun.objects.create(project=project)
-        first = actions.run_training(project.pk)
-        assert first.status == RunStatus.SUCCEEDED, first.error
-        assert first.timings["warm_start"] == 0
-        keys = [label.key for label in project.current_taxonomy().labels.all()]
-        Annotation.objects.bulk_create(
-            Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
-                       label_keys=[keys[i % 2]]) for i in range(100, 120))
-        TrainingRun.objects.create(project=project)
-        second = actions.run_training(project.pk)
-        assert second.status == RunStatus.SUCCEEDED, second.error
-        # 20% more labels: warm start from version 1, no new search for the prior precision.
-        assert second.timings["warm_start"] == 1 and second.timings["evidence_iterations"] == 1
-        assert set(second.timings) >= {"fit_s", "quality_s", "score_s", "rows_s", "write_s", "total_s"}
-        latest = ModelVersion.objects.get(project=project, number=2)
-        check_curve(latest.metrics["accuracy_coverage"])
-        posterior = bayes.Posterior.from_bytes(bytes(latest.artifact))
-        assert posterior.info["calibration_folds"] == quality.FOLDS
-    finally:
-        store._cache.clear()
+    examples = clustered_examples(project, alice, 300, labelled=100)
+    TrainingRun.objects.create(project=project)
+    first = actions.run_training(project.pk)
+    assert first.status == RunStatus.SUCCEEDED, first.error
+    assert first.timings["warm_start"] == 0
+    keys = [label.key for label in project.current_taxonomy().labels.all()]
+    Annotation.objects.bulk_create(
+        Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
+                   label_keys=[keys[i % 2]]) for i in range(100, 120))
+    TrainingRun.objects.create(project=project)
+    second = actions.run_training(project.pk)
+    assert second.status == RunStatus.SUCCEEDED, second.error
+    # 20% more labels: warm start from version 1, no new search for the prior precision.
+    assert second.timings["warm_start"] == 1 and second.timings["evidence_iterations"] == 1
+    assert set(second.timings) >= {"fit_s", "quality_s", "score_s", "rows_s", "write_s", "total_s"}
+    latest = ModelVersion.objects.get(project=project, number=2)
+    check_curve(latest.metrics["accuracy_coverage"])
+    posterior = bayes.Posterior.from_bytes(bytes(latest.artifact))
+    assert posterior.info["calibration_folds"] == quality.FOLDS

@@ -102,7 +102,7 @@ def test_it_runs_small_text_on_the_same_grid_as_ours() -> None:
 
 
 def test_it_updates_the_model_as_the_app_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    # learning.actions.fit_and_score: fit warm-started from the previous model, then calibrate
+    # learning.actions.fit: fit warm-started from the previous model, then calibrate
     # from quality.evaluate's report. A replay that fits another way draws curves no project sees.
     warm: list[bool] = []
     reported: list[bool] = []

@@ -9,7 +9,6 @@ from django.utils import timezone
 from annotation.models import Annotation, Comment, Flag, Relabel
 from projects import taxonomy
 from projects.models import Example, Membership, Role
-from tests.conftest import htmx, login
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
@@ -43,7 +42,7 @@ def review_url(project) -> str:
 
 @pytest.mark.parametrize("headers", [{}, {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "review-list"},
                                      {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "review-count"}])
-def test_it_shows_the_review_queue_to_managers_only(project, alice, bob, charlie, flag, headers):
+def test_it_shows_the_review_queue_to_managers_only(project, alice, bob, charlie, flag, headers, login):
     assert login(charlie).get(review_url(project), **headers).status_code == 404
     assert login(bob).get(review_url(project), **headers).status_code == 403
     response = login(alice).get(review_url(project), **headers)
@@ -51,14 +50,14 @@ def test_it_shows_the_review_queue_to_managers_only(project, alice, bob, charlie
 
 
 @pytest.mark.parametrize("headers", [{}, {"HTTP_HX_REQUEST": "true"}])
-def test_it_refuses_resolving_to_outsiders_and_annotators(project, bob, charlie, flag, headers):
+def test_it_refuses_resolving_to_outsiders_and_annotators(project, bob, charlie, flag, headers, login):
     assert login(charlie).post(resolve_url(flag), {"resolution": "x"}, **headers).status_code == 404
     assert login(bob).post(resolve_url(flag), {"resolution": "x", "relabel": "1"}, **headers).status_code == 403
     flag.refresh_from_db()
     assert flag.is_open and not Relabel.objects.exists()
 
 
-def test_it_does_not_resolve_another_projects_flag_through_this_project(project, team, alice, charlie, flag):
+def test_it_does_not_resolve_another_projects_flag_through_this_project(project, team, alice, charlie, flag, login):
     other = taxonomy.create_project(charlie.memberships.get().team, name="Theirs", task_type="single_label",
                                    created_by=charlie, labels=[taxonomy.LabelSpec("A"), taxonomy.LabelSpec("B")])
     theirs = make_flag(other, charlie, text="their text", reason="theirs")
@@ -69,14 +68,14 @@ def test_it_does_not_resolve_another_projects_flag_through_this_project(project,
     assert theirs.is_open
 
 
-def test_it_only_takes_posts_to_resolve(alice, flag):
+def test_it_only_takes_posts_to_resolve(alice, flag, login):
     assert login(alice).get(resolve_url(flag)).status_code == 405
 
 
 # --- The list ------------------------------------------------------------------------------------------------------
 
 
-def test_it_lists_open_flags_newest_first_with_the_item_comments_and_labels(project, alice, bob, flag):
+def test_it_lists_open_flags_newest_first_with_the_item_comments_and_labels(project, alice, bob, flag, login):
     older = make_flag(project, bob, text="An older flagged sentence.", reason="cut off", minutes_ago=30)
     done = make_flag(project, bob, text="Already dealt with.", reason="dup")
     done.resolve(user=alice, resolution="duplicate removed")
@@ -93,18 +92,18 @@ def test_it_lists_open_flags_newest_first_with_the_item_comments_and_labels(proj
     assert "Open (2)" in page and 'aria-current="page">Review' in page
 
 
-def test_it_shows_resolved_flags_on_request(project, alice, bob, flag):
+def test_it_shows_resolved_flags_on_request(project, alice, bob, flag, htmx, login):
     done = make_flag(project, bob, text="Already dealt with.", reason="dup")
     done.resolve(user=alice, resolution="duplicate removed")
     client = login(alice)
-    for headers in ({}, {**htmx(client), "HTTP_HX_TARGET": "review-list"}):
+    for headers in ({}, {**htmx, "HTTP_HX_TARGET": "review-list"}):
         body = client.get(review_url(project), {"show": "resolved"}, **headers).content.decode()
         assert "Already dealt with." in body and "duplicate removed" in body
         assert flag.example.text not in body
         assert ("<html" in body) == (not headers)
 
 
-def test_it_renders_user_text_inert(project, alice, bob):
+def test_it_renders_user_text_inert(project, alice, bob, login):
     make_flag(project, bob, text=f"Payload {XSS}", reason=f"reason {XSS}")
     Comment.objects.create(example=Flag.objects.get().example, author=bob, body=f"comment {XSS}")
     page = login(alice).get(review_url(project)).content.decode()
@@ -112,11 +111,11 @@ def test_it_renders_user_text_inert(project, alice, bob):
     assert page.count("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;") == 3
 
 
-def test_it_says_so_when_there_is_nothing_to_review(project, alice):
+def test_it_says_so_when_there_is_nothing_to_review(project, alice, login):
     assert "No open flags: nothing to review." in login(alice).get(review_url(project)).content.decode()
 
 
-def test_it_serves_the_open_count_for_the_tab(project, alice, bob, flag):
+def test_it_serves_the_open_count_for_the_tab(project, alice, bob, flag, login):
     make_flag(project, bob, text="another", reason="r")
     body = login(alice).get(review_url(project), HTTP_HX_REQUEST="true", HTTP_HX_TARGET="review-count")
     text = body.content.decode()
@@ -124,7 +123,7 @@ def test_it_serves_the_open_count_for_the_tab(project, alice, bob, flag):
     assert "flags-changed from:body" in text and "load" not in text  # no reload loop
 
 
-def test_it_pages_through_many_flags(project, alice, bob):
+def test_it_pages_through_many_flags(project, alice, bob, login):
     for i in range(30):
         make_flag(project, bob, text=f"text {i}", reason="r", minutes_ago=i)
     first = login(alice).get(review_url(project)).content.decode()
@@ -136,7 +135,7 @@ def test_it_pages_through_many_flags(project, alice, bob):
 # --- Resolving -----------------------------------------------------------------------------------------------------
 
 
-def test_it_resolves_a_flag_with_a_plain_post(project, alice, flag):
+def test_it_resolves_a_flag_with_a_plain_post(project, alice, flag, login):
     client = login(alice)
     response = client.post(resolve_url(flag), {"resolution": "  label is right  "})
     assert response.status_code == 302 and response["Location"] == review_url(project)
@@ -147,7 +146,7 @@ def test_it_resolves_a_flag_with_a_plain_post(project, alice, flag):
     assert "Resolved." in page and "No open flags" in page
 
 
-def test_it_resolves_with_htmx_by_replacing_the_row(project, alice, flag):
+def test_it_resolves_with_htmx_by_replacing_the_row(project, alice, flag, login):
     response = login(alice).post(resolve_url(flag), {"resolution": ""}, HTTP_HX_REQUEST="true",
                                  HTTP_HX_TARGET=f"review-flag-{flag.pk}")
     body = response.content.decode()
@@ -159,7 +158,7 @@ def test_it_resolves_with_htmx_by_replacing_the_row(project, alice, flag):
 
 
 @pytest.mark.parametrize("headers", [{}, {"HTTP_HX_REQUEST": "true"}])
-def test_it_sends_an_item_back_for_relabelling(project, alice, flag, headers):
+def test_it_sends_an_item_back_for_relabelling(project, alice, flag, headers, login):
     login(alice).post(resolve_url(flag), {"resolution": "wrong label", "relabel": "1"}, **headers)
     flag.refresh_from_db()
     assert not flag.is_open and flag.resolution == "Sent back for re-labelling: wrong label"
@@ -167,7 +166,7 @@ def test_it_sends_an_item_back_for_relabelling(project, alice, flag, headers):
     assert relabel.example == flag.example and relabel.done_at is None and "two labels apply" in relabel.reason
 
 
-def test_it_explains_when_another_manager_resolved_it_first(project, team, alice, flag):
+def test_it_explains_when_another_manager_resolved_it_first(project, team, alice, flag, login):
     dave = User.objects.create_user("dave")
     Membership.objects.create(team=team, user=dave, role=Role.MANAGER)
     flag.resolve(user=dave, resolution="done by dave")

@@ -18,15 +18,9 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from rest_framework.authtoken.models import Token
 
-from learning import keys, serving
-from tests import test_serving_fixtures as fixtures
-from tests.test_serving_fixtures import give_curve
-
-# Shared fixtures (pytest finds them as module attributes).
-fake_encoder = fixtures.fake_encoder
-trained = fixtures.trained
+from projects import tokens
+from serving import keys, served
 
 pytestmark = pytest.mark.django_db
 
@@ -39,15 +33,16 @@ schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 
 
 @pytest.fixture
-def api_context(trained: Any, alice: Any, settings: Any) -> Iterator[Any]:
+def api_context(trained: Any, alice: Any, settings: Any, give_curve: Any) -> Iterator[Any]:
     # As Django's test client does: a finished request must not close the test's database connection.
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
     settings.API_KEY_RATE = "100000/min"
+    settings.USER_API_RATE = "100000/min"
     give_curve(trained.model_versions.get())
-    serving.set_threshold(trained, mode="confidence", confidence_threshold=0.9)
+    served.set_threshold(trained, mode="confidence", confidence_threshold=0.9)
     context = SimpleNamespace(
-        project_id=trained.pk, token=Token.objects.get_or_create(user=alice)[0].key,
+        project_id=trained.pk, token=tokens.create_personal_token(alice, name="fuzz", expires_in_days=None)[1],
         api_key=keys.create_api_key(trained, name="fuzz", scopes=["predict", "import", "read"], user=alice)[1],
     )
     try:

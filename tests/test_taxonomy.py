@@ -7,14 +7,13 @@ import pytest
 from django.db import connection, connections
 from django.urls import reverse
 
-from annotation.models import Annotation, AnnotationSource, Relabel
-from learning.actions import training_set
-from labelhub.errors import ActionError
 from annotation import taxonomy as annotation_taxonomy
+from annotation.models import Annotation, AnnotationSource, Relabel
+from labelhub.errors import ActionError, ConflictError
+from learning.actions import training_set
 from projects import taxonomy
-from projects.actions import ActionError, LabelSpec, StaleTaxonomyError
 from projects.models import Example
-from tests.conftest import api_client, htmx, login
+from projects.taxonomy import LabelSpec
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +111,7 @@ def test_deprecate_and_restore(project, alice):
 def test_a_stale_edit_is_refused_and_changes_nothing(project, alice):
     yes = label(project, "Yes")
     taxonomy.edit_label(project, key=yes.key, name="Y1", user=alice, expected_number=1)
-    with pytest.raises(StaleTaxonomyError, match="version 1, it is now version 2"):
+    with pytest.raises(ConflictError, match="version 1, it is now version 2"):
         taxonomy.edit_label(project, key=yes.key, name="Y2", user=alice, expected_number=1)
     assert project.current_taxonomy().number == 2
 
@@ -132,7 +131,7 @@ def test_two_managers_editing_at_once_one_wins_the_other_is_told(team, alice):
             barrier.wait()
             taxonomy.edit_label(project, key=key, name=name, user=alice, expected_number=1)
             outcomes.append("ok")
-        except StaleTaxonomyError:
+        except ConflictError:
             outcomes.append("stale")
         finally:
             connections.close_all()
@@ -158,7 +157,7 @@ def test_diff_lists_each_change_by_stable_key(project, alice):
     assert changes["added"]["name"] == "Maybe"
 
 
-def test_the_versions_api_lists_shows_and_diffs(project, alice, bob, charlie):
+def test_the_versions_api_lists_shows_and_diffs(project, alice, bob, charlie, api_client):
     yes = label(project, "Yes")
     taxonomy.edit_label(project, key=yes.key, name="Overrules", user=alice)
     client = api_client(bob)
@@ -175,9 +174,9 @@ def test_the_versions_api_lists_shows_and_diffs(project, alice, bob, charlie):
 
 
 @pytest.mark.parametrize("hx", [False, True])
-def test_the_editor_renames_merges_splits_and_deprecates(project, alice, hx):
+def test_the_editor_renames_merges_splits_and_deprecates(project, alice, hx, htmx, login):
     client = login(alice)
-    extra = htmx(client) if hx else {}
+    extra = htmx if hx else {}
     url = reverse("annotation:edit-label", args=[project.pk])
     yes, no = label(project, "Yes"), label(project, "No")
     response = client.post(url, {"key": yes.key, "op": "edit", "name": "Overrules", "description": "",
@@ -195,7 +194,7 @@ def test_the_editor_renames_merges_splits_and_deprecates(project, alice, hx):
     assert not label(project, "Overrules").is_deprecated
 
 
-def test_annotators_and_outsiders_cannot_edit_the_taxonomy(project, bob, charlie):
+def test_annotators_and_outsiders_cannot_edit_the_taxonomy(project, bob, charlie, login):
     url = reverse("annotation:edit-label", args=[project.pk])
     key = label(project, "Yes").key
     assert login(bob).post(url, {"key": key, "op": "deprecate", "expected_version": 1}).status_code == 403

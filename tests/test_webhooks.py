@@ -11,17 +11,12 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from learning import keys, serving, webhooks
-from learning.models import DeliveryStatus, ModelVersion, WebhookDelivery, WebhookEndpoint
-from projects import actions as project_actions
+from labelhub.errors import ActionError
+from learning.models import ModelVersion
+from projects import imports as project_imports
 from projects import jobs as project_jobs
-from tests import test_serving_fixtures as fixtures
-from tests.conftest import htmx, login
-from tests.test_serving_fixtures import add_examples, label, train
-
-# Shared fixtures (pytest finds them as module attributes).
-fake_encoder = fixtures.fake_encoder
-trained = fixtures.trained
+from serving import keys, served, webhooks
+from serving.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -107,9 +102,9 @@ def test_it_only_sends_subscribed_events_to_active_endpoints(project, alice, rec
     with run_jobs():
         assert webhooks.emit(project.pk, "import.finished", {}) == 0
     assert receiver.requests == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ActionError):
         webhooks.register_endpoint(project, url=receiver.url, events=["everything"], user=alice)
-    with pytest.raises(ValueError):
+    with pytest.raises(ActionError):
         webhooks.register_endpoint(project, url="ftp://example.com", events=["model.promoted"], user=alice)
 
 
@@ -163,7 +158,7 @@ def test_retries_wait_with_backoff(project, alice, receiver, settings, django_ca
         webhooks.emit(project.pk, "import.finished", {})
     delivery = WebhookDelivery.objects.get()
     scheduled: list[tuple[str, float]] = []
-    import learning.webhooks as module
+    import serving.webhooks as module
 
     original = module.schedule_retry
     module.schedule_retry = lambda delivery_id, delay: scheduled.append((delivery_id, delay))
@@ -187,7 +182,7 @@ def test_retries_wait_with_backoff(project, alice, receiver, settings, django_ca
 
 def test_the_prediction_api_never_waits_for_a_webhook(trained, alice, receiver, django_capture_on_commit_callbacks):
     receiver.delay = 3.0
-    serving.set_threshold(trained, mode="confidence", confidence_threshold=1.0)
+    served.set_threshold(trained, mode="confidence", confidence_threshold=1.0)
     webhooks.register_endpoint(trained, url=receiver.url, events=["prediction.routed"], user=alice)
     key = keys.create_api_key(trained, name="t", scopes=["predict"], user=alice)[1]
     from rest_framework.test import APIClient
@@ -204,14 +199,15 @@ def test_the_prediction_api_never_waits_for_a_webhook(trained, alice, receiver, 
     assert routed["is_routed"] and routed["prediction_id"] == response.json()["predictions"][0]["prediction_id"]
 
 
-def test_promotion_and_finished_imports_send_events(trained, alice, receiver, run_jobs, quick_retries, tmp_path):
+def test_promotion_and_finished_imports_send_events(
+        trained, alice, receiver, run_jobs, quick_retries, tmp_path, add_examples, label_examples, train):
     webhooks.register_endpoint(trained, url=receiver.url, events=["model.promoted", "import.finished"], user=alice)
     v1 = ModelVersion.objects.get(project=trained)
     more = add_examples(trained, [f"we affirm more {i}" for i in range(4)])
-    label(trained, alice, more, ["No"] * 4)
+    label_examples(trained, alice, more, ["No"] * 4)
     with run_jobs():
         train(trained)  # v2, promoted automatically
-        serving.rollback(trained, user=alice)
+        served.rollback(trained, user=alice)
     events = [json.loads(r["body"]) for r in receiver.requests]
     assert [(e["event"], e["data"]["model_version"], e["data"]["kind"]) for e in events] == [
         ("model.promoted", 2, "auto"), ("model.promoted", 1, "rollback")]
@@ -240,9 +236,9 @@ def test_promotion_and_finished_imports_send_events(trained, alice, receiver, ru
 
 
 def test_the_webhooks_page_registers_and_logs_deliveries(project, alice, bob, charlie, receiver, run_jobs,
-                                                        quick_retries):
+                                                        quick_retries, htmx, login):
     url = reverse("serving:webhooks", args=[project.pk])
-    response = login(alice).post(url, {"url": receiver.url, "events": ["import.finished"]}, **htmx(None))
+    response = login(alice).post(url, {"url": receiver.url, "events": ["import.finished"]}, **htmx)
     assert response.status_code == 200 and b'id="webhooks"' in response.content
     assert receiver.url.encode() in response.content
     endpoint = WebhookEndpoint.objects.get()
@@ -254,7 +250,7 @@ def test_the_webhooks_page_registers_and_logs_deliveries(project, alice, bob, ch
     delivery = WebhookDelivery.objects.get()
     with run_jobs():
         response = login(alice).post(reverse("serving:webhook-redeliver", args=[project.pk, delivery.pk]),
-                                     **htmx(None))
+                                     **htmx)
     assert b'id="webhook-deliveries"' in response.content
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SUCCEEDED

@@ -1,67 +1,22 @@
 """End to end through a real `manage.py rqworker` process, as production runs it."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
+import csv
+import io
 
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 from django.urls import reverse
 
-import csv
-import io
-
-from annotation.models import Annotation
-from learning.models import ExampleScore, ModelVersion, RunStatus, TrainingRun
+from annotation.models import Annotation, ExampleScore
+from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects.models import Dataset, DatasetStatus, Example
-from tests.conftest import login
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def worker(tmp_path: Path, settings):
-    if not settings.REDIS_URL or connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL and Redis (make test sets them up)")
-    db = connection.settings_dict
-    settings.MEDIA_ROOT = tmp_path / "media"
-    env = {
-        **os.environ,
-        "DEBUG": "1",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "LABELHUB_DATA_DIR": str(tmp_path),
-        "LABELHUB_TRAIN_DEBOUNCE_SECONDS": "0.5",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "default", "--name", f"test-worker-{os.getpid()}"],
-        cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def wait_for(predicate, timeout: float = 60.0, *, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"worker exited: {process.stdout.read()}")
-        time.sleep(0.2)
-    raise AssertionError("timed out")
-
-
-def test_it_imports_an_upload_through_a_real_rqworker(worker, project, alice):
+def test_it_imports_an_upload_through_a_real_rqworker(worker, project, alice, login, wait_for):
     client = login(alice)
     content = b"text,label\n" + b"".join(b"sentence number %d,%s\n" % (i, b"Yes" if i % 2 else b"No")
                                           for i in range(3000))
@@ -98,7 +53,7 @@ def upload_and_import(client, project, name: str, content: bytes) -> None:
                 {"text_column": "text", "label_column": "label"})
 
 
-def test_it_learns_from_imported_labels_and_rescores_after_more(worker, project, alice):
+def test_it_learns_from_imported_labels_and_rescores_after_more(worker, project, alice, login, wait_for):
     client = login(alice)
     upload_and_import(client, project, "first.csv", demo_rows(0, 160, labelled=40))
     wait_for(lambda: ModelVersion.objects.filter(project=project).exists(), timeout=240, process=worker)
