@@ -4,14 +4,22 @@ Every job is enqueued with `enqueue`, inside `transaction.on_commit`, so a worke
 never sees a row before it is committed. Jobs are named by dotted path
 ("learning.jobs.train_project"), so no module imports the jobs of the layer above
 it, and a job module never imports its caller. With Redis, any number of
-`manage.py rqworker default` processes on any machine pick the jobs up. Without
-Redis (the first look), a small thread pool in the web process runs them: still in
-the background, never inside the request, but lost if the process stops.
+`manage.py rqworker default` processes on any machine pick the jobs up; `make run`
+starts a private Redis and one worker when no REDIS_URL is given
+(labelhub/firstlook.py). The in-process runner (a thread pool in the web process)
+is the last resort for a process started by hand without REDIS_URL: still in the
+background, never inside the request, but lost if the process stops.
+
+Enqueueing happens after the commit, so it must not fail the request: the rows are
+saved already. When the queue is unreachable (Redis down) the error is logged and
+the caller's `on_failure` runs, which lets it leave a state that the next request
+retries from.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -72,8 +80,43 @@ def _dispatch(path: str, args: tuple[Any, ...], kwargs: dict[str, Any], queue: s
         _embedded_executor().submit(_run_embedded, path, args, kwargs)
 
 
+def _dispatch_or_log(path: str, args: tuple[Any, ...], kwargs: dict[str, Any], queue: str, job_id: str | None,
+                     delay: float, on_failure: Callable[[], None] | None) -> None:
+    try:
+        _dispatch(path, args, kwargs, queue, job_id, delay)
+    except Exception:  # noqa: BLE001 - after the commit: the request has done its work and must answer
+        logger.exception("could not queue background job %s%r (queue %r unreachable?)", path, args, queue)
+        if on_failure is not None:
+            try:
+                on_failure()
+            except Exception:  # noqa: BLE001
+                logger.exception("on_failure of background job %s failed", path)
+
+
 def enqueue(path: str, *args: Any, queue: str = "default", job_id: str | None = None, delay: float = 0.0,
-            **kwargs: Any) -> None:
+            on_failure: Callable[[], None] | None = None, **kwargs: Any) -> None:
     """Run the job at dotted `path` with (*args, **kwargs) in the background once the current transaction
-    commits, `delay` seconds later when given."""
-    transaction.on_commit(lambda: _dispatch(path, args, kwargs, queue, job_id, delay))
+    commits, `delay` seconds later when given; if it cannot be queued, log it and call `on_failure`."""
+    transaction.on_commit(lambda: _dispatch_or_log(path, args, kwargs, queue, job_id, delay, on_failure))
+
+
+def job_waiting(job_id: str, queue: str = "default") -> bool:
+    """Whether the job `job_id` is still waiting in its RQ queue (queued, scheduled or deferred).
+
+    For recovery of lost work: a job that waits is not lost. False without Redis (the in-process
+    runner keeps no record) and when Redis cannot be asked.
+    """
+    if not uses_rq():
+        return False
+    import django_rq
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:
+        job = Job.fetch(job_id, connection=django_rq.get_connection(queue))
+        return job.get_status() in {"queued", "scheduled", "deferred"}
+    except NoSuchJobError:
+        return False
+    except Exception:  # noqa: BLE001 - Redis down: the caller decides on its other evidence
+        logger.warning("could not look up job %s in queue %r", job_id, queue, exc_info=True)
+        return False

@@ -124,7 +124,8 @@ SILENCED_SYSTEM_CHECKS = ["models.W047"]
 REDIS_URL = os.environ.get("REDIS_URL", "")
 RQ_QUEUES = {
     name: {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": 3600}
-    for name in ("default", "gpu")
+    # Imports have a queue of their own so a long import never holds the worker that trains.
+    for name in ("default", "gpu", "imports")
 }
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -206,6 +207,10 @@ MAX_TEXT_CHARS = int(os.environ.get("LABELHUB_MAX_TEXT_CHARS", "20000"))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("LABELHUB_MAX_JSON_MB", "20")) * 1024 * 1024
 BULK_IMPORT_MAX_ROWS = int(os.environ.get("LABELHUB_BULK_MAX_ROWS", "10000"))
+# Columns (CSV) or keys (JSON) a file may have; more is refused at upload with a clear message.
+IMPORT_MAX_COLUMNS = int(os.environ.get("LABELHUB_IMPORT_MAX_COLUMNS", "1000"))
+# An import with no progress for this long (worker killed, no worker on the "imports" queue) is failed.
+IMPORT_STALE_SECONDS = int(os.environ.get("LABELHUB_IMPORT_STALE_SECONDS", "900"))
 
 # Model: a local path or a name; the default is the packaged all-MiniLM-L6-v2.
 ENCODER = os.environ.get("LABELHUB_ENCODER", "")
@@ -314,7 +319,14 @@ USER_API_RATE = os.environ.get("LABELHUB_USER_API_RATE", "600/min")
 WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("LABELHUB_WEBHOOK_TIMEOUT_SECONDS", "5"))
 # Seconds to wait before each retry of a failed delivery; one retry per entry, then the delivery is failed.
 WEBHOOK_RETRY_DELAYS = [int(s) for s in env_list("LABELHUB_WEBHOOK_RETRY_DELAYS", "10,60,300,1800")]
+# Webhooks go to public addresses only (no private, loopback, link-local or metadata targets: SSRF);
+# these host names or IPs are exempt, for receivers on an internal network.
+WEBHOOK_ALLOWED_HOSTS = [h.lower().strip("[]") for h in env_list("LABELHUB_WEBHOOK_ALLOWED_HOSTS", "")]
 REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "serving.keys.ApiKeyAuthentication")
+# DRF's parsers, with JSON nested too deep to decode answered 400 (labelhub/parsers.py).
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
+    "labelhub.parsers.JSONParser", "rest_framework.parsers.FormParser", "rest_framework.parsers.MultiPartParser",
+]
 SPECTACULAR_SETTINGS["DESCRIPTION"] = (
     "Import examples, read projects and taxonomies, get predictions. Authenticate with a personal token "
     "(`Authorization: Token <key>`) or a project API key (`Authorization: Api-Key <key>`, scopes predict, "

@@ -1,15 +1,17 @@
 """REST API of the projects app (DRF, token auth): projects, datasets, bulk import."""
 from __future__ import annotations
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from labelhub.errors import ActionError
+from labelhub.parsers import JSONParser
 from projects import imports, taxonomy
 from projects.access import accepts_api_keys, acting_user, get_project_for_api, request_credential
 from projects.models import Dataset, DatasetStatus, Project, Role
@@ -54,7 +56,12 @@ def dataset_list(request: Request, pk: int) -> Response:
 @accepts_api_keys
 def dataset_detail(request: Request, pk: int, dataset_pk: int) -> Response:
     project = get_project_for_api(request, pk, scope="read")
-    return Response(DatasetSerializer(get_object_or_404(Dataset, pk=dataset_pk, project=project)).data)
+    dataset = get_object_or_404(Dataset, pk=dataset_pk, project=project)
+    if dataset.is_running:
+        # Whoever polls a running import is who notices that its worker died.
+        imports.check_stale_imports(project)
+        dataset.refresh_from_db()
+    return Response(DatasetSerializer(dataset).data)
 
 
 @extend_schema(
@@ -99,12 +106,20 @@ def file_import(request: Request, pk: int) -> Response:
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
     try:
-        dataset = imports.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
-                                                     source="api")
-        dataset = imports.start_import(dataset, text_column=data["text_column"], label_column=data["label_column"],
-                                       id_column=data["id_column"], add_unknown_labels=data["add_unknown_labels"])
+        # One transaction: a mapping refused after the file was read leaves no draft behind.
+        with transaction.atomic():
+            dataset = imports.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
+                                                         source="api")
+            dataset = imports.start_import(dataset, text_column=data["text_column"],
+                                           label_column=data["label_column"], id_column=data["id_column"],
+                                           add_unknown_labels=data["add_unknown_labels"])
     except ActionError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    dataset.refresh_from_db()
+    if dataset.status == DatasetStatus.FAILED:
+        # The job could not be queued (Redis down): the dataset is failed with the reason, not left queued.
+        return Response({"detail": imports.UNQUEUED_REASON, **DatasetSerializer(dataset).data},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE)
     return Response(DatasetSerializer(dataset).data, status=status.HTTP_202_ACCEPTED,
                     headers={"Location": f"/api/v1/projects/{project.pk}/datasets/{dataset.pk}/"})
 

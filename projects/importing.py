@@ -14,9 +14,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +45,17 @@ _JSON_CHUNK_CHARS: Final = 64 * 1024
 _JSON_LOOKAHEAD: Final = 64
 _JSON_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
 _KNOWN_LABELS_SHOWN: Final = 20
+# What the database columns hold (Example.external_id, Label.name); longer values
+# would fail the insert with a DataError that names no row.
+_MAX_EXTERNAL_ID_CHARS: Final = 255
+_MAX_LABEL_CHARS: Final = 100
+# Metadata is stored as it came, but a value nested deeper than this is a mistake or an attack,
+# and deep nesting makes every JSON encoder on the way (Python's, PostgreSQL's) recurse.
+MAX_METADATA_DEPTH: Final = 20
+# Shown in messages instead of a whole (possibly megabyte-long) name.
+_NAME_SHOWN: Final = 40
+DEFAULT_MAX_COLUMNS: Final = 1000
+_TOO_DEEP: Final = "JSON nested too deeply (lists or objects inside each other hundreds of levels deep)"
 _RESAVE_HINT: Final = (
     "Re-save the file as UTF-8 (in Excel: Save As → 'CSV UTF-8'; in most editors: "
     "Save with encoding → UTF-8) and upload it again."
@@ -125,7 +138,8 @@ def content_hash(text: str) -> str:
 
 
 def read_columns(
-    path: StrPath, fmt: str, *, display_name: str | None = None, sample_rows: int = 50
+    path: StrPath, fmt: str, *, display_name: str | None = None, sample_rows: int = 50,
+    max_columns: int = DEFAULT_MAX_COLUMNS,
 ) -> list[str]:
     """The column names the UI offers for mapping, in first-seen order.
 
@@ -134,13 +148,30 @@ def read_columns(
     name = _display_name(path, display_name)
     if fmt == "csv":
         with _open_text(path, name) as f:
-            header = _read_csv_header(csv.reader(f), name)
-        return list(dict.fromkeys(column for column in header if column))
-    keys: dict[str, None] = {}
-    for _, value in _islice(_iter_json_values(path, fmt, name), sample_rows):
-        if isinstance(value, dict):
-            keys.update(dict.fromkeys(value))
-    return list(keys)
+            header = _read_csv_header(csv.reader(f), name, max_columns=max_columns)
+        columns = list(dict.fromkeys(column for column in header if column))
+    else:
+        keys: dict[str, None] = {}
+        for _, value in _islice(_iter_json_values(path, fmt, name), sample_rows):
+            if isinstance(value, dict):
+                keys.update(dict.fromkeys(value))
+                _check_column_count(len(keys), max_columns, name, "keys")
+        columns = list(keys)
+    for column in columns:
+        # The names are stored (a JSON list in the database) and shown: PostgreSQL refuses NUL.
+        problem = _unstorable(column)
+        if problem:
+            raise ImportFormatError(f"{name!r} has a column name {_shown(column)} holding {problem}; "
+                                    "rename the column (a file of NUL bytes is not a text file)")
+    return columns
+
+
+def _check_column_count(count: int, max_columns: int, name: str, word: str = "columns") -> None:
+    if count > max_columns:
+        raise ImportFormatError(
+            f"{name!r} has more than {max_columns:,} {word}; the limit is {max_columns:,} — "
+            "keep the columns you need (text, label, id and a few metadata) or raise LABELHUB_IMPORT_MAX_COLUMNS"
+        )
 
 
 def iter_rows(
@@ -153,6 +184,7 @@ def iter_rows(
     max_text_chars: int,
     display_name: str | None = None,
     label_separator: str = "|",
+    max_columns: int = DEFAULT_MAX_COLUMNS,
 ) -> Iterator[ParsedRow | RowError]:
     """Stream the file, yielding one ParsedRow or RowError per data row.
 
@@ -172,7 +204,7 @@ def iter_rows(
         field_word="column" if fmt == "csv" else "key",
     )
     if fmt == "csv":
-        yield from _iter_csv_rows(path, name, rules)
+        yield from _iter_csv_rows(path, name, rules, max_columns=max_columns)
     elif fmt in ("jsonl", "json"):
         yield from _iter_json_rows(path, fmt, name, rules)
     else:
@@ -246,11 +278,12 @@ def _islice(values: Generator[tuple[int, object], None, None], limit: int) -> It
 # --- CSV ---------------------------------------------------------------------
 
 
-def _read_csv_header(reader: Iterator[list[str]], name: str) -> list[str]:
+def _read_csv_header(reader: Iterator[list[str]], name: str, *, max_columns: int) -> list[str]:
     _raise_csv_field_limit()
     header = next(reader, None)
     if header is None:
         raise ImportFormatError(f"{name!r} is empty; the first line must be a header naming the columns")
+    _check_column_count(len(header), max_columns, name)
     header = [column.strip() for column in header]
     if not any(header):
         raise ImportFormatError(
@@ -266,11 +299,12 @@ def _raise_csv_field_limit() -> None:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
 
 
-def _iter_csv_rows(path: StrPath, name: str, rules: _RowRules) -> Iterator[ParsedRow | RowError]:
+def _iter_csv_rows(path: StrPath, name: str, rules: _RowRules, *, max_columns: int
+                   ) -> Iterator[ParsedRow | RowError]:
     columns = rules.columns
     with _open_text(path, name) as f:
         reader = csv.reader(f)
-        header = _read_csv_header(reader, name)
+        header = _read_csv_header(reader, name, max_columns=max_columns)
         mapped = [c for c in (columns.text, columns.label, columns.external_id) if c is not None]
         if columns.metadata is None:
             metadata_columns = [c for c in header if c and c not in mapped]
@@ -312,7 +346,10 @@ def _iter_csv_rows(path: StrPath, name: str, rules: _RowRules) -> Iterator[Parse
 
 
 def _check_csv_header(header: list[str], wanted: list[str], name: str) -> None:
-    missing = [column for column in dict.fromkeys(wanted) if column not in header]
+    # Counted once: `column in header` and `header.count(column)` per wanted column made this
+    # quadratic in the number of columns (100,000 columns held a worker for minutes).
+    counts = Counter(header)
+    missing = [column for column in dict.fromkeys(wanted) if column not in counts]
     if missing:
         existing = ", ".join(repr(column) for column in header if column)
         noun = "column" if len(missing) == 1 else "columns"
@@ -323,7 +360,7 @@ def _check_csv_header(header: list[str], wanted: list[str], name: str) -> None:
         if len(header) == 1 and any(separator in header[0] for separator in ";\t"):
             message += " — the file looks separated by semicolons or tabs; save it with commas instead"
         raise ImportFormatError(message)
-    duplicated = [column for column in dict.fromkeys(wanted) if header.count(column) > 1]
+    duplicated = [column for column in dict.fromkeys(wanted) if counts[column] > 1]
     if duplicated:
         raise ImportFormatError(
             f"{name!r} has more than one column named {', '.join(repr(c) for c in duplicated)}; "
@@ -374,6 +411,8 @@ def _iter_json_values(path: StrPath, fmt: str, name: str) -> Generator[tuple[int
                     yield line_number, json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
                     yield line_number, _Invalid(f"invalid JSON at column {exc.colno}: {exc.msg}")
+                except RecursionError:
+                    yield line_number, _Invalid(_TOO_DEEP)
         elif fmt == "json":
             yield from enumerate(_JsonArrayStream(f, name).elements(), start=1)
         else:
@@ -474,6 +513,8 @@ class _JsonArrayStream:
                     self._read(len(self._buffer) - self._pos)
                     continue
                 raise self._error(exc.pos, f"invalid JSON in element {index}: {exc.msg}") from None
+            except RecursionError:
+                raise self._error(self._pos, f"element {index}: {_TOO_DEEP}") from None
             if end + _JSON_LOOKAHEAD >= len(self._buffer) and self._read(len(self._buffer) - self._pos):
                 continue
             self._pos = end
@@ -560,16 +601,64 @@ def _build_row(
 ) -> ParsedRow | RowError:
     try:
         clean_text = _clean_text(text, rules)
+        labels = _clean_labels(label, rules)
+        clean_id = _clean_external_id(external_id, rules)
+        _check_metadata(metadata)
         return ParsedRow(
             row=row,
             text=clean_text,
-            labels=_clean_labels(label, rules),
-            external_id=_clean_external_id(external_id, rules),
+            labels=labels,
+            external_id=clean_id,
             metadata=metadata,
             content_hash=content_hash(clean_text),
         )
     except _Invalid as exc:
         return RowError(row, str(exc))
+
+
+def _unstorable(value: str) -> str | None:
+    """Why a string cannot be stored, or None: PostgreSQL refuses NUL in text and in JSON, and a lone
+    surrogate (a JSON escape like \\ud800 without its pair) has no UTF-8 form."""
+    if "\x00" in value:
+        return "a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (an unpaired \\ud800–\\udfff escape)"
+    return None
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= _NAME_SHOWN else name[:_NAME_SHOWN] + "…")
+
+
+def _check_metadata(metadata: dict[str, object]) -> None:
+    """Refuse metadata the JSON column cannot hold: NUL, lone surrogates, NaN/Infinity, deep nesting."""
+    # A loop with a stack, not recursion: the depth is what is being checked.
+    stack: list[tuple[object, int, str]] = [(metadata, 0, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, dict):
+            if depth >= MAX_METADATA_DEPTH:
+                raise _Invalid(f"metadata {where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _Invalid(f"metadata key {key!r} is not a string")
+                problem = _unstorable(key)
+                if problem:
+                    raise _Invalid(f"metadata key {_shown(key)} holds {problem}")
+                stack.append((item, depth + 1, where or _shown(key)))
+        elif isinstance(value, list):
+            if depth >= MAX_METADATA_DEPTH:
+                raise _Invalid(f"metadata {where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            stack.extend((item, depth + 1, where) for item in value)
+        elif isinstance(value, str):
+            problem = _unstorable(value)
+            if problem:
+                raise _Invalid(f"metadata {where} holds {problem}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise _Invalid(f"metadata {where} is {value!r}, which JSON cannot store (e.g. NaN or 1e999); "
+                           "use a finite number, null or a string")
 
 
 def _clean_text(value: object, rules: _RowRules) -> str:
@@ -581,6 +670,9 @@ def _clean_text(value: object, rules: _RowRules) -> str:
     text = value.strip()
     if not text:
         raise _Invalid(f"empty text in {rules.field_word} {key!r}")
+    problem = _unstorable(text)
+    if problem:
+        raise _Invalid(f"text in {rules.field_word} {key!r} holds {problem}; remove it and upload again")
     if len(text) > rules.max_text_chars:
         raise _Invalid(
             f"text is {len(text):,} characters; the limit is {rules.max_text_chars:,} "
@@ -603,6 +695,13 @@ def _clean_labels(value: object, rules: _RowRules) -> tuple[str, ...]:
     labels = tuple(dict.fromkeys(part.strip() for part in parts if part.strip()))
     if not rules.multi_label and len(labels) > 1:
         raise _Invalid(_describe_too_many(labels))
+    for label in labels:
+        problem = _unstorable(label)
+        if problem:
+            raise _Invalid(f"label {_shown(label)} holds {problem}")
+        if len(label) > _MAX_LABEL_CHARS:
+            raise _Invalid(f"label {_shown(label)} is {len(label):,} characters; a label name has at most "
+                           f"{_MAX_LABEL_CHARS}")
     if rules.known_labels is not None:
         _check_known(labels, rules)
     return labels
@@ -657,10 +756,18 @@ def _clean_external_id(value: object, rules: _RowRules) -> str:
     if value is _MISSING or value is None:
         return ""
     if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise _Invalid(
-        f"id in {rules.field_word} {rules.columns.external_id!r} is {_json_kind(value)}; "
-        "expected a string or a number"
-    )
+        clean = value.strip()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        clean = str(value)
+    else:
+        raise _Invalid(
+            f"id in {rules.field_word} {rules.columns.external_id!r} is {_json_kind(value)}; "
+            "expected a string or a number"
+        )
+    if len(clean) > _MAX_EXTERNAL_ID_CHARS:
+        raise _Invalid(f"id in {rules.field_word} {rules.columns.external_id!r} is {len(clean):,} characters; "
+                       f"the limit is {_MAX_EXTERNAL_ID_CHARS}")
+    problem = _unstorable(clean)
+    if problem:
+        raise _Invalid(f"id in {rules.field_word} {rules.columns.external_id!r} holds {problem}")
+    return clean

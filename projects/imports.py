@@ -11,16 +11,20 @@ import itertools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, reset_queries, transaction
+from django.utils import timezone
 
 from labelhub.errors import ActionError
-from labelhub.jobs import enqueue
+from labelhub.jobs import enqueue, job_waiting
 from projects import events, importing
 from projects import taxonomy as taxonomy_actions
 from projects.importing import ColumnMap, ImportFormatError, ParsedRow, RowError
@@ -30,6 +34,7 @@ from projects.taxonomy import LabelSpec
 logger = logging.getLogger(__name__)
 
 INSERT_BATCH = 2000
+_COLUMN_NAME_MAX = 200  # Dataset.text_column, label_column, id_column
 PROGRESS_EVERY = 5000
 
 
@@ -59,7 +64,8 @@ def create_dataset_from_upload(project: Project, *, upload: UploadedFile, user: 
     dataset = Dataset(project=project, name=name, file_format=file_format, source=source, created_by=user)
     dataset.file.save(name, upload, save=False)
     try:
-        dataset.columns = importing.read_columns(dataset.file.path, file_format, display_name=name)
+        dataset.columns = importing.read_columns(dataset.file.path, file_format, display_name=name,
+                                                 max_columns=settings.IMPORT_MAX_COLUMNS)
     except ImportFormatError as exc:
         dataset.file.delete(save=False)
         raise ActionError(str(exc)) from exc
@@ -91,6 +97,10 @@ def configure_import(dataset: Dataset, *, text_column: str, label_column: str = 
                               f"its columns are: {', '.join(dataset.columns)}.")
     if not text_column:
         raise ActionError("Choose the column that holds the text.")
+    too_long = [c for c in (text_column, label_column, id_column) if len(c) > _COLUMN_NAME_MAX]
+    if too_long:
+        raise ActionError(f"A column name used for text, label or id may have at most {_COLUMN_NAME_MAX} "
+                          "characters; rename the column in the file.")
     dataset.text_column, dataset.label_column, dataset.id_column = text_column, label_column, id_column
     dataset.add_unknown_labels = add_unknown_labels
     dataset.status = DatasetStatus.QUEUED
@@ -100,10 +110,99 @@ def configure_import(dataset: Dataset, *, text_column: str, label_column: str = 
 
 @transaction.atomic
 def start_import(dataset: Dataset, **mapping: Any) -> Dataset:
-    """Record the column mapping and queue the import job."""
+    """Record the column mapping and queue the import job (on the `imports` queue, so a long import never
+    holds the worker that trains models)."""
     dataset = configure_import(dataset, **mapping)
-    enqueue("projects.jobs.import_dataset", dataset.pk)
+    dataset_id = dataset.pk
+    _mark_alive(dataset_id)
+    enqueue("projects.jobs.import_dataset", dataset_id, queue=IMPORT_QUEUE, job_id=import_job_id(dataset_id),
+            on_failure=lambda: fail_unqueued_import(dataset_id))
     return dataset
+
+
+IMPORT_QUEUE = "imports"
+UNQUEUED_REASON = ("The import could not be queued: the job queue (Redis) is unreachable. Nothing was imported; "
+                   "upload the file again once the queue is back.")
+STALE_REASON = ("The import stopped: no worker made progress on it for {minutes} minutes (the worker was stopped "
+                "or killed, or no worker listens on the 'imports' queue). Nothing was imported; upload the file "
+                "again.")
+UNEXPECTED_REASON = ("The import stopped on an unexpected error ({error}). Nothing was imported; the details are "
+                     "in the worker's log.")
+
+
+def import_job_id(dataset_id: int) -> str:
+    return f"labelhub-import-{dataset_id}"
+
+
+def _alive_key(dataset_id: int) -> str:
+    return f"labelhub:dataset-alive:{dataset_id}"
+
+
+def _mark_alive(dataset_id: int) -> None:
+    # A heartbeat outside the import's transaction, so `recover_stale_imports` can tell a slow
+    # import from one whose worker died.
+    cache.set(_alive_key(dataset_id), time.time(), timeout=2 * settings.IMPORT_STALE_SECONDS + 60)
+
+
+def fail_unqueued_import(dataset_id: int) -> None:
+    """The import job could not be queued (Redis down): fail the dataset at once rather than leave it queued."""
+    dataset = Dataset.objects.filter(pk=dataset_id, status=DatasetStatus.QUEUED).select_related("project").first()
+    if dataset is None:
+        return
+    _fail_and_announce(dataset, UNQUEUED_REASON)
+
+
+def _fail_and_announce(dataset: Dataset, reason: str) -> None:
+    dataset.mark_failed([_file_error(dataset, reason)])
+    try:
+        events.dataset_imported.send(sender=Dataset, dataset=dataset, embed=False)
+    except Exception:  # noqa: BLE001 - a receiver's trouble (webhooks, Redis) must not undo the verdict
+        logger.exception("announcing the end of import %s failed", dataset.pk)
+
+
+def recover_stale_imports(project: Project | None = None) -> int:
+    """Fail imports whose job was lost, with a reason and the `dataset_imported` announcement; returns how many.
+
+    An import is all or nothing (one transaction), so a worker killed mid-import left no rows, only a
+    dataset stuck "queued", "validating" or "importing". It is marked failed, not queued again: a file
+    that kills the worker (memory) would otherwise kill every worker in turn. Stale means no sign of
+    life (a heartbeat at every progress report) for LABELHUB_IMPORT_STALE_SECONDS, and, with Redis, no
+    job waiting for it in the queue. An import in its insert phase holds a lock on the dataset row
+    (its examples reference it), so a live one is skipped however long it takes.
+    """
+    stale_seconds = settings.IMPORT_STALE_SECONDS
+    cutoff = time.time() - stale_seconds
+    running = [DatasetStatus.QUEUED, DatasetStatus.VALIDATING, DatasetStatus.IMPORTING]
+    candidates = Dataset.objects.filter(status__in=running,
+                                        created_at__lt=timezone.now() - timedelta(seconds=stale_seconds))
+    if project is not None:
+        candidates = candidates.filter(project=project)
+    recovered = 0
+    for dataset_id in list(candidates.values_list("pk", flat=True)):
+        alive = cache.get(_alive_key(dataset_id))
+        if alive is not None and alive > cutoff:
+            continue
+        with transaction.atomic():
+            dataset = (Dataset.objects.select_for_update(skip_locked=True).select_related("project")
+                       .filter(pk=dataset_id, status__in=running).first())
+            if dataset is None:
+                continue
+            if dataset.status == DatasetStatus.QUEUED and job_waiting(import_job_id(dataset_id), IMPORT_QUEUE):
+                continue  # behind other imports in the queue: not lost
+            logger.warning("dataset %s: import lost (%s), marking it failed", dataset_id, dataset.status)
+            dataset.mark_failed([_file_error(dataset, STALE_REASON.format(minutes=max(stale_seconds // 60, 1)))])
+        try:
+            events.dataset_imported.send(sender=Dataset, dataset=dataset, embed=False)
+        except Exception:  # noqa: BLE001
+            logger.exception("announcing the end of import %s failed", dataset_id)
+        recovered += 1
+    return recovered
+
+
+def check_stale_imports(project: Project) -> None:
+    """`recover_stale_imports` for a page that shows a running import, at most once a minute per project."""
+    if cache.add(f"labelhub:import-stale-check:{project.pk}", 1, timeout=60):
+        recover_stale_imports(project)
 
 
 def _column_map(dataset: Dataset) -> ColumnMap:
@@ -115,12 +214,22 @@ ProgressCallback = Callable[[int, int, str], None]
 
 
 def run_import(dataset_id: int, *, progress: ProgressCallback | None = None, embed: bool = True) -> Dataset:
-    """Check every row of a dataset's file, then insert them all in one transaction, or none."""
+    """Check every row of a dataset's file, then insert them all in one transaction, or none.
+
+    Always ends `done` or `failed` with a reason, and announces the end, whatever goes wrong.
+    """
     dataset = Dataset.objects.select_related("project").get(pk=dataset_id)
     if dataset.status not in {DatasetStatus.QUEUED, DatasetStatus.VALIDATING, DatasetStatus.IMPORTING}:
         logger.info("dataset %s is %s; nothing to import", dataset.pk, dataset.status)
         return dataset
-    dataset = _run_import(dataset, progress=progress)
+    try:
+        dataset = _run_import(dataset, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - an import must never stay "validating" for ever
+        logger.exception("import of dataset %s failed", dataset_id)
+        if transaction.get_connection().in_atomic_block and transaction.get_rollback():
+            raise  # inside a caller's broken transaction nothing can be recorded; the caller rolls back
+        dataset = Dataset.objects.select_related("project").get(pk=dataset_id)
+        dataset.mark_failed([_file_error(dataset, UNEXPECTED_REASON.format(error=type(exc).__name__))])
     # Every way in (upload page, API upload, bulk push, command line) announces the end, once:
     # the learning layer embeds the new examples, the serving layer tells the webhooks.
     events.dataset_imported.send(sender=Dataset, dataset=dataset, embed=embed)
@@ -133,6 +242,7 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
 
     def report(done: int, total: int, phase: str) -> None:
         dataset.report_progress(done, total, phase)
+        _mark_alive(dataset.pk)
         if progress:
             progress(done, total, phase)
 
@@ -176,6 +286,7 @@ def _validate(dataset: Dataset, project: Project, report: ProgressCallback
         dataset.file.path, dataset.file_format, _column_map(dataset),
         known_labels=[name for name, label in labels.items() if not label.is_deprecated] if check_labels else None,
         multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
+        max_columns=settings.IMPORT_MAX_COLUMNS,
     )
 
     def error(row: int, reason: str) -> None:
@@ -208,6 +319,7 @@ def _insert(dataset: Dataset, project: Project, unknown: list[str], report: Prog
     rows = importing.iter_rows(
         dataset.file.path, dataset.file_format, _column_map(dataset), known_labels=None,
         multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
+        max_columns=settings.IMPORT_MAX_COLUMNS,
     )
     done = labelled = 0
     iterator = iter(rows)
@@ -261,7 +373,13 @@ def import_records(project: Project, *, records: Sequence[dict[str, Any]], user:
         if labels is not None:
             flat["label"] = labels
             has_labels = True
-        lines.append(json.dumps(flat, ensure_ascii=False))
+        try:
+            # ASCII escapes carry a lone surrogate or NUL through the file to the row checks, which
+            # name the row; Infinity/NaN likewise (the checks refuse them).
+            lines.append(json.dumps(flat))
+        except (RecursionError, ValueError, TypeError):
+            raise ActionError(f"example {len(lines) + 1}: its metadata is nested too deeply or is not JSON; "
+                              f"nothing was imported.") from None
     dataset = Dataset(project=project, name=f"api-push-{len(records)}-rows.jsonl", file_format="jsonl",
                       source=source, created_by=user, columns=["text", "label", "external_id"],
                       text_column="text", label_column="label" if has_labels else "", id_column="external_id",

@@ -166,6 +166,10 @@ def dataset_detail(request: AuthenticatedHttpRequest, pk: int, dataset_pk: int) 
     elif request.method == "POST":
         messages.info(request, f"{dataset.name} is already {dataset.get_status_display().lower()}.")
         return redirect("projects:dataset", project.pk, dataset.pk)
+    elif dataset.is_running:
+        # The progress page polls: it is where an import whose worker died is noticed and ended.
+        imports.check_stale_imports(project)
+        dataset.refresh_from_db()
     context = {"project": project, "dataset": dataset, "form": form, "progress": dataset.progress()}
     if request.htmx and request.htmx.target == "dataset-status":
         response = render(request, "projects/partials/dataset-status.html", context)
