@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -40,7 +39,7 @@ def hash_key(key: str) -> str:
 
 
 @transaction.atomic
-def create_personal_token(user: AbstractBaseUser, *, name: str,
+def create_personal_token(user: Any, *, name: str,
                           expires_in_days: int | None) -> tuple[PersonalToken, str]:
     """Create a token; returns the row and the key itself, which is never stored and shown only now."""
     name = name.strip()
