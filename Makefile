@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The Redis that `make run` starts for itself when REDIS_URL is not set (data in var/redis/).
+RUN_REDIS_PORT ?= 6391
 # Tests run against real PostgreSQL and Redis (override to point elsewhere).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/labelhub
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -20,20 +22,10 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## run: install, migrate, create the demo project and admin, serve on http://$(HOST):$(PORT) with a worker
+## run: install, then start a private Redis (unless REDIS_URL is set), migrate, create the demo project and admin, and serve on http://$(HOST):$(PORT) with an RQ worker; Ctrl-C stops them all
 run: export DEBUG ?= 1
 run: $(VENV)/.runtime
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
-	@if [ -n "$$REDIS_URL" ]; then \
-		echo "Starting an RQ worker on $$REDIS_URL"; \
-		$(BIN)/python manage.py rqworker default gpu --with-scheduler & WORKER=$$!; \
-		trap "kill $$WORKER 2>/dev/null" EXIT INT TERM; \
-		$(BIN)/python manage.py runserver $(HOST):$(PORT); \
-	else \
-		echo "No REDIS_URL: background jobs run in the server process (set REDIS_URL to use RQ workers)"; \
-		$(BIN)/python manage.py runserver --noreload $(HOST):$(PORT); \
-	fi
+	$(BIN)/python -m labelhub.firstlook --host $(HOST) --port $(PORT) --redis-port $(RUN_REDIS_PORT)
 
 ## services: start PostgreSQL and Redis if they are installed here and stopped
 services:

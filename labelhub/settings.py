@@ -110,17 +110,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     if DATABASES["default"]["NAME"] != ":memory:":
         # A fresh clone has no var/ yet; SQLite will not create the folder.
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    # The embedded job runner writes from a thread while requests read: wait
-    # for the lock instead of failing with "database is locked".
-    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL;"}
+    # The first look (`make run`): the web process and a worker process write to one
+    # file. Every transaction takes the write lock at BEGIN (IMMEDIATE) and waits up to
+    # `timeout` seconds for it: a deferred transaction that read first and then writes
+    # cannot wait (SQLite answers "database is locked" at once). WAL lets pages read
+    # while a model update writes.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": int(os.environ.get("LABELHUB_SQLITE_TIMEOUT", "20")),
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # SQLite (first look only) cannot enforce NULLS NOT DISTINCT; PostgreSQL, the
 # production store, does, and the tests run there.
 SILENCED_SYSTEM_CHECKS = ["models.W047"]
 
-# Jobs: RQ on Redis when REDIS_URL is set; otherwise an in-process background
-# runner (labelhub.jobs) so a first look needs no services.
+# Jobs: RQ on Redis when REDIS_URL is set (`make run` starts a private Redis and a
+# worker when none is given, see labelhub/firstlook.py); a process started without
+# REDIS_URL falls back to an in-process runner (labelhub.jobs).
 REDIS_URL = os.environ.get("REDIS_URL", "")
 RQ_QUEUES = {
     name: {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": 3600}
@@ -128,16 +136,24 @@ RQ_QUEUES = {
     for name in ("default", "gpu", "imports")
 }
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    _redis_options = {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 5}
+    CACHES = {
+        # Progress bars and short-lived page figures: with Redis down, reads miss and
+        # writes are dropped (logged), so pages and label submits still answer.
+        "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
+                    "OPTIONS": {**_redis_options, "IGNORE_EXCEPTIONS": True}},
+        # Per-key rate limits must not fail open: errors reach the throttle, which answers 503.
+        "throttle": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, "OPTIONS": _redis_options},
+    }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 else:
     # A file cache is shared by every process on the machine and lives outside
     # database transactions, which is what import progress needs.
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(DATA_DIR / "cache" / "django"),
-        }
+    _file_cache = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cache" / "django"),
     }
+    CACHES = {"default": _file_cache, "throttle": _file_cache}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

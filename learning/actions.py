@@ -142,8 +142,17 @@ def request_training(project: Project, *, reason: str) -> TrainingRun | None:
         recover_stale_runs(project)
         return None
     # Debounce: labels arriving in the next seconds join this run instead of starting another.
-    enqueue("learning.jobs.train_project", project.pk, queue="default", delay=settings.TRAIN_DEBOUNCE_SECONDS)
+    enqueue("learning.jobs.train_project", project.pk, queue="default", delay=settings.TRAIN_DEBOUNCE_SECONDS,
+            on_failure=lambda: _drop_unqueued_run(run.pk))
     return run
+
+
+def _drop_unqueued_run(run_pk: int) -> None:
+    # The job queue was unreachable (Redis down): a queued run without a job would hold
+    # back every later request until it went stale. Fail it, so the next label asks again.
+    TrainingRun.objects.filter(pk=run_pk, status=RunStatus.QUEUED).update(
+        status=RunStatus.FAILED, finished_at=timezone.now(),
+        error="Could not be queued (the job queue was unreachable); the next label asks again.")
 
 
 def recover_stale_runs(project: Project) -> int:

@@ -11,21 +11,27 @@ checks access for every layer without importing the layer that issues keys.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.cache import caches
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
+from django.utils.connection import ConnectionProxy
 from django_htmx.middleware import HtmxDetails
+from redis.exceptions import RedisError
+from rest_framework.exceptions import APIException
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from projects.models import ROLE_RANK, Project, Role, Team
+
+logger = logging.getLogger(__name__)
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -138,6 +144,12 @@ class IsUserOrCredential(BasePermission):
         return bool(request.user and request.user.is_authenticated) or request_credential(request) is not None
 
 
+class RateLimitUnavailable(APIException):
+    status_code = 503
+    default_detail = "The rate limiter is unavailable; try again shortly."
+    default_code = "rate_limit_unavailable"
+
+
 class CredentialRateThrottle(SimpleRateThrottle):
     """Requests per project credential (LABELHUB_API_KEY_RATE), counted in the shared cache so every web
     process on every machine sees the same count. User tokens are not limited here."""
@@ -147,11 +159,20 @@ class CredentialRateThrottle(SimpleRateThrottle):
     def get_rate(self) -> str:
         return str(settings.API_KEY_RATE)
 
+    # Its own cache alias: the default one ignores Redis errors (a missed progress bar is
+    # fine), a rate limit must not. Resolved per use, so settings overrides apply.
+    cache = ConnectionProxy(caches, "throttle")
+
     def allow_request(self, request: Request, view: Any) -> bool:
         # The rate is read per request so a settings change (and the tests) take effect at once.
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except (RedisError, OSError) as exc:
+            # Fail closed: without the shared count a key could exceed its rate unseen.
+            logger.warning("API key rate limit unavailable: %r", exc)
+            raise RateLimitUnavailable() from exc
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         credential = request_credential(request)
