@@ -228,12 +228,19 @@ def _webhooks_context(project: Project, form: WebhookForm | None = None) -> dict
 def webhooks_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     form = WebhookForm(request.POST or None)
+    shown_form: WebhookForm | None = form  # None after a success: the page then offers a fresh form
     status = 200
     if request.method == "POST":
+        registered = False
         if form.is_valid():
-    shown_form: WebhookForm | None = form  # None after a success: the page then offers a fresh form
-            webhooks.register_endpoint(project, url=form.cleaned_data["url"], events=form.cleaned_data["events"],
-                                       user=request.user)
+            try:
+                webhooks.register_endpoint(project, url=form.cleaned_data["url"],
+                                           events=form.cleaned_data["events"], user=request.user)
+                registered = True
+            except ActionError as exc:
+                # ftp://, an internal address (SSRF), an unknown event: the form says why.
+                form.add_error("url", str(exc))
+        if registered:
             if not request.htmx:
                 messages.success(request, "Webhook registered.")
                 return redirect("serving:webhooks", project.pk)

@@ -11,20 +11,34 @@ embedded job).
 
 Signature: header ``X-LabelHub-Signature: t=<unix time>,v1=<hex>`` where hex is
 HMAC-SHA256(endpoint secret, "<t>.<raw body>"); see `verify_signature`.
+
+SSRF: a manager chooses the URL, the server sends the request, so webhooks reach public
+addresses only. Registration refuses obviously internal URLs (private, loopback,
+link-local, reserved IPs; localhost, single-label and *.internal/*.local names). Every
+attempt resolves the host once, refuses the attempt if any address it resolves to is
+not public, and connects to that checked address (Host header and TLS SNI/certificate
+still name the host), so DNS cannot change the answer between check and connect.
+Redirects are never followed. A refused attempt is logged with one generic message and
+no status code, so the delivery log is no port scanner. Hosts listed in
+LABELHUB_WEBHOOK_ALLOWED_HOSTS are exempt (receivers on an internal network).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import ipaddress
 import json
 import logging
 import secrets
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -62,6 +76,128 @@ def verify_signature(secret: str, body: bytes, header: str, *, tolerance_s: int 
     return hmac.compare_digest(sign(secret, body, timestamp), header)
 
 
+# --- Where webhooks may go (SSRF) --------------------------------------------------------------------------------
+
+REFUSED_TARGET = "Not delivered: the URL's address is not allowed for webhooks."
+_INTERNAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa", ".lan", ".intranet")
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class RefusedTargetError(Exception):
+    """The URL resolves to an address webhooks may not reach (private, loopback, link-local, metadata...)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str  # the checked IP the request connects to
+
+
+def _is_public(ip: _IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address wrapped in IPv6 reaches the IPv4 host.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and not _is_public(embedded):
+            return False
+    # is_global excludes private, loopback, link-local (169.254.169.254, the cloud metadata address),
+    # shared (100.64/10), reserved and unspecified ranges.
+    return ip.is_global and not ip.is_multicast
+
+
+def _literal_ip(host: str) -> _IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        # The legacy forms the resolver also accepts: 2130706433, 0x7f.1, 127.1 are all 127.0.0.1.
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _is_allowed_host(host: str) -> bool:
+    return host.lower() in settings.WEBHOOK_ALLOWED_HOSTS
+
+
+def _internal_name(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host == "localhost" or "." not in host or host.endswith(_INTERNAL_SUFFIXES)
+
+
+def _split(url: str) -> tuple[str, str, int, str]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ActionError("The URL is not valid (check the host and the port).") from None
+    if parts.scheme not in {"http", "https"}:
+        raise ActionError("The URL must start with http:// or https://.")
+    if not parts.hostname:
+        raise ActionError("The URL has no host.")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that is obviously internal, without asking DNS (the resolved address is checked at send time)."""
+    _, host, _, _ = _split(url)
+    if _is_allowed_host(host):
+        return
+    ip = _literal_ip(host)
+    if (ip is not None and not _is_public(ip)) or (ip is None and _internal_name(host)):
+        raise ActionError(
+            f"Webhooks go to public addresses only; {host} is a private, loopback, link-local or internal address. "
+            "An administrator can allow an internal receiver with LABELHUB_WEBHOOK_ALLOWED_HOSTS.")
+
+
+def resolve_target(url: str) -> Target:
+    """Resolve the URL's host once and check every address; the one to connect to. Raises RefusedTargetError."""
+    try:
+        scheme, host, port, path = _split(url)
+    except ActionError as exc:
+        raise RefusedTargetError(str(exc)) from None
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        raise OSError(f"{host} has no address")
+    if not _is_allowed_host(host):
+        if _literal_ip(host) is None and _internal_name(host):
+            raise RefusedTargetError(host)
+        # All of them, not only the first: a name that resolves to a public and a private address
+        # must not be a way in.
+        if any(not _is_public(ipaddress.ip_address(a.split("%", 1)[0])) for a in addresses):
+            raise RefusedTargetError(host)
+    return Target(scheme=scheme, host=host, port=port, path=path, address=addresses[0])
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the checked address; the Host header still names the URL's host."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """Connects to the checked address; SNI and the certificate check use the URL's host."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        self._tls = ssl.create_default_context()
+        super().__init__(target.host, target.port, timeout=timeout, context=self._tls)
+        self._address = target.address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+
+
 @transaction.atomic
 def register_endpoint(project: Project, *, url: str, events: list[str], user: Any) -> WebhookEndpoint:
     """Register a URL for events; the signing secret is generated here."""
@@ -70,6 +206,7 @@ def register_endpoint(project: Project, *, url: str, events: list[str], user: An
         raise ActionError(f"Events must be some of {', '.join(EVENTS)}.")
     if not url.startswith(("http://", "https://")):
         raise ActionError("The URL must start with http:// or https://.")
+    check_url(url)
     return WebhookEndpoint.objects.create(project=project, url=url, events=sorted(set(events)),
                                           secret=secrets.token_hex(32), created_by=user)
 
@@ -105,17 +242,16 @@ def emit(project_id: int, event: str, data: dict[str, Any]) -> int:
 
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None  # a redirect is an answer we report, not one we follow with the signed body
-
-    opener = urllib.request.build_opener(NoRedirect)
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """One POST to the checked address of `url`; its status code. A redirect is an answer we report, not one
+    we follow (http.client never follows)."""
+    target = resolve_target(url)
+    connection_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    connection = connection_class(target, timeout)
     try:
-        with opener.open(request, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        connection.request("POST", target.path, body=body, headers=headers)
+        return int(connection.getresponse().status)
+    finally:
+        connection.close()
 
 
 def deliver(delivery_id: str) -> WebhookDelivery | None:
@@ -139,13 +275,18 @@ def deliver(delivery_id: str) -> WebhookDelivery | None:
     }
     code: int | None = None
     error = ""
+    refused = False
     try:
         code = _post(endpoint.url, body, headers, settings.WEBHOOK_TIMEOUT_SECONDS)
         if not 200 <= code < 300:
             error = f"HTTP {code}"
+    except RefusedTargetError:
+        # One message whatever the address, and no retries: nothing was sent, nothing to learn.
+        logger.warning("webhook delivery %s refused: %s is not a public address", delivery.pk, endpoint.url)
+        error, refused = REFUSED_TARGET, True
     except TimeoutError:
         error = f"Timed out after {settings.WEBHOOK_TIMEOUT_SECONDS:g} s"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         error = f"{type(reason).__name__}: {reason}" if "timed out" not in str(reason) else (
             f"Timed out after {settings.WEBHOOK_TIMEOUT_SECONDS:g} s")
@@ -155,7 +296,7 @@ def deliver(delivery_id: str) -> WebhookDelivery | None:
     delays = settings.WEBHOOK_RETRY_DELAYS
     if not error:
         delivery.status, delivery.finished_at, delivery.next_attempt_at = DeliveryStatus.SUCCEEDED, now, None
-    elif delivery.attempts <= len(delays):
+    elif delivery.attempts <= len(delays) and not refused:
         delay = delays[delivery.attempts - 1]
         delivery.status, delivery.next_attempt_at = DeliveryStatus.RETRYING, now + timedelta(seconds=delay)
     else:

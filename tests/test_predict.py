@@ -187,7 +187,9 @@ def test_it_does_not_route_when_the_client_says_so(trained, alice):
     assert not Example.objects.filter(text="new text").exists()
 
 
-def test_a_routed_input_comes_back_with_its_human_label_and_trains_the_model(trained, alice, label_examples, train):
+def test_a_routed_input_comes_back_with_its_human_label_and_trains_the_model(trained, alice, label_examples, train,
+                                                                            settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     served.set_threshold(trained, mode="confidence", confidence_threshold=1.0)
     register_endpoint(trained, url="http://127.0.0.1:9/hook", events=["prediction.labelled"], user=alice)
     client = key_client(make_key(trained, alice, ["predict"]))

@@ -58,7 +58,9 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(settings: Any) -> Iterator[Receiver]:
+    # Webhooks refuse loopback (SSRF) unless the host is allowed, as an internal receiver would be.
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     server = Receiver()
     yield server
     server.close()
@@ -142,7 +144,8 @@ def test_a_receiver_that_times_out_is_retried_then_failed(project, alice, receiv
     assert "Timed out" in delivery.last_error
 
 
-def test_a_closed_port_is_a_failed_attempt_not_a_crash(project, alice, run_jobs, quick_retries):
+def test_a_closed_port_is_a_failed_attempt_not_a_crash(project, alice, run_jobs, quick_retries, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     webhooks.register_endpoint(project, url="http://127.0.0.1:9/nothing", events=["import.finished"], user=alice)
     with run_jobs():
         webhooks.emit(project.pk, "import.finished", {})
