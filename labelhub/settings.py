@@ -137,7 +137,7 @@ RQ_QUEUES = {
 }
 if REDIS_URL:
     _redis_options = {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 5}
-    CACHES = {
+    CACHES: dict[str, dict[str, object]] = {
         # Progress bars and short-lived page figures: with Redis down, reads miss and
         # writes are dropped (logged), so pages and label submits still answer.
         "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
@@ -149,7 +149,7 @@ if REDIS_URL:
 else:
     # A file cache is shared by every process on the machine and lives outside
     # database transactions, which is what import progress needs.
-    _file_cache = {
+    _file_cache: dict[str, object] = {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
         "LOCATION": str(DATA_DIR / "cache" / "django"),
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from django.conf import settings
-from django.core.cache import caches
+from django.core.cache import BaseCache, caches
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
@@ -161,7 +161,7 @@ class CredentialRateThrottle(SimpleRateThrottle):
 
     # Its own cache alias: the default one ignores Redis errors (a missed progress bar is
     # fine), a rate limit must not. Resolved per use, so settings overrides apply.
-    cache = ConnectionProxy(caches, "throttle")
+    cache = cast(BaseCache, ConnectionProxy(caches, "throttle"))
 
     def allow_request(self, request: Request, view: Any) -> bool:
         # The rate is read per request so a settings change (and the tests) take effect at once.
