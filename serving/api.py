@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from labelhub.errors import ActionError
+from labelhub.parsers import JSONParser
 from learning.models import ModelVersion
 from projects.access import accepts_api_keys, get_project_for_api, get_project_for_user
-from projects.models import Role
+from projects.models import ROLE_RANK, Project, Role
 from serving import predictions
 from serving import served as serving
 from serving.keys import request_key
@@ -32,6 +33,14 @@ from serving.serializers import (
 
 # --- Prediction API ---------------------------------------------------------------------------------------------
 
+
+def _may_route(request: Request, project: Project) -> bool:
+    """An API key reached predict with its `predict` scope; a person needs a role that labels."""
+    if request_key(request) is not None:
+        return True
+    return project.user_role is not None and ROLE_RANK[project.user_role] >= ROLE_RANK[Role.ANNOTATOR]
+
+
 @extend_schema(
     request=PredictRequestSerializer,
     responses={200: PredictResponseSerializer, 400: OpenApiResponse(description="Invalid input"),
@@ -41,7 +50,10 @@ from serving.serializers import (
     "model version. Each answer has the label(s), the calibrated probability of every label, the confidence, "
     "whether it is below the project's threshold (`is_uncertain`) and whether it was routed to the annotation "
     "queue for a person (`is_routed`), the model version and a prediction id for `GET …/predictions/{id}/`. "
-    "409 while the project has no model yet. Needs an API key with the `predict` scope, or a member's token.",
+    "409 while the project has no model yet. Needs an API key with the `predict` scope, or a member's token.\n\n"
+    "Routing puts inputs at the head of the annotation queue, so it needs an API key with the `predict` scope "
+    "or a personal token of an annotator or manager. A viewer's request predicts but routes nothing: `route` "
+    "defaults to false for viewers, and an explicit `\"route\": true` from a viewer is refused with 403.",
 )
 @api_view(["POST"])
 @accepts_api_keys
@@ -50,9 +62,15 @@ def predict(request: Request, pk: int) -> Response:
     project = get_project_for_api(request, pk, scope="predict")
     serializer = PredictRequestSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
+    route = serializer.validated_data["route"]
+    if route and not _may_route(request, project):
+        if "route" in request.data:
+            raise PermissionDenied("Routing inputs to the annotation queue needs the annotator or manager role "
+                                   "(or an API key with the predict scope); send \"route\": false to predict only.")
+        route = False
     try:
         outcome = predictions.predict(project, texts=serializer.validated_data["texts"],
-                                      api_key=request_key(request), route=serializer.validated_data["route"])
+                                      api_key=request_key(request), route=route)
     except serving.NoModelError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     names = outcome.model.names

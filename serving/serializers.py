@@ -28,7 +28,9 @@ class PredictRequestSerializer(serializers.Serializer):
         "each at most LABELHUB_MAX_TEXT_CHARS (default 20,000) characters.",
     )
     route = serializers.BooleanField(
-        default=True, help_text="Send inputs below the confidence threshold to the annotation queue (default true).")
+        default=True, help_text="Send inputs below the confidence threshold to the annotation queue (default true). "
+        "Needs an API key with the predict scope or the annotator/manager role: for a viewer it defaults to false, "
+        "and true is refused (403).")
 
     def validate_texts(self, texts: list[str]) -> list[str]:
         limit = settings.PREDICT_BATCH_LIMIT
