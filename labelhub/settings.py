@@ -183,6 +183,8 @@ AXES_HTTP_RESPONSE_CODE = 429
 # Only failures are logged; a row for every successful login would grow without bound.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_CLIENT_IP_CALLABLE = "labelhub.security.client_ip"
+# No banner on every manage.py command; lock-outs are still logged (as warnings).
+AXES_VERBOSE = False
 
 # Password reset mails: printed to the console in development, sent by SMTP otherwise.
 EMAIL_BACKEND = os.environ.get(
