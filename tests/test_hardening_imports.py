@@ -144,7 +144,8 @@ def test_a_live_or_young_import_is_left_alone(project, alice, settings):
     assert young.pk != beating.pk
 
 
-def test_a_queued_import_still_waiting_in_redis_is_not_stale(project, alice, settings, django_capture_on_commit_callbacks):
+def test_a_queued_import_still_waiting_in_redis_is_not_stale(
+        project, alice, settings, django_capture_on_commit_callbacks):
     if not settings.REDIS_URL:
         pytest.skip("needs Redis")
     settings.IMPORT_STALE_SECONDS = 60
