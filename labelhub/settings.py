@@ -235,6 +235,8 @@ ENCODER = os.environ.get("LABELHUB_ENCODER", "")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # `Authorization: Api-Key <key>`: a project API key (scopes predict, import, read).
+        "serving.keys.ApiKeyAuthentication",
         # `Authorization: Token <key>`, as before, but only a hash of each personal token is stored.
         "projects.tokens.PersonalTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -340,7 +342,6 @@ WEBHOOK_RETRY_DELAYS = [int(s) for s in env_list("LABELHUB_WEBHOOK_RETRY_DELAYS"
 # Webhooks go to public addresses only (no private, loopback, link-local or metadata targets: SSRF);
 # these host names or IPs are exempt, for receivers on an internal network.
 WEBHOOK_ALLOWED_HOSTS = [h.lower().strip("[]") for h in env_list("LABELHUB_WEBHOOK_ALLOWED_HOSTS", "")]
-REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "serving.keys.ApiKeyAuthentication")
 # DRF's parsers, with JSON nested too deep to decode answered 400 (labelhub/parsers.py).
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
     "labelhub.parsers.JSONParser", "rest_framework.parsers.FormParser", "rest_framework.parsers.MultiPartParser",
