@@ -253,6 +253,7 @@ def training_set(project: Project) -> TrainingSet:
         ids.append(example_id)
     order = np.argsort(np.array(ids, dtype=np.int64))
     id_array = np.array(ids, dtype=np.int64)[order]
+    target_array: np.ndarray
     if project.is_multi_label:
         target_array = np.array(targets, dtype=np.int8).reshape(-1, len(labels))[order]
     else:
@@ -262,7 +263,6 @@ def training_set(project: Project) -> TrainingSet:
 
 
 @dataclass
-    target_array: np.ndarray
 class Fitted:
     """A fitted model and what it was fitted on, before the pool is scored."""
 
