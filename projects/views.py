@@ -98,8 +98,8 @@ def project_settings(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse
 def taxonomy_add_label(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     form = LabelAddForm(request.POST)
-    status = 200
     shown_form: LabelAddForm | None = form  # None after a success: the editor then offers a fresh form
+    status = 200
     if form.is_valid():
         try:
             taxonomy.add_labels(
