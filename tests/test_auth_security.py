@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from axes.models import AccessAttempt
 from django.apps import apps as django_apps
 from django.contrib.auth.models import User
 from django.core import mail
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -223,4 +225,15 @@ def test_it_hashes_the_plaintext_tokens_of_before(alice: User) -> None:
     assert old.key not in (row.hashed_key, row.name, row.prefix + "x" * 40)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {old.key}")
+    assert api.get("/api/v1/projects/").status_code == 200
+
+
+def test_the_command_prints_a_working_token_once(alice: User) -> None:
+    out = StringIO()
+    call_command("create_personal_token", "alice", "--name", "cron", "--days", "7", stdout=out)
+    key = out.getvalue().strip()
+    row = PersonalToken.objects.get(user=alice, name="cron")
+    assert row.hashed_key == tokens.hash_key(key) and row.expires_at is not None
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert api.get("/api/v1/projects/").status_code == 200
