@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # Both set explicitly: a shell starts background commands with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     python = sys.executable
     try:

@@ -232,3 +232,29 @@ def test_it_saves_every_label_of_five_annotators_while_the_model_updates(first_l
     assert len(updates_during) >= 2, report["succeeded_at"]
     print(f"{sum(len(a.statuses) for a in annotators)} requests, {len(updates_during)} model updates, "
           f"slowest response {max(a.slowest for a in annotators):.2f} s")
+
+
+def test_it_keeps_queued_jobs_when_make_runs_redis_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    from labelhub import firstlook
+
+    monkeypatch.setenv("LABELHUB_DATA_DIR", str(tmp_path))
+    port = free_port()
+    for attempt in range(2):
+        supervisor = firstlook.Supervisor()
+        try:
+            url = firstlook.start_redis(supervisor, port)
+            assert url == f"redis://127.0.0.1:{port}/0"
+            queue = Queue("default", connection=Redis.from_url(url))
+            if attempt == 0:
+                queue.enqueue("learning.jobs.train_project", 1)
+            else:
+                assert queue.count == 1  # written to var/redis/ before the stop, read back at the start
+            # A second `make run` uses the server already on the port instead of starting another.
+            second = firstlook.Supervisor()
+            assert firstlook.start_redis(second, port) == url and second.children == []
+        finally:
+            supervisor.stop()
+        assert not firstlook.redis_answers(port)
