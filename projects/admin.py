@@ -1,6 +1,11 @@
-from django.contrib import admin
+from typing import Any
 
-from projects.models import Dataset, Example, Label, Membership, Project, TaxonomyVersion, Team
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from rest_framework.authtoken.models import TokenProxy
+
+from projects.models import Dataset, Example, Label, Membership, PersonalToken, Project, TaxonomyVersion, Team
 
 
 class MembershipInline(admin.TabularInline):
@@ -56,3 +61,26 @@ class ExampleAdmin(admin.ModelAdmin):
     search_fields = ["text", "external_id"]
     list_filter = ["project"]
     raw_id_fields = ["dataset"]
+
+
+# DRF's plaintext tokens no longer authenticate (personal tokens are hashed): not offered in the admin.
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(PersonalToken)
+class PersonalTokenAdmin(admin.ModelAdmin):
+    """Staff see and revoke personal tokens; a key is never shown again, so none is created here."""
+
+    list_display = ["user", "name", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["user__username", "name", "prefix"]
+    readonly_fields = ["user", "name", "prefix", "hashed_key", "created_at", "expires_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[PersonalToken]) -> None:
+        for token in queryset:
+            token.revoke()

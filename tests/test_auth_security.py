@@ -237,3 +237,16 @@ def test_the_command_prints_a_working_token_once(alice: User) -> None:
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert api.get("/api/v1/projects/").status_code == 200
+
+
+def test_staff_revoke_personal_tokens_in_the_admin_and_see_no_plaintext_tokens(alice: User, login: Any) -> None:
+    alice.is_staff = alice.is_superuser = True
+    alice.save()
+    row, key = tokens.create_personal_token(alice, name="script", expires_in_days=None)
+    client = login(alice)
+    assert b"/admin/authtoken/" not in client.get("/admin/").content
+    listing = client.get("/admin/projects/personaltoken/")
+    assert listing.status_code == 200 and key.encode() not in listing.content
+    client.post("/admin/projects/personaltoken/", {"action": "revoke", "_selected_action": [row.pk]})
+    row.refresh_from_db()
+    assert row.revoked_at is not None

@@ -134,3 +134,14 @@ def test_check_deploy_is_clean_with_the_documented_production_settings() -> None
                          cwd=django_settings.BASE_DIR, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "System check identified no issues (0 silenced)." in out.stdout, out.stdout + out.stderr
+
+
+def test_only_the_staff_job_pages_allow_inline_styles(alice: User, login: Any) -> None:
+    alice.is_staff = alice.is_superuser = True
+    alice.save()
+    client = login(alice)
+    page = client.get("/admin/jobs/queues/0/")
+    assert page.status_code == 200
+    policy = _directives(page["Content-Security-Policy"])
+    assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'", "'unsafe-inline'"]
+    assert _directives(client.get("/")["Content-Security-Policy"])["style-src"] == ["'self'"]
