@@ -109,6 +109,10 @@ def test_the_main_pages_run_under_the_policy_without_a_violation(live_server: An
     assert "no-store" in created.value.headers["cache-control"]
     assert page.locator("#api-token").inner_text().startswith("lhp_")
     page.screenshot(path=str(_screenshots() / "csp-token-created.png"), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("form[hx-post] button")
+    page.wait_for_selector("text=revoked: it no longer works")
+    assert "Revoked" in page.locator("table").inner_text()
 
     # Five wrong passwords lock this user out from this address, with a page that says what to do.
     guesser = browser.new_page(viewport={"width": 1280, "height": 700})
