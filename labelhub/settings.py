@@ -114,10 +114,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # file. Every transaction takes the write lock at BEGIN (IMMEDIATE) and waits up to
     # `timeout` seconds for it: a deferred transaction that read first and then writes
     # cannot wait (SQLite answers "database is locked" at once). WAL lets pages read
-    # while a model update writes.
+    # while a model update writes. The wait is long because an import inserts in one
+    # transaction (50,000 rows hold the lock about 10 s): a label should wait, not fail.
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
-        "timeout": int(os.environ.get("LABELHUB_SQLITE_TIMEOUT", "20")),
+        "timeout": int(os.environ.get("LABELHUB_SQLITE_TIMEOUT", "60")),
         "init_command": "PRAGMA journal_mode=WAL;",
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
