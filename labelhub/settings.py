@@ -233,6 +233,13 @@ IMPORT_STALE_SECONDS = int(os.environ.get("LABELHUB_IMPORT_STALE_SECONDS", "900"
 
 # Model: a local path or a name; the default is the packaged all-MiniLM-L6-v2.
 ENCODER = os.environ.get("LABELHUB_ENCODER", "")
+# auto: PyTorch on a GPU, ONNX Runtime (float) on CPU; or force torch, onnx or onnx-int8 (faster, less accurate).
+ENCODER_BACKEND = os.environ.get("LABELHUB_ENCODER_BACKEND", "auto")
+# Threads one process encodes with (0: all cores). One per process is fastest on a shared machine:
+# more throughput comes from more worker processes.
+ENCODER_THREADS = int(os.environ.get("LABELHUB_ENCODER_THREADS", "1"))
+# Where the ONNX graphs exported from the encoder's weights are kept (written on first use).
+ONNX_DIR = Path(os.environ.get("LABELHUB_ONNX_DIR", str(DATA_DIR / "cache" / "onnx")))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -31,11 +31,28 @@ class TrainingError(Exception):
 
 
 def current_encoder() -> Any:
-    # Imported on first use, not with this module: it loads torch, which a web process
-    # that never predicts (and every management command) should not pay for.
+    # Imported on first use, not with this module: it loads transformers and a model, which a
+    # web process that never predicts (and every management command) should not pay for.
     from learning.encoder import get_encoder
 
-    return get_encoder(settings.ENCODER or None)
+    return get_encoder(settings.ENCODER or None, backend=settings.ENCODER_BACKEND,
+                       threads=settings.ENCODER_THREADS or None, onnx_dir=settings.ONNX_DIR)
+
+
+def encoder_named(name: str) -> Any | None:
+    """The configured model on the backend whose vectors are called ``name``, or None.
+
+    A model trained before the backend changed (say PyTorch to int8 ONNX) keeps serving with
+    the backend it was trained on until a retrain replaces it.
+    """
+    from learning.encoder import cuda_available, encoder_name, get_encoder
+
+    model = settings.ENCODER or None
+    for backend in ("onnx-int8", "torch" if cuda_available() else "onnx"):
+        if encoder_name(model, backend=backend) == name:
+            return get_encoder(model, backend=backend, threads=settings.ENCODER_THREADS or None,
+                               onnx_dir=settings.ONNX_DIR)
+    return None
 
 
 # --- Embeddings -------------------------------------------------------------------------------------------------

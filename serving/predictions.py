@@ -45,6 +45,9 @@ def predict(project: Project, *, texts: list[str], api_key: ApiKey | None = None
     # Looked up on the module at each call, so a process-wide override (the tests' fake) applies here too.
     encoder = learning_actions.current_encoder()
     if encoder.name != model.encoder:
+        # Trained before the encoder backend changed: served with the backend it was trained on.
+        encoder = learning_actions.encoder_named(model.encoder) or encoder
+    if encoder.name != model.encoder:
         raise EncoderMismatchError(
             f"Model v{model.number} was trained on {model.encoder} embeddings but this server encodes with "
             f"{encoder.name}; set LABELHUB_ENCODER to the model's encoder or retrain.")

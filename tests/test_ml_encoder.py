@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.encoder import EmbeddingCache, Encoder, default_model_path, get_encoder
+from learning.encoder import (
+    AUTO_CPU_BACKEND,
+    EmbeddingCache,
+    Encoder,
+    default_model_path,
+    encoder_name,
+    get_encoder,
+    resolve_backend,
+)
 
 TEXTS = [
     "The court overrules its earlier decision in Smith v. Jones.",
@@ -21,7 +29,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    return get_encoder()
+    return get_encoder(backend="torch", threads=1)
 
 
 def test_it_returns_unit_vectors_in_input_order(encoder: Encoder) -> None:
@@ -44,7 +52,7 @@ def test_it_puts_similar_sentences_closer_than_unrelated_ones(encoder: Encoder) 
 
 
 def test_it_loads_once_per_process() -> None:
-    assert get_encoder() is get_encoder()
+    assert get_encoder(backend="torch") is get_encoder(backend="torch")
 
 
 def test_it_caches_embeddings_on_disk(encoder: Encoder, tmp_path: Path) -> None:
@@ -56,3 +64,35 @@ def test_it_caches_embeddings_on_disk(encoder: Encoder, tmp_path: Path) -> None:
     assert calls[0] == 3 and calls[-1] == 1  # the second call encoded only the new text
     assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
     assert encoder.name in {p.name for p in tmp_path.iterdir()} or any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.mark.slow
+def test_the_onnx_backend_agrees_with_pytorch_and_shares_its_name(encoder: Encoder, onnx_dir: Path) -> None:
+    onnx = Encoder(backend="onnx", threads=1, onnx_dir=onnx_dir)  # exported here, from the packaged weights
+    reference, vectors = encoder.encode(TEXTS), onnx.encode(TEXTS)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    assert (reference * vectors).sum(axis=1).min() >= 0.99  # 0.9999+ in practice
+    assert onnx.name == encoder.name == encoder_name(backend="onnx")  # their embeddings mix
+    assert np.allclose(onnx.encode([TEXTS[2]])[0], vectors[2], atol=1e-5)  # batching does not change a vector
+    assert Encoder(backend="onnx", onnx_dir=onnx_dir).onnx_file == onnx.onnx_file  # exported once, then reused
+
+
+@pytest.mark.slow
+def test_int8_vectors_stay_close_but_carry_a_name_of_their_own(encoder: Encoder, onnx_dir: Path) -> None:
+    int8 = Encoder(backend="onnx-int8", threads=1, onnx_dir=onnx_dir)
+    cosine = (encoder.encode(TEXTS) * int8.encode(TEXTS)).sum(axis=1)
+    assert cosine.min() >= 0.95 and cosine.mean() >= 0.98
+    assert int8.name == encoder.name + "-int8" == encoder_name(backend="onnx-int8")  # never mixed with float
+
+
+def test_auto_runs_pytorch_on_a_gpu_and_onnx_on_cpu() -> None:
+    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("auto", "cpu") == AUTO_CPU_BACKEND
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="Unknown encoder backend"):
+        resolve_backend("tensorflow")
