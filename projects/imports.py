@@ -199,10 +199,11 @@ def recover_stale_imports(project: Project | None = None) -> int:
     return recovered
 
 
-def check_stale_imports(project: Project) -> None:
+def check_stale_imports(project: Project) -> int:
     """`recover_stale_imports` for a page that shows a running import, at most once a minute per project."""
     if cache.add(f"labelhub:import-stale-check:{project.pk}", 1, timeout=60):
-        recover_stale_imports(project)
+        return recover_stale_imports(project)
+    return 0
 
 
 def _column_map(dataset: Dataset) -> ColumnMap:

@@ -67,6 +67,9 @@ def project_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     access = get_access(request, pk)
     project = access.project
     datasets = list(project.datasets.all()[:20])
+    # The list polls while an import runs, so an import whose worker died is ended here too.
+    if any(d.is_running for d in datasets) and imports.check_stale_imports(project):
+        datasets = list(project.datasets.all()[:20])
     context = {
         "project": project,
         "taxonomy": project.current_taxonomy(),

@@ -175,6 +175,18 @@ def test_the_progress_page_and_the_api_end_a_dead_import(project, alice, login, 
     assert not Dataset.objects.filter(status__in=RUNNING).exists()
 
 
+def test_the_project_page_ends_a_dead_import(project, alice, login, settings):
+    settings.IMPORT_STALE_SECONDS = 60
+    dataset = queued_dataset(project, alice, "dead.csv", b"text\nfirst\n")
+    Dataset.objects.filter(pk=dataset.pk).update(status=DatasetStatus.IMPORTING)
+    _age(dataset, 120)
+    response = login(alice).get(reverse("projects:detail", args=[project.pk]), HTTP_HX_REQUEST="true",
+                                HTTP_HX_TARGET="project-datasets")
+    assert response.status_code == 200
+    dataset.refresh_from_db()
+    assert dataset.status == DatasetStatus.FAILED
+
+
 def test_an_unreachable_queue_fails_the_upload_at_once(project, alice, announced, monkeypatch,
                                                        django_capture_on_commit_callbacks):
     def redis_down(*args: Any, **kwargs: Any) -> None:
