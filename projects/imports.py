@@ -247,6 +247,7 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
         if progress:
             progress(done, total, phase)
 
+    _mark_alive(dataset.pk)  # picked up: the time it waited in the queue is not held against it
     try:
         dataset.total_rows = importing.count_rows(path, dataset.file_format)
         dataset.save(update_fields=["total_rows"])
