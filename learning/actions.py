@@ -62,9 +62,23 @@ def embed_progress_key(project_id: int) -> str:
     return f"labelhub:embed-progress:{project_id}"
 
 
+# A progress entry outlives its last update by this long: a worker killed mid-embedding stops
+# showing progress after it, instead of a bar frozen for an hour.
+EMBED_PROGRESS_SECONDS = 300
+
+
 def embedding_progress(project: Project) -> dict[str, int] | None:
-    """{'done', 'total'} while the project's examples are being encoded, else None."""
+    """{'done', 'total'} from the moment a project's new examples wait for embeddings until they have them."""
     return cache.get(embed_progress_key(project.pk))
+
+
+def embedding_requested(project_id: int, *, count: int) -> None:
+    """Show "Embedding 0 / count" at once, while the job waits in the queue (the job corrects the count);
+    a count of 0 takes it away (the job could not be queued)."""
+    if count:
+        cache.set(embed_progress_key(project_id), {"done": 0, "total": count}, timeout=3600)
+    else:
+        cache.delete(embed_progress_key(project_id))
 
 
 def embed_project(project_id: int, *, progress: Callable[[int, int], None] | None = None) -> int:
@@ -101,22 +115,34 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
     todo = np.setdiff1d(all_ids, have, assume_unique=True)
     total = len(todo)
     key = embed_progress_key(project_id)
-    for start in range(0, total, settings.EMBED_BATCH):
-        ids = todo[start:start + settings.EMBED_BATCH]
-        rows = dict(Example.objects.filter(id__in=ids.tolist()).values_list("id", "text"))
-        ids = np.array([i for i in ids.tolist() if i in rows], dtype=np.int64)  # deleted meanwhile
-        if len(ids) == 0:
-            continue
-        vectors = encoder.encode([rows[i] for i in ids.tolist()])
-        EmbeddingChunk.objects.create(
-            project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
-            example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
-        )
-        done = min(start + settings.EMBED_BATCH, total)
-        cache.set(key, {"done": done, "total": total}, timeout=3600)
+
+    def report(done: int) -> None:
+        cache.set(key, {"done": done, "total": total}, timeout=EMBED_PROGRESS_SECONDS)
         if progress:
             progress(done, total)
-    cache.delete(key)
+
+    try:
+        if total:
+            report(0)
+        for start in range(0, total, settings.EMBED_BATCH):
+            ids = todo[start:start + settings.EMBED_BATCH]
+            rows = dict(Example.objects.filter(id__in=ids.tolist()).values_list("id", "text"))
+            ids = np.array([i for i in ids.tolist() if i in rows], dtype=np.int64)  # deleted meanwhile
+            if len(ids) == 0:
+                continue
+            texts = [rows[i] for i in ids.tolist()]
+            if getattr(encoder, "reports_progress", False):
+                # Every encoder batch (64 texts, about a second) moves the bar, not only every chunk.
+                vectors = encoder.encode(texts, progress=lambda done, _n, _at=start: report(_at + done))
+            else:
+                vectors = encoder.encode(texts)
+            EmbeddingChunk.objects.create(
+                project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
+                example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
+            )
+            report(min(start + settings.EMBED_BATCH, total))
+    finally:
+        cache.delete(key)
     return total
 
 

@@ -90,6 +90,7 @@ def dashboard_context(access: ProjectAccess) -> dict[str, Any]:
         "annotator_chart_height": 70 + 34 * len(annotators),
         "distribution": stats.label_distribution(project, taxonomy),
         "curve": summary["curve"],
+        "embedding": summary["embedding"],
         "quality": model_quality(project, summary["latest"], stats.labels_by_key(project, taxonomy)),
         "is_manager": access.is_manager,
     }

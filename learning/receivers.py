@@ -26,7 +26,9 @@ def retrain_after_taxonomy_change(*, project: Project, retrain_reason: str = "",
 def embed_after_import(*, dataset: Dataset, embed: bool = True, **_: Any) -> None:
     # New examples need embeddings before the model can learn from or score them.
     if embed and dataset.status == DatasetStatus.DONE and dataset.imported_count:
-        enqueue("learning.jobs.embed_project", dataset.project_id)
+        actions.embedding_requested(dataset.project_id, count=dataset.imported_count)
+        enqueue("learning.jobs.embed_project", dataset.project_id,
+                on_failure=lambda: actions.embedding_requested(dataset.project_id, count=0))
 
 
 def connect() -> None:

@@ -75,4 +75,19 @@ def model_status(project: Project) -> dict[str, Any]:
 def model_status_badge(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The labelling page header's model line (loaded by htmx after each item)."""
     project = get_project_for_user(request, pk)
-    return render(request, "learning/partials/model-status.html", {"project": project, **model_status(project)})
+    # Progress is read fresh (one cache read): the line polls itself every 2 s while embedding runs.
+    return render(request, "learning/partials/model-status.html",
+                  {"project": project, "embedding": embedding_progress(project), **model_status(project)})
+
+
+@require_GET
+@login_required
+def embedding_status(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """"Embedding 2,048 / 5,381" while a project's examples are encoded; polls itself until it is done."""
+    project = get_project_for_user(request, pk)
+    embedding = embedding_progress(project)
+    response = render(request, "learning/partials/embedding-status.html", {"project": project, "embedding": embedding})
+    if embedding is None:
+        # Regions that show the model can refresh: it trains now on the labels given meanwhile.
+        response["HX-Trigger"] = "embedding-finished"
+    return response
