@@ -7,6 +7,7 @@ from the packaged binary.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -45,14 +46,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, every: float = 0.2) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, every: float = 0.2,
+               logs: Path | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+    tails = "".join(f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+                    for log in sorted(logs.glob("worker-*.log"))) if logs else ""
+    raise AssertionError(f"timed out waiting for {what}{tails}")
 
 
 def process_env(tmp_path: Path, redis_url: str) -> dict[str, str]:
@@ -90,7 +94,7 @@ def workers(tmp_path: Path, settings: Any, needs_services: None, transactional_d
             [sys.executable, "manage.py", "rqworker", *settings.RQ_QUEUES, "--with-scheduler",
              "--name", f"fault-worker-{os.getpid()}-{len(started)}"],
             cwd=settings.BASE_DIR, env=process_env(tmp_path, settings.REDIS_URL), stdout=log,
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=True)
         started.append(process)
         return process
 
@@ -102,6 +106,9 @@ def workers(tmp_path: Path, settings: Any, needs_services: None, transactional_d
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        # A worker killed with SIGKILL leaves its scheduler process behind (as it would in production).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def kill_hard(process: subprocess.Popen[bytes]) -> None:
@@ -130,7 +137,7 @@ def start_upload(client: Any, project: Project, name: str, content: bytes) -> Da
 
 def test_it_ends_an_import_whose_worker_was_killed_and_imports_the_next_upload(
         workers: Callable[[], subprocess.Popen[bytes]], project: Project, alice: Any, login: Any,
-        settings: Any) -> None:
+        settings: Any, tmp_path: Path) -> None:
     settings.IMPORT_STALE_SECONDS = 3
     client = login(alice)
     first = workers()
@@ -140,7 +147,7 @@ def test_it_ends_an_import_whose_worker_was_killed_and_imports_the_next_upload(
         progress = Dataset.objects.get(pk=dataset.pk).progress()
         return progress["phase"] in {DatasetStatus.VALIDATING, DatasetStatus.IMPORTING} and progress["done"] > 0
 
-    wait_until(mid_import, 120, "the import to be under way", every=0.05)
+    wait_until(mid_import, 300, "the import to be under way", every=0.05, logs=tmp_path)
     kill_hard(first)
     dataset.refresh_from_db()
     assert dataset.status in {DatasetStatus.VALIDATING, DatasetStatus.IMPORTING}  # stuck without recovery
@@ -157,8 +164,8 @@ def test_it_ends_an_import_whose_worker_was_killed_and_imports_the_next_upload(
     # A new worker imports the file uploaded again.
     second = workers()
     again = start_upload(client, project, "again.csv", rows_csv(300))
-    wait_until(lambda: Dataset.objects.get(pk=again.pk).status in {DatasetStatus.DONE, DatasetStatus.FAILED}, 120,
-               "the second import")
+    wait_until(lambda: Dataset.objects.get(pk=again.pk).status in {DatasetStatus.DONE, DatasetStatus.FAILED}, 300,
+               "the second import", logs=tmp_path)
     assert second.poll() is None
     again.refresh_from_db()
     assert again.status == DatasetStatus.DONE, again.errors
@@ -179,7 +186,7 @@ def labelled_rows(data_dir: Path, labelled: int) -> bytes:
 
 def test_it_retrains_after_the_worker_was_killed_mid_training(
         workers: Callable[[], subprocess.Popen[bytes]], project: Project, alice: Any, login: Any,
-        settings: Any, data_dir: Path) -> None:
+        settings: Any, data_dir: Path, tmp_path: Path) -> None:
     settings.TRAIN_STALE_SECONDS = 3
     client = login(alice)
     first = workers()
@@ -187,7 +194,7 @@ def test_it_retrains_after_the_worker_was_killed_mid_training(
 
     # The import queues embedding, then a model update; catch that update running and kill its worker.
     running = wait_until(lambda: TrainingRun.objects.filter(project=project, status=RunStatus.RUNNING).first(),
-                         300, "a model update to start", every=0.01)
+                         600, "a model update to start", every=0.01, logs=tmp_path)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     running.refresh_from_db()
@@ -209,8 +216,12 @@ def test_it_retrains_after_the_worker_was_killed_mid_training(
             break
     running.refresh_from_db()
     assert running.status == RunStatus.FAILED and "Interrupted" in running.error
-    wait_until(lambda: ModelVersion.objects.filter(project=project).count() > versions_before, 300,
-               "a model update after the kill")
+    try:
+        wait_until(lambda: ModelVersion.objects.filter(project=project).count() > versions_before, 600,
+                   "a model update after the kill", logs=tmp_path)
+    except AssertionError as exc:
+        runs = list(TrainingRun.objects.filter(project=project).values_list("status", "error"))
+        raise AssertionError(f"{exc}\nruns: {runs}") from None
     assert second.poll() is None
     assert not TrainingRun.objects.filter(project=project, status=RunStatus.RUNNING).exists()
 
