@@ -2,6 +2,7 @@
 the model as soon as it finishes."""
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,15 @@ def test_labels_given_while_embedding_train_the_model_as_soon_as_it_finishes(
     model = ModelVersion.objects.get(project=project)
     assert model.n_labels == 30 and model.encoder == fake_encoder.name
     assert actions.embedding_progress(project) is None
+
+
+def test_the_embed_command_encodes_what_the_current_encoder_lacks(project, fake_encoder):
+    from django.core.management import call_command
+
+    Example.objects.bulk_create(Example(project=project, text=f"text {i}", content_hash=f"h{i}") for i in range(5))
+    out = io.StringIO()
+    call_command("embed", str(project.pk), stdout=out)
+    assert f"Project {project.pk} (Overruling): 5 examples embedded" in out.getvalue()
+    assert sum(c.count for c in EmbeddingChunk.objects.filter(project=project, encoder=fake_encoder.name)) == 5
+    call_command("embed", stdout=io.StringIO())  # nothing left to do
+    assert EmbeddingChunk.objects.filter(project=project).count() == 1
