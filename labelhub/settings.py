@@ -238,8 +238,10 @@ ENCODER_BACKEND = os.environ.get("LABELHUB_ENCODER_BACKEND", "auto")
 # Threads one process encodes with (0: all cores). One per process is fastest on a shared machine:
 # more throughput comes from more worker processes.
 ENCODER_THREADS = int(os.environ.get("LABELHUB_ENCODER_THREADS", "1"))
-# Where the ONNX graphs exported from the encoder's weights are kept (written on first use).
-ONNX_DIR = Path(os.environ.get("LABELHUB_ONNX_DIR", str(DATA_DIR / "cache" / "onnx")))
+# Where the ONNX graphs exported from the encoder's weights are kept (written on first use). In the
+# checkout, not under LABELHUB_DATA_DIR: a graph depends on the weights only, and every deployment,
+# worker and test run on the machine shares it instead of exporting again.
+ONNX_DIR = Path(os.environ.get("LABELHUB_ONNX_DIR", str(BASE_DIR / "var" / "cache" / "onnx")))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

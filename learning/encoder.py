@@ -230,6 +230,7 @@ class Encoder:
         self.max_length = max_length
         self.threads = threads
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self._tokenizer_lock = threading.Lock()
         self.dim = int(json.loads((path / "config.json").read_text())["hidden_size"])
         self.name = encoder_name(path, backend=self.backend, max_length=max_length)
         self.model: Any = None
@@ -305,8 +306,9 @@ class Encoder:
         # Tokenised once, unpadded (one call into the Rust tokenizer for all texts), then batched
         # by token count, longest first: a batch holds texts of nearly the same length, so little
         # compute goes to padding, and an out-of-memory on an accelerator shows on the first batch.
-        encoded = self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length,
-                                 padding=False, return_attention_mask=False)
+        with self._tokenizer_lock:  # a fast tokenizer's Rust state is not shareable between threads
+            encoded = self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length,
+                                     padding=False, return_attention_mask=False)
         rows: list[list[int]] = encoded["input_ids"]
         types: list[list[int]] | None = encoded.get("token_type_ids")
         order = sorted(range(n), key=lambda i: -len(rows[i]))
@@ -335,7 +337,15 @@ def get_encoder(model_path: str | os.PathLike[str] | None = None, *, device: str
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
-            encoder = Encoder(key[0], device=device, backend=resolved, threads=threads, onnx_dir=onnx_dir)
+            try:
+                encoder = Encoder(key[0], device=device, backend=resolved, threads=threads, onnx_dir=onnx_dir)
+            except OSError:
+                if backend != "auto" or resolved != "onnx":
+                    raise
+                # A read-only ONNX folder must not stop predictions: PyTorch gives the same vectors
+                # (same name), only slower.
+                logger.warning("Could not export or load the ONNX encoder; using PyTorch", exc_info=True)
+                encoder = Encoder(key[0], device=device, backend="torch", threads=threads)
             _ENCODERS[key] = encoder
         return encoder
 

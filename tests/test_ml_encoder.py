@@ -96,3 +96,17 @@ def test_auto_runs_pytorch_on_a_gpu_and_onnx_on_cpu() -> None:
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="Unknown encoder backend"):
         resolve_backend("tensorflow")
+
+
+def test_auto_falls_back_to_pytorch_when_the_onnx_folder_cannot_be_written(
+        encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from learning import encoder as module
+
+    def read_only(*args: object) -> None:
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(module, "export_onnx", read_only)
+    fallback = get_encoder(backend="auto", device="cpu", onnx_dir=tmp_path / "ro")
+    assert fallback.backend == "torch" and fallback.name == encoder.name
+    with pytest.raises(PermissionError):
+        Encoder(backend="onnx", onnx_dir=tmp_path / "ro")  # asked for by name: no silent fallback
