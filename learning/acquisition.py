@@ -8,12 +8,13 @@ every uncertainty is the sum (entropy, BALD) or mean (confidence, margin) over l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from learning.bayes import Posterior
+from learning.bayes import PI_OVER_8, Posterior, sigmoid
 
 EPS = 1e-12
 
@@ -122,6 +123,10 @@ class PoolScores:
     scores: np.ndarray  # (N,) float64 acquisition scores, higher = label first
 
 
+# Above this many classes BALD samples only each item's most probable ones (see score_pool).
+BALD_CLASSES = 16
+
+
 def score_pool(
     posterior: Posterior,
     X: np.ndarray,
@@ -134,12 +139,18 @@ def score_pool(
 ) -> PoolScores:
     """Predictive probabilities and acquisition scores for a whole pool, chunk by chunk.
 
-    One set of antithetic weight samples (+d, -d) serves every chunk. Each chunk costs one
-    float32 matrix product [W_mean, d_1..d_S/2]^T @ X_chunk^T: the mirrored half of the samples
-    is mean - deviation, an addition, not another product. Memory stays O(chunk * S * K)
-    however large the pool. Predictive probabilities use the probit formula with each logit's
-    variance estimated from the samples (exact variances would cost K * D^2 per item); BALD is
-    the mutual information under the S sampled logit vectors (``_bald_antithetic``).
+    Each chunk costs one float32 matrix product (``Posterior.pool_moments``: the mean logits
+    and each logit's posterior variance, about K + 64 columns whatever the number of classes),
+    then elementwise work. Predictive probabilities use the probit formula with those
+    variances. BALD is the mutual information under ``n_samples`` antithetic logit samples
+    mu ± sqrt(c var) eps: under the Kronecker-factored posterior an item's logits are
+    independent Gaussians, so these have the distribution weight samples would give, and one
+    set of eps serves every item (common random numbers: differences between items are not
+    sampling noise). With more than ``BALD_CLASSES`` classes, each item's BALD samples its
+    ``BALD_CLASSES`` most probable classes and lumps the others into one class held at its
+    mean (log-sum-exp of their logits): classes with negligible probability carry negligible
+    mutual information, and sampling all 150 would cost 10x more. Memory stays
+    O(chunk * S * min(K, BALD_CLASSES)) however large the pool.
     """
     rng = rng or np.random.default_rng()
     spec = get_strategy(strategy)
@@ -149,40 +160,67 @@ def score_pool(
     proba = np.empty((n, k), dtype=np.float32)
     scores = np.empty(n, dtype=np.float64)
     half = max(1, n_samples // 2)
-    deviations = posterior.weight_samples(2 * half, rng)[:half]
-    # Class-major columns (k, sample): the product below then comes out as (K, S/2 + 1, B), so
-    # every reduction over classes is an elementwise operation between contiguous slabs instead
-    # of a reduction along a short last axis, which numpy does several times slower.
-    by_class = posterior.raw_sample_weights(deviations).reshape(-1, half + 1, k).transpose(0, 2, 1)
-    weights = by_class.reshape(-1, (half + 1) * k)
-    linear_t = np.ascontiguousarray(weights[:-1].T)
-    bias = weights[-1][:, None]
-    inv_t = np.float32(1.0 / posterior.temperature)
-    inv_c = np.float32(1.0 / posterior.variance_scale)
     is_bald = spec.name.startswith("bald")
+    moments = posterior.pool_moments()
+    top = k if posterior.multi_label or k <= BALD_CLASSES else BALD_CLASSES
+    eps = rng.standard_normal((top, half, 1)).astype(np.float32) if is_bald else None
+    inv_t = np.float32(1.0 / posterior.temperature)
+    sd_scale = np.float32(math.sqrt(posterior.variance_scale) / posterior.temperature)
     for start in range(0, n, chunk_size):
-        chunk = np.asarray(X[start : start + chunk_size], dtype=np.float32)
-        F = linear_t @ chunk.T
-        F += bias
-        F = F.reshape(k, half + 1, len(chunk))
-        mean = F[:, 0, :]
-        dev = F[:, 1:, :]
-        dev -= mean[:, None, :]
-        # Samples already carry the variance scale c; proba_from_moments applies it itself.
-        var = np.einsum("ksb,ksb->kb", dev, dev) * (inv_c / np.float32(half))
-        p = posterior.proba_from_moments(mean.T, var.T)
+        chunk = X[start : start + chunk_size]
+        mean, var = moments(chunk)  # (K, B) each
+        p = _proba_class_major(posterior, mean, var)
         stop = start + len(chunk)
-        proba[start:stop] = p
+        proba[start:stop] = p.T
         if is_bald:
-            mean *= inv_t
-            dev *= inv_t
-            scores[start:stop] = _bald_antithetic(mean, dev, multi_label=posterior.multi_label)
+            assert eps is not None
+            scores[start:stop] = _bald_of_moments(mean, var, p, proba[start:stop], eps, inv_t, sd_scale, top,
+                                                  multi_label=posterior.multi_label)
         else:
-            scores[start:stop] = spec.score(p, None, rng, posterior.multi_label)
+            scores[start:stop] = spec.score(proba[start:stop], None, rng, posterior.multi_label)
     if spec.density:
         # `density` may come precomputed (the app caches it per project); it depends only on X.
         scores *= information_density(X, rng=rng) if density is None else density
     return PoolScores(proba=proba, scores=scores)
+
+
+def _proba_class_major(posterior: Posterior, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``Posterior.proba_from_moments`` on class-major (K, B) float32 moments: every reduction over
+    classes is then an elementwise operation between contiguous rows."""
+    s = var * np.float32(PI_OVER_8 * posterior.variance_scale)
+    s += np.float32(posterior.temperature**2)
+    np.sqrt(s, out=s)
+    z = mean / s
+    if posterior.multi_label:
+        return sigmoid(z).astype(np.float32)
+    z -= z.max(axis=0)
+    np.exp(z, out=z)
+    z /= z.sum(axis=0)
+    return z
+
+
+def _bald_of_moments(mean: np.ndarray, var: np.ndarray, proba: np.ndarray, rows: np.ndarray, eps: np.ndarray,
+                     inv_t: np.float32, sd_scale: np.float32, top: int, *, multi_label: bool) -> np.ndarray:
+    """BALD (B,) from class-major logit moments and predictive probabilities (K, B) (``rows``: the
+    same probabilities item-major, (B, K)) and antithetic normal draws eps (top, S/2, 1)."""
+    k, b = mean.shape
+    if top < k:
+        # Each item's `top` most probable classes, plus one class standing for the rest, held at
+        # a logit that gives it, against the kept classes' mean logits, its predictive share.
+        idx = np.argpartition(-rows, top - 1, axis=1)[:, :top].T  # (top, B); contiguous rows select faster
+        cols = np.arange(b)
+        kept = mean[idx, cols] * inv_t
+        kept_sd = np.sqrt(var[idx, cols]) * sd_scale
+        kept_mass = np.clip(proba[idx, cols].sum(axis=0), 1e-30, 1.0)
+        rest_mass = np.clip(1.0 - kept_mass, 1e-30, None)
+        peak = kept.max(axis=0)
+        lumped = np.log(np.exp(kept - peak).sum(axis=0)) + peak + np.log(rest_mass / kept_mass)
+        centre = np.concatenate([kept, lumped[None]], axis=0)
+        dev = np.concatenate([kept_sd[:, None, :] * eps, np.zeros((1, eps.shape[1], b), np.float32)], axis=0)
+    else:
+        centre = mean * inv_t
+        dev = (np.sqrt(var) * sd_scale)[:, None, :] * eps
+    return _bald_antithetic(centre.astype(np.float32), dev.astype(np.float32), multi_label=multi_label)
 
 
 DENSITY_NEIGHBOURS = 20

@@ -1,4 +1,4 @@
-"""Bayesian last layer on frozen sentence embeddings (Laplace approximation).
+"""Bayesian last layer on frozen sentence embeddings (Kronecker-factored Laplace approximation).
 
 Plain module (numpy/scipy only, no Django) so it can be tested and benchmarked alone.
 
@@ -11,45 +11,67 @@ the bias feature has the same scale as the others).
 
 Posterior
 ---------
-The MAP is found with L-BFGS. The Gaussian posterior uses the generalised Gauss-Newton
-Hessian at the MAP, kept block-diagonal over outputs: class k's block is
-X^T diag(p_k (1 - p_k)) X + lambda I. For the multi-label sigmoid model this is the exact GGN;
-for softmax it drops the cross-class blocks, which turns the cost from K^2 N D^2 into
-K N D^2 and still keeps the part BALD needs (how much data constrains each direction of each
-class's weight vector). Each block is stored as its Cholesky factor.
+The MAP is found with L-BFGS. The Gaussian posterior approximates output k's generalised
+Gauss-Newton block X^T diag(h_k) X (h_k = p_k (1 - p_k)) by g_k A: one (D+1) x (D+1) input factor
+A shared by every output and one scalar g_k per output (a Kronecker factorisation, as in KFAC
+Laplace, with a diagonal output factor). A = X^T diag(w) X weights each example by its
+curvature summed over outputs (w_n = sum_k g0_k h_nk / |g0|^2 with g0_k = tr of block k, one
+step of the nearest-Kronecker-product alternation), then g_k = tr(block k) / tr(A), so each
+output keeps its total curvature. A is eigen-decomposed once, A = U diag(a) U^T, and every
+output's precision g_k A + lambda I shares that basis: its eigenvalues are a_i g_k + lambda.
+The cost of a posterior is one N D^2 product and one D^3 eigen-decomposition, whatever the
+number of outputs K: the block-diagonal Laplace it replaces needed K of each, which made a
+64-label project's update take seconds.
+
+Exact where it matters for checking it: with one output (one sigmoid) or two softmax classes
+(h_1 = h_2) the blocks are proportional to A and the factorisation is the per-output GGN the
+previous model used, so binary projects get the same posterior and prior precision as before.
+With K > 2 outputs it keeps what BALD needs (how much data constrain each direction of each
+output's weights, through a_i g_k) but not which examples constrained which output.
+
+Predictive logit variance of x: var_k = sum_i z_i^2 / (a_i g_k + lambda) with z = U^T [x, 1]:
+one (N, D+1) projection and one (N, D+1) x (D+1, K) product. ``pool_moments`` keeps only the
+``rank`` directions with the most curvature exactly and averages the rest (which the prior
+dominates), so a 100k pool costs about one extra product of ``rank`` columns. Weight samples
+are U (eps * (a g + lambda)^-1/2), one (D+1) x (D+1) product per sample.
+
+A full K x K output factor (cross-class curvature) was not taken: softmax is invariant to
+adding a constant to every logit, so that factor is singular along the all-ones direction,
+which changes the prior precision the evidence finds (it counts K - 1 outputs, not K) and
+would have moved every label-efficiency figure for reasons unrelated to the update's cost.
 
 Prior precision
 ---------------
 Chosen with MacKay's evidence fixed point lambda <- gamma / |w_MAP|^2,
-gamma = sum_i e_i / (e_i + lambda), e_i the eigenvalues of the data Hessian at the first MAP
-(lambda = 1), at most ``max_evidence_iterations`` steps. Nothing dataset-specific: the data
-decide. Known limits, kept on purpose because the label-efficiency figures rest on them: with
-the eigenvalues frozen the iteration oscillates and often stops on its step budget, and its
-answer is not the maximum of the Laplace evidence this module reports (``log_evidence``).
-Maximising that directly was tried and rejected: on small binary sets its maximum lies far
-higher (sms_spam, 200 labels: lambda 3,000, test accuracy 0.84 instead of 0.96). Why was not
-pinned down; the block-diagonal softmax GGN, which also counts the redundant second class, is
-the first suspect. ``fit(..., prior_precision=p)`` fixes lambda; ``init_prior_precision``
-starts the search there.
+gamma = sum_ik e_ik / (e_ik + lambda), e_ik = a_i g_k the eigenvalues of the (factored) data
+Hessian at the first MAP (lambda = 1), at most ``max_evidence_iterations`` steps. Nothing
+dataset-specific: the data decide. Known limits, kept on purpose because the label-efficiency
+figures rest on them: with the eigenvalues frozen the iteration oscillates and often stops on
+its step budget, and its answer is not the maximum of the Laplace evidence this module reports
+(``log_evidence``, whose log-determinant is sum_ik log(a_i g_k + lambda)). Maximising that
+directly was tried and rejected: on small binary sets its maximum lies far higher (sms_spam,
+200 labels: lambda 3,000, test accuracy 0.84 instead of 0.96). ``fit(..., prior_precision=p)``
+fixes lambda; ``init_prior_precision`` starts the search there.
 
 Warm refits
 -----------
 The app refits after every few labels. ``fit(..., warm_start=previous_posterior)`` starts the
-MAP at the previous mean, preconditions L-BFGS with the previous precision factors and keeps
+MAP at the previous mean, preconditions L-BFGS with the previous posterior's factors
+(w = U diag((a g + lambda)^-1/2) v per output: two (D+1) x (D+1) x K products per step) and keeps
 the previous prior precision until the label count has grown or shrunk by half since it was
 searched for (``SEARCH_GROWTH``); then it runs the cold search, from the cold start, so the
 two agree. The posterior equals a cold fit's within the optimiser's tolerance whenever lambda
-is the same (tests/test_ml_bayes.py), and a refit costs about one Hessian (K N D^2, float32)
-plus a few L-BFGS steps.
+is the same (tests/test_ml_bayes.py).
 
 Predictive
 ----------
 ``predict_proba`` integrates over the posterior with the probit / mean-field approximation
-p = softmax(mu / sqrt(1 + pi/8 * var)) using each logit's exact posterior variance.
+p = softmax(mu / sqrt(1 + pi/8 * var)) using each logit's posterior variance.
 ``sample_logits`` draws antithetic posterior weight samples and pushes the whole batch of
-samples through one matrix product; ``learning.acquisition.score_pool`` pushes only the
-mean and one half of each antithetic pair (the other half is mean - deviation), which is how a
-100k pool is scored in a few hundred milliseconds.
+samples through one matrix product. ``learning.acquisition.score_pool`` samples logits instead:
+under this posterior an item's logits are independent Gaussians N(mu_k, var_k), so sampling
+them directly has the same distribution per item as sampling weights, at the cost of the
+moments (about two products) instead of one product per sample.
 """
 
 from __future__ import annotations
@@ -66,7 +88,10 @@ import scipy.optimize
 PI_OVER_8 = math.pi / 8.0
 MIN_PRIOR_PRECISION = 1e-4
 MAX_PRIOR_PRECISION = 1e4
-FORMAT_VERSION = 1
+# 2: Kronecker factors (in_basis, in_eig, out_eig) instead of per-output Cholesky factors.
+FORMAT_VERSION = 2
+# Input directions kept exact by ``Posterior.pool_moments`` (the rest share one average variance).
+POOL_RANK = 64
 
 
 class ModelFitError(ValueError):
@@ -112,10 +137,16 @@ def log_sigmoid(F: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Posterior:
-    """Gaussian posterior over last-layer weights: mean (D+1, K) and per-output precision factors."""
+    """Gaussian posterior over last-layer weights: mean (D+1, K) and Kronecker precision factors.
+
+    Output k's precision is g_k A + lambda I with A = U diag(a) U^T: ``in_basis`` U, ``in_eig`` a,
+    ``out_eig`` g.
+    """
 
     mean: np.ndarray  # (D+1, K) in standardised coordinates; last row is the bias
-    chol: np.ndarray  # (K, D+1, D+1): lower Cholesky factors of each output's precision
+    in_basis: np.ndarray  # (D+1, D+1) orthonormal eigenvectors of the input factor A, by column
+    in_eig: np.ndarray  # (D+1,) eigenvalues of A, >= 0
+    out_eig: np.ndarray  # (K,) output factors g_k, >= 0
     prior_precision: float
     shift: np.ndarray  # (D,) feature centre the weights are expressed around
     scale: float  # one scalar, so the isotropic prior stays isotropic
@@ -125,7 +156,6 @@ class Posterior:
     log_evidence: float = float("nan")
     n_train: int = 0
     info: dict[str, float | int | str] = field(default_factory=dict)
-    _inverse_factors: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_classes(self) -> int:
@@ -134,6 +164,10 @@ class Posterior:
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0] - 1)
+
+    def precision_eigenvalues(self) -> np.ndarray:
+        """(D+1, K): a_i g_k + lambda, the precision of output k along input direction i."""
+        return np.outer(self.in_eig, self.out_eig) + self.prior_precision
 
     def design(self, X: np.ndarray) -> np.ndarray:
         """Standardised features with the bias column, float64 (N, D+1)."""
@@ -156,36 +190,24 @@ class Posterior:
         bias = raw[-1:] + np.asarray(shift, dtype=np.float64) @ raw[:-1]
         return np.concatenate([linear, bias], axis=0)
 
-    def inverse_factors(self) -> np.ndarray:
-        """L_k^-1 for every output, (K, D+1, D+1), computed once per object.
-
-        The preconditioner of refits warm-started from this posterior; cross-validation runs
-        five of them from the same one.
-        """
-        if self._inverse_factors is None:
-            inverses = np.empty_like(self.chol)
-            for k, L in enumerate(self.chol):
-                inverses[k], info = scipy.linalg.lapack.dtrtri(L, lower=1)
-                if info != 0:
-                    raise ModelFitError("posterior precision factor is singular")
-            self._inverse_factors = inverses
-        return self._inverse_factors
-
     # ---- predictive -------------------------------------------------------------------
     def logit_mean_var(self, X: np.ndarray, *, chunk_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and exact variance of every logit, each (N, K)."""
+        """Posterior mean and variance of every logit, each (N, K)."""
         X = np.asarray(X)
         n = X.shape[0]
         mu = np.empty((n, self.n_classes))
         var = np.empty((n, self.n_classes))
+        inverse = 1.0 / self.precision_eigenvalues()
         for start in range(0, n, chunk_size):
             Xb = self.design(X[start : start + chunk_size])
             mu[start : start + len(Xb)] = Xb @ self.mean
-            for k in range(self.n_classes):
-                # x^T H_k^-1 x = |L_k^-1 x|^2 with H_k = L_k L_k^T.
-                Z = scipy.linalg.solve_triangular(self.chol[k], Xb.T, lower=True, check_finite=False)
-                var[start : start + len(Xb), k] = np.einsum("ij,ij->j", Z, Z)
+            Z = Xb @ self.in_basis
+            var[start : start + len(Xb)] = (Z * Z) @ inverse
         return mu, var
+
+    def pool_moments(self, *, rank: int = POOL_RANK) -> PoolMoments:
+        """Logit means and variances of raw embeddings for a whole pool, see ``PoolMoments``."""
+        return PoolMoments(self, rank)
 
     def proba_from_moments(self, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Probit (mean-field) approximation of E[softmax(f / T)] under f ~ N(mu, c * var).
@@ -216,15 +238,12 @@ class Posterior:
         touches the spread, never the centre of the predictive.
         """
         half = max(1, (n_samples + 1) // 2)
-        d1 = self.dim + 1
-        dev = np.empty((half, d1, self.n_classes))
-        for k in range(self.n_classes):
-            eps = rng.standard_normal((d1, half))
-            # H = L L^T, so L^-T eps ~ N(0, H^-1).
-            dev[:, :, k] = scipy.linalg.solve_triangular(self.chol[k], eps, lower=True, trans="T", check_finite=False).T
+        eps = rng.standard_normal((half, self.dim + 1, self.n_classes))
+        eps /= np.sqrt(self.precision_eigenvalues())
+        # Precision g_k A + lambda I = U diag(a g_k + lambda) U^T, so U (eps / sqrt(.)) ~ N(0, its inverse).
+        dev = np.matmul(self.in_basis, eps)
         dev *= math.sqrt(self.variance_scale)
-        both = np.concatenate([dev, -dev], axis=0)[:n_samples]
-        return both
+        return np.concatenate([dev, -dev], axis=0)[:n_samples]
 
     def raw_sample_weights(self, deviations: np.ndarray) -> np.ndarray:
         """float32 (D+1, (S+1)*K) weights [mean, mean+dev_1, ...] acting on raw embeddings."""
@@ -260,11 +279,7 @@ class Posterior:
 
     def covariance_trace(self) -> float:
         """Total posterior variance of the weights (shrinks as data accumulates)."""
-        total = 0.0
-        for k in range(self.n_classes):
-            Linv = scipy.linalg.solve_triangular(self.chol[k], np.eye(self.dim + 1), lower=True)
-            total += float(np.sum(Linv * Linv))
-        return total
+        return float(np.sum(1.0 / self.precision_eigenvalues()))
 
     # ---- storage ----------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -282,7 +297,9 @@ class Posterior:
         np.savez_compressed(
             buffer,
             mean=self.mean,
-            chol=self.chol.astype(np.float32),
+            in_basis=self.in_basis,
+            in_eig=self.in_eig,
+            out_eig=self.out_eig,
             shift=self.shift,
             scale=np.array(self.scale),
             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
@@ -291,13 +308,22 @@ class Posterior:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Posterior:
+        """Load an artifact; a format-1 one (per-output Cholesky factors) is converted on the way."""
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             meta = json.loads(arrays["meta"].tobytes().decode())
-            if meta.get("format") != FORMAT_VERSION:
-                raise ValueError(f"unsupported posterior format {meta.get('format')!r}")
+            version = meta.get("format")
+            if version == 1:
+                factors = _factors_from_cholesky(arrays["chol"].astype(np.float64), float(meta["prior_precision"]))
+            elif version == FORMAT_VERSION:
+                factors = (arrays["in_basis"].astype(np.float64), arrays["in_eig"].astype(np.float64),
+                           arrays["out_eig"].astype(np.float64))
+            else:
+                raise ValueError(f"unsupported posterior format {version!r}")
             return cls(
                 mean=arrays["mean"].astype(np.float64),
-                chol=arrays["chol"].astype(np.float64),
+                in_basis=factors[0],
+                in_eig=factors[1],
+                out_eig=factors[2],
                 shift=arrays["shift"].astype(np.float64),
                 scale=float(arrays["scale"]),
                 prior_precision=float(meta["prior_precision"]),
@@ -310,12 +336,78 @@ class Posterior:
             )
 
 
+def _factors_from_cholesky(chol: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kronecker factors (U, a, g) closest to format-1 per-output precisions L_k L_k^T.
+
+    The same construction ``fit`` uses, on the data blocks H_k = L_k L_k^T - lambda I: A = sum_k
+    g0_k H_k / |g0|^2 with g0_k = tr H_k, then g_k = tr H_k / tr A. Lets a model version stored
+    before the factorisation keep serving and warm-start the next fit.
+    """
+    blocks = np.matmul(chol, chol.transpose(0, 2, 1))
+    diagonal = np.arange(blocks.shape[1])
+    blocks[:, diagonal, diagonal] -= lam
+    traces = np.clip(np.trace(blocks, axis1=1, axis2=2), 0.0, None)
+    weight = traces / max(float(traces @ traces), 1e-300)
+    A = np.einsum("k,kij->ij", weight, blocks)
+    a, U = np.linalg.eigh(A)
+    a = np.clip(a, 0.0, None)
+    return U, a, traces / max(float(a.sum()), 1e-300)
+
+
+class PoolMoments:
+    """Logit means and variances of raw embeddings, for scoring a whole pool chunk by chunk.
+
+    One float32 product per chunk against [W (K columns) | U_r (``rank`` columns) | shift] gives
+    the mean logits, the coordinates along the ``rank`` input directions with the most
+    curvature, and what the squared norm of the standardised item needs. Variance along those
+    directions is exact; along the others each output gets the mean of its inverse precisions
+    there times the item's remaining squared norm (those directions have the least curvature,
+    so the prior dominates them and their inverse precisions are nearly equal). With
+    ``rank`` >= D+1 this is ``logit_mean_var`` exactly.
+    """
+
+    def __init__(self, posterior: Posterior, rank: int) -> None:
+        self.k = posterior.n_classes
+        d1 = posterior.dim + 1
+        order = np.argsort(-posterior.in_eig, kind="stable")
+        kept = order[: min(rank, d1)]
+        rest = order[min(rank, d1) :]
+        inverse = 1.0 / posterior.precision_eigenvalues()
+        self.rank = len(kept)
+        self.inverse_kept = np.ascontiguousarray(inverse[kept], dtype=np.float32)  # (r, K)
+        self.inverse_rest = (inverse[rest].mean(axis=0) if len(rest) else np.zeros(self.k)).astype(np.float32)
+        standardised = np.concatenate([posterior.mean, posterior.in_basis[:, kept]], axis=1)
+        raw = posterior.raw_weights(standardised)  # (D+1, K + r) acting on raw embeddings
+        shift = posterior.shift.astype(np.float64)
+        linear = np.concatenate([raw[:-1], shift[:, None]], axis=1)
+        self.linear_t = np.ascontiguousarray(linear.T, dtype=np.float32)  # (K + r + 1, D)
+        self.bias = np.concatenate([raw[-1], [0.0]]).astype(np.float32)[:, None]
+        self.shift_norm2 = float(shift @ shift)
+        self.inv_scale2 = 1.0 / posterior.scale**2
+
+    def __call__(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (K, B), variance (K, B)) float32, class-major, for raw embeddings ``chunk`` (B, D)."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        F = self.linear_t @ chunk.T
+        F += self.bias
+        k, r = self.k, self.rank
+        mean = F[:k]
+        Z = F[k : k + r]
+        Z *= Z
+        # |[(x - shift) / scale, 1]|^2, from |x|^2 and x . shift (the product's last row).
+        norm2 = (np.einsum("bd,bd->b", chunk, chunk) - 2.0 * F[-1] + self.shift_norm2) * self.inv_scale2 + 1.0
+        rest = np.maximum(norm2 - Z.sum(axis=0), 0.0).astype(np.float32)
+        var = self.inverse_kept.T @ Z
+        var += self.inverse_rest[:, None] * rest[None, :]
+        return mean, var
+
+
 # ---- fitting ------------------------------------------------------------------------------
 # 10% in lambda changes predictions far less than calibration later corrects.
 EVIDENCE_TOLERANCE = 0.1
 # A warm refit keeps the previous prior precision until the label count has grown (or shrunk)
 # by half since it was searched for: lambda moves slowly with N, and a search costs several
-# MAPs, K eigen-decompositions and a second Hessian.
+# MAPs and a second curvature (N D^2 plus a D^3 eigen-decomposition).
 SEARCH_GROWTH = 1.5
 # Label-count ratio (new / previous) within which a warm start also reuses the previous
 # precision factors as the L-BFGS preconditioner; outside it only the previous mean is reused.
@@ -325,13 +417,14 @@ PRECONDITION_RANGE = (0.75, 1.5)
 class _Objective:
     """Negative log joint (likelihood + Gaussian prior) and gradient, in preconditioned coordinates.
 
-    Output k's weights are w_k = L_k^-T v_k, where L_k L_k^T approximates that output's
-    posterior precision. A cold fit shares L = chol(X^T X / 4 + lambda I) across outputs:
-    since p(1-p) <= 1/4 the preconditioned Hessian has eigenvalues in (0, 1], so L-BFGS
-    converges in tens of iterations instead of hundreds. A warm refit uses the previous model's
-    own factors, the GGN precision at a nearby MAP, which makes the preconditioned Hessian
-    close to the identity, so a refit after a few new labels takes a handful of steps. The
-    optimum is the same either way; the preconditioner only changes how fast L-BFGS gets there.
+    Weights are W = T(V), where T^-T T^-1 approximates the posterior precision. A cold fit
+    shares w_k = L^-T v_k with L = chol(X^T X / 4 + lambda I) across outputs: since p(1-p) <= 1/4
+    the preconditioned Hessian has eigenvalues in (0, 1], so L-BFGS converges in tens of
+    iterations instead of hundreds. A warm refit uses the previous model's own Kronecker
+    factors, w_k = U diag((a g_k + lambda)^-1/2) v_k, the GGN precision at a nearby MAP, which
+    makes the preconditioned Hessian close to the identity, so a refit after a few new labels
+    takes a handful of steps. The optimum is the same either way; the preconditioner only
+    changes how fast L-BFGS gets there.
     """
 
     def __init__(self, Xb: np.ndarray, targets: np.ndarray, multi_label: bool, warm: Posterior | None = None) -> None:
@@ -341,17 +434,17 @@ class _Objective:
         self.n = Xb.shape[0]
         self.shape = (Xb.shape[1], targets.shape[1])
         self.gram: np.ndarray | None = None
-        self.inverses: np.ndarray | None = None
+        self.factor: np.ndarray | None = None  # cold: the shared Cholesky factor L
+        self.basis: np.ndarray | None = None  # warm: U and the per-(direction, output) scales
+        self.scales: np.ndarray | None = None
         if warm is None:
             # float32 is plenty for a preconditioner and halves the N D^2 product.
             X32 = Xb.astype(np.float32)
             self.gram = (X32.T @ X32).astype(np.float64)
-            self.factors: np.ndarray = np.eye(Xb.shape[1])[None]  # (1, D+1, D+1): shared by every output
+            self.factor = np.eye(Xb.shape[1])
         else:
-            # Per output, applied as products with the inverse factors (computed once per warm
-            # posterior): one batched matmul per evaluation instead of 2 K triangular solves.
-            self.factors = warm.chol
-            self.inverses = warm.inverse_factors()
+            self.basis = warm.in_basis
+            self.scales = 1.0 / np.sqrt(warm.precision_eigenvalues())
         self.prior_precision = 1.0
 
     def set_prior_precision(self, lam: float) -> None:
@@ -359,22 +452,25 @@ class _Objective:
         if self.gram is not None:
             A = self.gram / 4.0
             A[np.diag_indices_from(A)] += lam
-            self.factors = np.linalg.cholesky(A)[None]
-
-    def _solve(self, B: np.ndarray, *, trans: str) -> np.ndarray:
-        """L_k^-T b_k (trans="T": coordinates to weights) or L_k^-1 b_k (trans="N": gradients)."""
-        if self.inverses is None:
-            return scipy.linalg.solve_triangular(self.factors[0], B, lower=True, trans=trans, check_finite=False)
-        M = self.inverses.transpose(0, 2, 1) if trans == "T" else self.inverses
-        return np.matmul(M, B.T[:, :, None])[:, :, 0].T
+            self.factor = np.linalg.cholesky(A)
 
     def to_weights(self, V: np.ndarray) -> np.ndarray:
-        return self._solve(V, trans="T")
+        if self.basis is None:
+            return scipy.linalg.solve_triangular(self.factor, V, lower=True, trans="T", check_finite=False)
+        return self.basis @ (V * self.scales)
+
+    def _gradient_coords(self, G: np.ndarray) -> np.ndarray:
+        """The gradient in V from the gradient in W: T^T G."""
+        if self.basis is None:
+            return scipy.linalg.solve_triangular(self.factor, G, lower=True, trans="N", check_finite=False)
+        return (self.basis.T @ G) * self.scales
 
     def to_coords(self, W: np.ndarray) -> np.ndarray:
-        if len(self.factors) == 1:
-            return self.factors[0].T @ W
-        return np.einsum("kji,jk->ik", self.factors, W)
+        if self.basis is None:
+            assert self.factor is not None
+            return self.factor.T @ W
+        assert self.scales is not None
+        return (self.basis.T @ W) / self.scales
 
     def nll_and_probs(self, W: np.ndarray) -> tuple[float, np.ndarray]:
         return self._nll(self.Xb @ W)
@@ -392,7 +488,7 @@ class _Objective:
         lam = self.prior_precision
         value = (nll + 0.5 * lam * float(np.sum(W * W))) / self.n
         grad = self.Xb.T @ (P - self.targets) + lam * W
-        return value, self._solve(grad, trans="N").ravel() / self.n
+        return value, self._gradient_coords(grad).ravel() / self.n
 
 
 def _map(objective: _Objective, W0: np.ndarray) -> tuple[np.ndarray, int]:
@@ -410,41 +506,37 @@ def _map(objective: _Objective, W0: np.ndarray) -> tuple[np.ndarray, int]:
     return W, int(result.nit)
 
 
-def _data_hessian_blocks(Xb: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """Per-output GGN blocks X^T diag(p_k (1 - p_k)) X, shape (K, D+1, D+1)."""
-    root = np.sqrt(P * (1.0 - P)).astype(np.float32)
-    # float32 and a symmetric rank-N update (half the flops of a general product): this is the
-    # dominant cost of a refit (K N D^2) and the Hessian needs no more precision than the
-    # embeddings have. Fortran order, because BLAS would otherwise get a transposed copy of
-    # the N x D operand for every output.
-    X32 = np.asfortranarray(Xb, dtype=np.float32)
-    scaled = np.empty_like(X32)
-    blocks = np.empty((P.shape[1], Xb.shape[1], Xb.shape[1]))
-    for k in range(P.shape[1]):
-        np.multiply(X32, root[:, k : k + 1], out=scaled)
-        S = scipy.linalg.blas.ssyrk(1.0, scaled, trans=1, lower=1)  # lower triangle, upper left 0
-        blocks[k] = S
-        blocks[k] += np.tril(S, -1).T
-    return blocks
+def _kronecker_factors(Xb: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U, a, g): the input factor's eigenvectors and eigenvalues and the output factors.
 
-
-def _precision_factors(blocks: np.ndarray, lam: float) -> np.ndarray:
-    """Lower Cholesky factors of each output's posterior precision, data blocks + lambda I.
-
-    Adds lambda to ``blocks`` in place (callers hand over a fresh array).
+    Output k's GGN block H_k = X^T diag(h_k) X, h_k = p_k (1 - p_k) (the diagonal of the softmax
+    Hessian, or each sigmoid's own), is approximated by g_k A. A = X^T diag(w) X with
+    w_n = sum_k g0_k h_nk / |g0|^2 and g0_k = tr H_k is one step of the alternating least-squares
+    fit of sum_k |H_k - g_k A|_F^2 from A = I; g_k = tr H_k / tr A keeps each output's total
+    curvature. Cost: one N D^2 product and one D^3 eigen-decomposition, whatever K is.
     """
-    diagonal = np.arange(blocks.shape[1])
-    blocks[:, diagonal, diagonal] += lam
-    try:
-        chol = np.linalg.cholesky(blocks)
-    except np.linalg.LinAlgError as exc:
-        raise ModelFitError(f"posterior precision is not positive definite: {exc}") from exc
-    return chol
+    h = P * (1.0 - P)
+    norms = np.einsum("nd,nd->n", Xb, Xb)
+    traces = norms @ h  # (K,) tr H_k = sum_n h_nk |x_n|^2
+    denominator = float(traces @ traces)
+    if denominator <= 0.0:
+        # Every probability is 0 or 1 (to double precision): no curvature anywhere.
+        d1 = Xb.shape[1]
+        return np.eye(d1), np.zeros(d1), np.zeros(P.shape[1])
+    weight = (h @ traces) / denominator  # (N,)
+    # float32 and a symmetric rank-N update (half the flops of a general product). Fortran
+    # order, so BLAS does not copy the transposed N x D operand.
+    scaled = np.asfortranarray(Xb * np.sqrt(weight)[:, None], dtype=np.float32)
+    S = scipy.linalg.blas.ssyrk(1.0, scaled, trans=1, lower=1).astype(np.float64)  # lower triangle
+    A = S + np.tril(S, -1).T
+    a, U = np.linalg.eigh(A)
+    a = np.clip(a, 0.0, None)
+    return U, a, traces / max(float(np.dot(weight, norms)), 1e-300)
 
 
-def _log_evidence(nll: float, W: np.ndarray, chol: np.ndarray, lam: float) -> float:
-    # log det(H) from the Cholesky factors the posterior needs anyway: no eigen-decomposition.
-    logdet = 2.0 * float(np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2))))
+def _log_evidence(nll: float, W: np.ndarray, a: np.ndarray, g: np.ndarray, lam: float) -> float:
+    # log det of the precision: a sum over the (direction, output) eigenvalue pairs.
+    logdet = float(np.sum(np.log(np.outer(a, g) + lam)))
     return float(-nll - 0.5 * lam * np.sum(W * W) + 0.5 * W.size * math.log(lam) - 0.5 * logdet)
 
 
@@ -456,7 +548,9 @@ def _searched_at(posterior: Posterior) -> int:
 def _compatible(warm: Posterior | None, dim: int, n_outputs: int, multi_label: bool) -> Posterior | None:
     if warm is None or warm.dim != dim or warm.n_classes != n_outputs or warm.multi_label != multi_label:
         return None
-    if warm.chol.shape != (n_outputs, dim + 1, dim + 1) or not np.isfinite(warm.chol).all():
+    if warm.in_basis.shape != (dim + 1, dim + 1) or warm.out_eig.shape != (n_outputs,):
+        return None
+    if not (np.isfinite(warm.in_basis).all() and np.isfinite(warm.in_eig).all() and np.isfinite(warm.out_eig).all()):
         return None
     if not (np.isfinite(warm.prior_precision) and warm.prior_precision > 0):
         return None
@@ -521,9 +615,10 @@ def _fit(
     if search and max_evidence_iterations > 0:
         # Eigenvalues of the data Hessian at the first MAP; later steps reuse them, which
         # costs little accuracy (the fixed point moves lambda, the curvature moves less)
-        # and saves a K N D^2 Gram plus eigen-decompositions per step.
+        # and saves an N D^2 product and an eigen-decomposition per step.
         _, P = objective.nll_and_probs(W)
-        eigs = np.clip(np.concatenate([np.linalg.eigvalsh(b) for b in _data_hessian_blocks(Xb, P)]), 0.0, None)
+        _, a, g = _kronecker_factors(Xb, P)
+        eigs = np.outer(a, g).ravel()
         for _ in range(max_evidence_iterations):
             gamma = float(np.sum(eigs / (eigs + lam)))
             new_lam = float(np.clip(gamma / max(float(np.sum(W * W)), 1e-12), MIN_PRIOR_PRECISION, MAX_PRIOR_PRECISION))
@@ -536,17 +631,19 @@ def _fit(
             if converged:
                 break
     nll, P = objective.nll_and_probs(W)
-    chol = _precision_factors(_data_hessian_blocks(Xb, P), lam)
-    if not np.isfinite(chol).all() or not np.isfinite(W).all():
+    U, a, g = _kronecker_factors(Xb, P)
+    if not (np.isfinite(U).all() and np.isfinite(a).all() and np.isfinite(g).all() and np.isfinite(W).all()):
         raise ModelFitError("fit produced non-finite values")
     return Posterior(
         mean=W,
-        chol=chol,
+        in_basis=U,
+        in_eig=a,
+        out_eig=g,
         prior_precision=lam,
         shift=shift,
         scale=scale,
         multi_label=multi_label,
-        log_evidence=_log_evidence(nll, W, chol, lam),
+        log_evidence=_log_evidence(nll, W, a, g, lam),
         n_train=n,
         info={"evidence_iterations": maps, "evidence_n": searched_at, "lbfgs_iterations": steps,
               "warm_start": int(warm is not None)},

@@ -238,3 +238,37 @@ def test_density_weighted_bald_is_bald_times_density():
     given_density = acquisition.score_pool(posterior, pool, strategy="bald_density_diversity",
                                            rng=np.random.default_rng(5), density=np.ones(80))
     np.testing.assert_allclose(given_density.scores, plain.scores, rtol=1e-6, atol=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(17, 60))
+def test_it_keeps_bald_of_many_classes_between_zero_and_entropy(seed: int, k: int) -> None:
+    # More classes than BALD samples: each item's most probable ones plus a lumped rest.
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((400, 12)).astype(np.float32)
+    y = rng.integers(0, k, 400)
+    y[:k] = np.arange(k)
+    post = bayes.fit(X, y, n_classes=k)
+    pool = (rng.standard_normal((200, 12)) * rng.uniform(0.5, 5)).astype(np.float32)
+    scored = acquisition.score_pool(post, pool, strategy="bald", rng=rng, chunk_size=61)
+    assert np.all(np.isfinite(scored.scores)) and np.all(scored.scores >= 0)
+    assert np.all(scored.scores <= acquisition.entropy(scored.proba) + 0.05)
+    assert np.abs(post.predict_proba(pool) - scored.proba).max() < 1e-3
+
+
+def test_it_scores_bald_like_the_weight_samples_it_stands_for() -> None:
+    # Logit samples stand in for weight samples: same BALD up to Monte Carlo noise.
+    X, y = blobs_for_bald()
+    post = bayes.fit(X[:60], y[:60], n_classes=3)
+    pool = X[60:]
+    fast = acquisition.score_pool(post, pool, strategy="bald", n_samples=2000, rng=np.random.default_rng(0)).scores
+    slow = acquisition.bald(post.sample_proba(pool, 4000, np.random.default_rng(1)))
+    assert np.corrcoef(fast, slow)[0, 1] > 0.98
+    assert np.abs(fast - slow).max() < 0.03
+
+
+def blobs_for_bald() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(31)
+    centers = rng.standard_normal((3, 6))
+    y = rng.integers(0, 3, 300)
+    return (centers[y] + 0.8 * rng.standard_normal((300, 6))).astype(np.float32), y

@@ -151,7 +151,7 @@ def test_it_refits_warm_to_the_posterior_a_cold_fit_finds() -> None:
     # ... so the same posterior as a cold fit at that lambda, up to the optimiser's tolerance
     # (the cold fit's own distance to the exact optimum is about 2e-4 on this data) ...
     assert np.allclose(warm.mean, cold_same_lambda.mean, atol=1e-3)
-    assert np.allclose(warm.chol, cold_same_lambda.chol, atol=1e-3)
+    assert np.allclose(warm.precision_eigenvalues(), cold_same_lambda.precision_eigenvalues(), rtol=1e-3)
     assert np.abs(warm.predict_proba(X) - cold_same_lambda.predict_proba(X)).max() < 5e-4
     assert abs(warm.log_evidence - cold_same_lambda.log_evidence) < 0.01
     # ... in far fewer L-BFGS steps, and close to the cold fit with its own evidence search.
@@ -198,12 +198,88 @@ def test_it_reports_the_laplace_evidence_from_the_factors() -> None:
     Xb = post.design(X)
     P = bayes.softmax(Xb @ post.mean)
     nll = -float(np.sum(np.log(P[np.arange(len(y)), y])))
-    blocks = bayes._data_hessian_blocks(Xb, P)
-    eigs = np.concatenate([np.linalg.eigvalsh(b) for b in blocks])
+    # The precision's eigenvalues are a_i g_k + lambda: its log-determinant is their log-sum.
+    eigs = np.outer(post.in_eig, post.out_eig).ravel()
     prior = -0.5 * 2.0 * np.sum(post.mean**2) + 0.5 * post.mean.size * np.log(2.0)
     expected = -nll + prior - 0.5 * np.sum(np.log(eigs + 2.0))
     assert np.isclose(post.log_evidence, expected, rtol=1e-6)
-    # The symmetric rank-N update gives the same blocks as the general product.
-    A = P * (1 - P)
-    X32 = Xb.astype(np.float32)
-    assert np.allclose(blocks[1], (X32 * A[:, 1:2].astype(np.float32)).T @ X32, rtol=1e-4, atol=1e-3)
+    # Each output keeps its total curvature: tr(g_k A) = tr(X^T diag(p_k (1 - p_k)) X).
+    traces = np.einsum("nd,nd->n", Xb, Xb) @ (P * (1 - P))
+    assert np.allclose(post.out_eig * post.in_eig.sum(), traces, rtol=1e-4)
+
+
+def exact_ggn_variance(post: bayes.Posterior, X_train: np.ndarray, X: np.ndarray, column: int) -> np.ndarray:
+    """x^T (X^T diag(p (1 - p)) X + lambda I)^-1 x for one output, computed directly."""
+    Xb = post.design(X_train)
+    F = Xb @ post.mean
+    P = bayes.sigmoid(F) if post.multi_label else bayes.softmax(F)
+    h = P[:, column] * (1 - P[:, column])
+    H = (Xb * h[:, None]).T @ Xb + post.prior_precision * np.eye(Xb.shape[1])
+    Z = post.design(X)
+    return np.einsum("nd,nd->n", Z @ np.linalg.inv(H), Z)
+
+
+def test_it_is_the_exact_ggn_posterior_for_two_classes_and_for_one_sigmoid() -> None:
+    # With two softmax classes p_1 (1 - p_1) = p_2 (1 - p_2), and with one sigmoid there is one
+    # block: the Kronecker factorisation is then exact, so binary projects keep the old posterior.
+    X, y = blobs(200, k=2, d=12, spread=1.0, seed=21)
+    probe = blobs(30, k=2, d=12, seed=22)[0] * 2.0
+    post = bayes.fit(X, y, n_classes=2)
+    var = post.logit_mean_var(probe)[1]
+    for k in range(2):
+        assert np.allclose(var[:, k], exact_ggn_variance(post, X, probe, k), rtol=1e-4)
+    one = bayes.fit_multilabel(X, y[:, None])
+    assert np.allclose(one.logit_mean_var(probe)[1][:, 0], exact_ggn_variance(one, X, probe, 0), rtol=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 30), multi=st.booleans())
+def test_it_gives_non_negative_variances_that_pool_moments_reproduce(seed: int, k: int, multi: bool) -> None:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((120, 10)).astype(np.float32)
+    y = rng.integers(0, k, 120)
+    y[:k] = np.arange(k)
+    post = bayes.fit_multilabel(X, np.eye(k, dtype=int)[y]) if multi else bayes.fit(X, y, n_classes=k)
+    pool = (rng.standard_normal((50, 10)) * rng.uniform(0.3, 5)).astype(np.float32)
+    mu, var = post.logit_mean_var(pool)
+    assert np.all(var > 0) and np.all(np.isfinite(mu))
+    # Every input direction kept: the pool path is the exact one, in float32.
+    fast_mu, fast_var = post.pool_moments(rank=11)(pool)
+    assert np.allclose(fast_mu.T, mu, rtol=1e-3, atol=1e-3)
+    assert np.allclose(fast_var.T, var, rtol=1e-3)
+    # Fewer directions kept: still positive, and never below the variance along the kept ones.
+    low_var = post.pool_moments(rank=3)(pool)[1].T
+    assert np.all(low_var > 0)
+    assert np.abs(low_var - var).max() <= 0.5 * var.max()
+
+
+def test_its_weight_samples_have_the_logit_variance_it_reports() -> None:
+    X, y = blobs(150, k=4, d=8, spread=1.0, seed=23)
+    post = bayes.fit(X, y, n_classes=4)
+    probe = blobs(5, k=4, d=8, seed=24)[0]
+    mean, samples = post.sample_logits(probe, 4000, np.random.default_rng(0))
+    _, var = post.logit_mean_var(probe)
+    assert np.allclose(samples.var(axis=0), var, rtol=0.1)
+
+
+def test_it_loads_a_format_1_artifact_with_per_output_cholesky_factors() -> None:
+    import io
+    import json
+
+    X, y = blobs(200, k=2, d=12, spread=1.0, seed=25)
+    post = bayes.fit(X, y, n_classes=2)
+    # What the block-diagonal model stored: each output's precision X^T diag(h) X + lambda I.
+    Xb = post.design(X)
+    P = bayes.softmax(Xb @ post.mean)
+    blocks = [(Xb * (P[:, k] * (1 - P[:, k]))[:, None]).T @ Xb + post.prior_precision * np.eye(13) for k in range(2)]
+    meta = {"format": 1, "prior_precision": post.prior_precision, "multi_label": False, "temperature": 0.9,
+            "variance_scale": 0.5, "log_evidence": post.log_evidence, "n_train": 200, "info": {}}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, mean=post.mean, chol=np.linalg.cholesky(np.stack(blocks)).astype(np.float32),
+                        shift=post.shift, scale=np.array(post.scale),
+                        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    old = bayes.Posterior.from_bytes(buffer.getvalue())
+    assert old.temperature == 0.9 and old.variance_scale == 0.5
+    assert np.allclose(old.logit_mean_var(X)[1], post.logit_mean_var(X)[1], rtol=1e-3)
+    # It warm-starts the next fit like a current artifact.
+    assert bayes.fit(X, y, n_classes=2, warm_start=old).info["warm_start"] == 1
