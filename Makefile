@@ -67,7 +67,7 @@ serve: $(VENV)/.runtime
 
 ## worker: an RQ worker for this deployment's Redis (run it on any machine that shares DATABASE_URL and REDIS_URL)
 worker: $(VENV)/.runtime
-	$(BIN)/python manage.py rqworker default gpu imports --with-scheduler
+	$(BIN)/python manage.py rqworker default gpu imports reports --with-scheduler
 
 bench-import: $(VENV)/.dev
 	$(BIN)/python benchmarks/import_bench.py

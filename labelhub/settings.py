@@ -133,8 +133,10 @@ SILENCED_SYSTEM_CHECKS = ["models.W047"]
 REDIS_URL = os.environ.get("REDIS_URL", "")
 RQ_QUEUES = {
     name: {"URL": REDIS_URL or "redis://127.0.0.1:6379/0", "DEFAULT_TIMEOUT": 3600}
-    # Imports have a queue of their own so a long import never holds the worker that trains.
-    for name in ("default", "gpu", "imports")
+    # Imports have a queue of their own so a long import never holds the worker that trains; so do
+    # quality reports (learning.jobs.report_project), which workers take after everything else:
+    # a new model's suggestions never wait behind the cross-validation of the previous one.
+    for name in ("default", "gpu", "imports", "reports")
 }
 if REDIS_URL:
     _redis_options = {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 5}

@@ -257,6 +257,8 @@ def run_training(project_id: int) -> TrainingRun | None:
         events.model_version_recorded.send(sender=ModelVersion, version=version)
     if TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).exists():
         enqueue("learning.jobs.train_project", project_id, queue="default")
+    # Also after a failure: the newest version may still lack the report an update interrupted.
+    request_report(project_id)
     return run
 
 
@@ -314,7 +316,8 @@ class Fitted:
     embeddings: store.ProjectEmbeddings
     n_labels: int
     posterior: bayes.Posterior
-    report: quality.QualityReport
+    # The previous version's figures (same labels), carried until this version's report is in.
+    carried_metrics: dict[str, Any]
 
 
 @dataclass
@@ -327,7 +330,7 @@ class Scored:
 
 
 def fit_and_score(run: TrainingRun) -> ModelVersion:
-    """Refit the model on every current label, measure it, rescore the pool, store a new version."""
+    """Refit the model on every current label, rescore the pool, store a new version (its report follows)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # One BLAS thread per job: on the 2 shared cores of a small deployment a multi-threaded
@@ -343,7 +346,8 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
 
 
 def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
-    """Fit the posterior on every current label (warm-started from the previous version) and measure it."""
+    """Fit the posterior on every current label, warm-started from the previous version, whose calibration it keeps
+    until its own report (``report_project``)."""
     project = run.project
     t0 = time.perf_counter()
     data = training_set(project)
@@ -364,13 +368,19 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
     # the time: see bayes.fit); a changed taxonomy or encoder, or an unreadable artifact, means a
     # cold fit.
     previous = (ModelVersion.objects.filter(project=project).order_by("-number")
-                .only("artifact", "encoder", "label_keys").first())
+                .only("artifact", "encoder", "label_keys", "metrics", "number").first())
     warm: bayes.Posterior | None = None
+    carried: dict[str, Any] = {}
     if previous is not None and previous.encoder == encoder.name and previous.label_keys == data.label_keys:
         try:
             warm = bayes.Posterior.from_bytes(bytes(previous.artifact))
         except (ValueError, KeyError, OSError):
             logger.warning("model version %s: unreadable artifact, fitting from scratch", previous.pk)
+        if previous.metrics:
+            # Serving reads the accuracy-vs-coverage curve from here: until this version's report is
+            # in, the previous one (same labels, same calibration) is the best estimate there is.
+            carried = {**previous.metrics,
+                       "report_version": previous.report.report_version or previous.number}
     timings["load_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -378,17 +388,11 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
         posterior = bayes.fit_multilabel(X, targets, warm_start=warm)
     else:
         posterior = bayes.fit(X, targets, n_classes=len(data.label_keys), warm_start=warm)
+    quality.carry_calibration(posterior, warm)
     timings["fit_s"] = time.perf_counter() - t1
     timings["warm_start"] = float(posterior.info.get("warm_start", 0))
     timings["evidence_iterations"] = float(posterior.info.get("evidence_iterations", 0))
-
-    t2 = time.perf_counter()
-    # One cross-validation, warm-started from the new model, gives the report and the calibration.
-    report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
-                              multi_label=project.is_multi_label, seed=run.pk, posterior=posterior)
-    posterior = quality.calibrate(posterior, X, targets, seed=run.pk, report=report)
-    timings["quality_s"] = time.perf_counter() - t2
-    return Fitted(data, encoder.name, emb, len(ids), posterior, report)
+    return Fitted(data, encoder.name, emb, len(ids), posterior, carried)
 
 
 def score(run: TrainingRun, fitted: Fitted, timings: dict[str, float]) -> Scored:
@@ -440,7 +444,7 @@ def record(run: TrainingRun, fitted: Fitted, scored: Scored, timings: dict[str, 
         version = ModelVersion.objects.create(
             project=project, number=number, taxonomy_version=project.current_taxonomy(),
             label_keys=fitted.data.label_keys, encoder=fitted.encoder_name, strategy=scored.strategy,
-            n_labels=fitted.n_labels, artifact=fitted.posterior.to_bytes(), metrics=fitted.report.as_dict(),
+            n_labels=fitted.n_labels, artifact=fitted.posterior.to_bytes(), metrics=fitted.carried_metrics,
         )
         for row in scored.rows:
             row.model_version_number = version.number
@@ -449,6 +453,94 @@ def record(run: TrainingRun, fitted: Fitted, scored: Scored, timings: dict[str, 
         ExampleScore.objects.filter(project=project, example_id__in=scored.labelled_ids.tolist()).delete()
         _upsert_scores(scored.rows)
     timings["write_s"] = time.perf_counter() - t4
+    return version
+
+
+# --- Quality reports --------------------------------------------------------------------------------------------
+
+
+def _report_queued_key(project_id: int) -> str:
+    return f"labelhub:report-queued:{project_id}"
+
+
+def request_report(project_id: int) -> None:
+    """Queue the quality report of the project's newest model version; one waiting job per project.
+
+    On its own queue, which workers take after training (settings.RQ_QUEUES, `make worker`):
+    labels -> new suggestions never waits behind a report.
+    """
+    if cache.add(_report_queued_key(project_id), 1, timeout=settings.TRAIN_STALE_SECONDS):
+        enqueue("learning.jobs.report_project", project_id, queue="reports",
+                on_failure=lambda: _forget_queued_report(project_id))
+
+
+def _forget_queued_report(project_id: int) -> None:
+    # The queue was unreachable: let the next update ask again.
+    cache.delete(_report_queued_key(project_id))
+
+
+def _update_waiting(project_id: int) -> bool:
+    """A model update of the project is due now (queued, its debounce over): the report gives way."""
+    due = timezone.now() - timedelta(seconds=settings.TRAIN_DEBOUNCE_SECONDS)
+    return TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED, requested_at__lte=due).exists()
+
+
+def report_project(project_id: int) -> ModelVersion | None:
+    """Cross-validate and calibrate the project's newest model version, if its report is not in yet.
+
+    Coalesced: whichever version is newest when the job runs is the one measured, so a burst of
+    updates costs one report. Between folds it gives way to a due model update (that update
+    queues the report of its own version). Writes the figures, the calibrated artifact and
+    ``report_at`` only if no other job did meanwhile. Returns the version it reported on.
+    """
+    cache.delete(_report_queued_key(project_id))
+    lock = f"labelhub:report-lock:{project_id}"
+    if not cache.add(lock, 1, timeout=settings.TRAIN_STALE_SECONDS):
+        return None  # another report job is measuring this project; it looks again when it ends
+    version = ModelVersion.objects.filter(project_id=project_id).order_by("-number").first()
+    try:
+        if version is None or version.report_at is not None:
+            return None
+        return _measure(version)
+    finally:
+        cache.delete(lock)
+        # A version recorded while this job measured an older one found the lock taken: measure
+        # it now, unless an update is due (that update queues the report of its own version).
+        newer = ModelVersion.objects.filter(project_id=project_id, report_at__isnull=True,
+                                            number__gt=version.number if version else 0)
+        if newer.exists() and not _update_waiting(project_id):
+            request_report(project_id)
+
+
+def _measure(version: ModelVersion) -> ModelVersion | None:
+    """The report of ``version`` on the project's current labels, written to it; None if interrupted."""
+    project = version.project
+    data = training_set(project)
+    if data.label_keys != version.label_keys:
+        return None  # the taxonomy changed: the update it started records a version to measure
+    emb = store.load(project.pk, version.encoder)
+    present = emb.has(data.example_ids)
+    X, targets = emb.vectors[emb.rows_of(data.example_ids[present])], data.targets[present]
+    posterior = bayes.Posterior.from_bytes(bytes(version.artifact))
+    started = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        try:
+            report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
+                                      multi_label=project.is_multi_label, seed=version.pk, posterior=posterior,
+                                      should_stop=lambda: _update_waiting(project.pk))
+        except quality.ReportInterrupted:
+            return None
+        except bayes.ModelFitError as exc:
+            logger.warning("model version %s: no quality report (%s)", version.pk, exc)
+            return None
+        posterior = quality.calibrate(posterior, X, targets, seed=version.pk, report=report)
+    metrics = {**report.as_dict(), "report_version": version.number,
+               "report_seconds": round(time.perf_counter() - started, 4)}
+    updated = ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(
+        metrics=metrics, artifact=posterior.to_bytes(), report_at=timezone.now())
+    if not updated:
+        return None
+    version.refresh_from_db()
     return version
 
 

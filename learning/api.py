@@ -17,9 +17,10 @@ from projects.access import accepts_api_keys, get_project_for_api
 def model_summary(request: Request, pk: int) -> Response:
     project = get_project_for_api(request, pk, scope="read")
     summary = learning_summary(project)
-    latest = summary["latest"]
+    latest, newest = summary["latest"], summary["newest"]
     data = {
         "version": latest["number"] if latest else None,
+        "newest_version": newest["number"] if newest else None,
         "n_labels": latest["n_labels"] if latest else None,
         "metrics": latest["metrics"] if latest else None,
         "learning_curve": summary["curve"],

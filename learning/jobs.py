@@ -13,3 +13,7 @@ def embed_project(project_id: int) -> None:
 
 def train_project(project_id: int) -> None:
     actions.run_training(project_id)
+
+
+def report_project(project_id: int) -> None:
+    actions.report_project(project_id)

@@ -6,6 +6,7 @@ harness and the tests share one implementation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,7 +225,8 @@ def out_of_fold_logits(
     prior_precision: float | None = None,
     multi_label: bool = False,
     warm_start: bayes.Posterior | None = None,
-) -> OutOfFold:
+    should_stop: Callable[[], bool] | None = None,
+) -> OutOfFold | None:
     """Each item's logit mean and variance from a ``bayes.fit`` on the folds that exclude it.
 
     A fold whose training part lacks a second class cannot be fitted; its items get the
@@ -232,7 +234,8 @@ def out_of_fold_logits(
     all the labels) starts every fold's MAP, and preconditions it when the fold has about as
     many labels (see ``bayes.fit``): same optimum, fewer L-BFGS steps; with ``prior_precision``
     fixed too, no fold searches lambda. (Starting each fold from the previous fold instead was
-    tried: more steps on trec, sms_spam and legal_overruling.)
+    tried: more steps on trec, sms_spam and legal_overruling.) ``should_stop`` is asked before
+    each fold; None comes back if it answered True.
     """
     rng = rng or np.random.default_rng(0)
     X = np.asarray(X)
@@ -248,6 +251,8 @@ def out_of_fold_logits(
         held = assignment == fold
         if not held.any():
             continue
+        if should_stop is not None and should_stop():
+            return None
         try:
             if multi_label:
                 post = bayes.fit_multilabel(X[~held], y[~held], prior_precision=prior_precision, warm_start=warm_start)
@@ -293,6 +298,7 @@ def cross_validated_proba(
     """
     oof = out_of_fold_logits(X, y, n_classes=n_classes, folds=folds, rng=rng, prior_precision=prior_precision,
                              multi_label=multi_label, warm_start=warm_start)
+    assert oof is not None  # no should_stop: never interrupted
     # Two calibration parameters fitted on these same out-of-fold logits: a mild optimism we
     # accept, since without them the raw Laplace predictive is badly under-confident (see
     # calibration.fit_calibration).

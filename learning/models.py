@@ -123,6 +123,14 @@ class Metrics:
     def accuracy_coverage(self) -> list[dict[str, Any]]:
         return list(self.raw.get("accuracy_coverage") or [])
 
+    @property
+    def report_version(self) -> int | None:
+        """The number of the model version these figures were measured on: a version whose own
+        report is not in yet carries its predecessor's (None on versions from before reports
+        became a job of their own, whose figures are their own)."""
+        value = self.raw.get("report_version")
+        return int(value) if value is not None else None
+
     def headline(self) -> dict[str, Any]:
         """Accuracy and macro-F1 with their intervals, and ECE: what lists and webhooks show."""
         return {"accuracy": self.raw.get("accuracy"), "macro_f1": self.raw.get("macro_f1"), "ece": self.ece}
@@ -148,6 +156,9 @@ class ModelVersion(models.Model):
     artifact = models.BinaryField()
     metrics = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
+    # When the quality report job filled `metrics` and the calibration in `artifact`; until then
+    # the version serves with its predecessor's calibration and carries its figures.
+    report_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-number"]

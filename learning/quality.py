@@ -1,16 +1,21 @@
 """Live quality of a project's model, from cross-validated predictions on its labels.
 
 Plain module (numpy only). Above `MAX_EVAL_ITEMS` labels, quality and calibration
-are estimated on a stratified random subsample so a model update stays about a
-second; the interval widths say how precise that estimate is.
+are estimated on a random subsample so the report stays within a few seconds; the
+interval widths say how precise that estimate is.
 
-A model update calls ``evaluate(..., posterior=model)`` then ``calibrate(model, ...,
-report=report)``: one 5-fold cross-validation at the model's prior precision, every fold
-warm-started from the model, serves both the quality figures and the model's calibration.
+The report is off the model update's critical path: a new model first takes the previous
+model's calibration (``carry_calibration``) and is scored and served with it at once; then a
+separate, lower-priority job (``learning.jobs.report_project``) calls
+``evaluate(..., posterior=model)`` and ``calibrate(model, ..., report=report)``: one 5-fold
+cross-validation at the model's prior precision, every fold warm-started from the model,
+serves both the quality figures and the model's calibration. ``should_stop`` lets that job
+give way between folds to a model update that is waiting.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +71,27 @@ def _subsample(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, MAX_EVAL_ITEMS, replace=False)) if n > MAX_EVAL_ITEMS else np.arange(n)
 
 
+class ReportInterrupted(Exception):
+    """``should_stop`` asked the cross-validation to give way (a newer model is about to be fitted)."""
+
+
+def carry_calibration(posterior: bayes.Posterior, previous: bayes.Posterior | None) -> bayes.Posterior:
+    """Give a new model the previous model's temperature and variance scale (same outputs only).
+
+    The new model serves and scores the pool at once; its own calibration comes with its
+    quality report, a few seconds later. Consecutive models differ by a few labels, so the
+    previous calibration is the best one available meanwhile. Returns ``posterior``.
+    """
+    if (previous is not None and previous.n_classes == posterior.n_classes
+            and previous.multi_label == posterior.multi_label):
+        posterior.temperature, posterior.variance_scale = previous.temperature, previous.variance_scale
+        posterior.info["calibration_from"] = "previous"
+    return posterior
+
+
 def evaluate(X: np.ndarray, y: np.ndarray, *, n_classes: int, label_names: list[str], multi_label: bool,
-             seed: int, posterior: bayes.Posterior | None = None) -> QualityReport:
+             seed: int, posterior: bayes.Posterior | None = None,
+             should_stop: Callable[[], bool] | None = None) -> QualityReport:
     """Cross-validated accuracy, macro-F1 (with bootstrap intervals), per-class F1, ECE, confusion
     and accuracy against coverage.
 
@@ -75,7 +99,8 @@ def evaluate(X: np.ndarray, y: np.ndarray, *, n_classes: int, label_names: list[
     precision and starts its MAP from it: no evidence search per fold.
     Lambda then comes from all the labels, held-out ones included: one hyperparameter, a
     negligible optimism next to the calibration's (below). Without it each fold searches its
-    own, as before.
+    own, as before. ``should_stop`` is asked before each fold; when it answers True,
+    ``ReportInterrupted`` is raised.
     """
     rng = np.random.default_rng(seed)
     keep = _subsample(len(y), rng)
@@ -83,7 +108,10 @@ def evaluate(X: np.ndarray, y: np.ndarray, *, n_classes: int, label_names: list[
     oof = metrics.out_of_fold_logits(
         X, y, n_classes=n_classes, folds=FOLDS, rng=rng, multi_label=multi_label,
         prior_precision=None if posterior is None else posterior.prior_precision, warm_start=posterior,
+        should_stop=should_stop,
     )
+    if oof is None:
+        raise ReportInterrupted
     # The report describes the calibrated model, so it uses the calibration fitted on these
     # same out-of-fold logits (a mild optimism, two parameters) and so does the
     # accuracy/coverage curve: its thresholds are meant to be applied to calibrated confidences.
@@ -146,6 +174,7 @@ def calibrate(posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, seed:
     if report is not None and report.calibration is not None:
         posterior.temperature, posterior.variance_scale = report.calibration
         posterior.info["calibration_folds"] = FOLDS
+        posterior.info.pop("calibration_from", None)
         return posterior
     rng = np.random.default_rng(seed)
     keep = _subsample(len(y), rng)

@@ -29,7 +29,16 @@ class CurvePointSerializer(serializers.Serializer):
 
 
 class ModelSummarySerializer(serializers.Serializer):
-    version = serializers.IntegerField(allow_null=True, help_text="Latest model version number, null before any.")
+    version = serializers.IntegerField(
+        allow_null=True,
+        help_text="The model version that `metrics` describe: the newest one whose quality report is in (null "
+        "before any).",
+    )
+    newest_version = serializers.IntegerField(
+        allow_null=True,
+        help_text="The newest model version (null before any). Newer than `version` while its report is computed; "
+        "it suggests and predicts meanwhile with the previous version's calibration.",
+    )
     n_labels = serializers.IntegerField(allow_null=True)
     metrics = serializers.DictField(
         allow_null=True,

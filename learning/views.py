@@ -21,9 +21,16 @@ STATUS_SECONDS = 20
 
 
 def learning_summary(project: Project) -> dict[str, Any]:
-    """What the model panel and the metrics endpoint show: latest quality, the curve, recent runs."""
+    """What the model panel and the metrics endpoint show: latest quality, the curve, recent runs.
+
+    ``latest`` is the newest version whose quality report is in (the figures shown are its own);
+    ``newest`` the newest version, which may already serve with its predecessor's calibration
+    while its report is computed (``learning.actions.report_project``).
+    """
     versions = list(ModelVersion.objects.filter(project=project).order_by("number")
-                    .values("number", "n_labels", "metrics", "created_at", "strategy"))
+                    .values("number", "n_labels", "metrics", "created_at", "strategy", "report_at"))
+    newest = versions[-1] if versions else None
+    versions = [v for v in versions if v["report_at"] is not None]
     latest = versions[-1] if versions else None
     names = dict(project.current_taxonomy().labels.values_list("key", "name"))
     curve = [
@@ -36,6 +43,7 @@ def learning_summary(project: Project) -> dict[str, Any]:
     runs = list(TrainingRun.objects.filter(project=project)[:8])
     return {
         "latest": latest,
+        "newest": newest,
         "curve": curve,
         "runs": runs,
         "label_names": names,

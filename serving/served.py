@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypedDict
 
 import numpy as np
@@ -52,15 +53,21 @@ class ServingState:
     target_accuracy: float | None
     auto_promote: bool
     pinned: bool
+    # When the serving version's quality report (figures and calibration) landed; None before it.
+    report_at: datetime | None = None
 
 
 def serving_state(project_id: int) -> ServingState:
     """One query: the version that serves (promoted, else the newest), the current taxonomy and the threshold."""
-    newest = ModelVersion.objects.filter(project=OuterRef("pk")).order_by("-number").values("id")[:1]
+    versions = ModelVersion.objects.filter(project=OuterRef("pk")).order_by("-number")
+    newest = versions.values("id")[:1]
+    newest_report = versions.values("report_at")[:1]
     taxonomy = TaxonomyVersion.objects.filter(project=OuterRef("pk")).order_by("-number").values("id")[:1]
     row = (Project.objects.filter(pk=project_id)
-           .annotate(newest_id=Subquery(newest), taxonomy_now=Subquery(taxonomy))
-           .values("newest_id", "taxonomy_now", "serving__promoted_version_id", "serving__threshold_mode",
+           .annotate(newest_id=Subquery(newest), newest_report_at=Subquery(newest_report),
+                     taxonomy_now=Subquery(taxonomy))
+           .values("newest_id", "newest_report_at", "taxonomy_now", "serving__promoted_version_id",
+                   "serving__promoted_version__report_at", "serving__threshold_mode",
                    "serving__confidence_threshold", "serving__target_accuracy", "serving__auto_promote")
            .first())
     if row is None:
@@ -77,6 +84,7 @@ def serving_state(project_id: int) -> ServingState:
         target_accuracy=row["serving__target_accuracy"],
         auto_promote=defaults.auto_promote if auto is None else auto,
         pinned=promoted is not None and promoted != row["newest_id"],
+        report_at=row["serving__promoted_version__report_at"] if promoted else row["newest_report_at"],
     )
 
 
@@ -160,6 +168,9 @@ class ServedModel:
     taxonomy_id: int | None
     names: dict[str, str]  # label key -> name in the current taxonomy (else the model's own)
     threshold: Threshold
+    # The version's report when loaded: the report job rewrites the calibration and the curve of a
+    # version that already serves, so a new report_at means loading it again.
+    report_at: datetime | None = None
 
 
 _models: dict[int, ServedModel] = {}
@@ -181,14 +192,15 @@ def served_model(project_id: int) -> ServedModel:
                            "within seconds.")
     with _lock:
         cached = _models.get(project_id)
-    if cached is not None and cached.version_id == state.version_id and cached.taxonomy_id == state.taxonomy_id:
+    if (cached is not None and cached.version_id == state.version_id and cached.taxonomy_id == state.taxonomy_id
+            and cached.report_at == state.report_at):
         threshold = threshold_for(state, cached.metrics)
         if threshold != cached.threshold:
             cached = ServedModel(**{**cached.__dict__, "threshold": threshold})
             with _lock:
                 _models[project_id] = cached
         return cached
-    if cached is not None and cached.version_id == state.version_id:
+    if cached is not None and cached.version_id == state.version_id and cached.report_at == state.report_at:
         # Only the taxonomy changed (a rename): keep the posterior, refresh the names.
         version = ModelVersion.objects.only("taxonomy_version_id").get(pk=state.version_id)
         model = ServedModel(**{**cached.__dict__, "taxonomy_id": state.taxonomy_id,
@@ -201,6 +213,7 @@ def served_model(project_id: int) -> ServedModel:
             encoder=version.encoder, posterior=bayes.Posterior.from_bytes(bytes(version.artifact)),
             metrics=version.report, taxonomy_id=state.taxonomy_id,
             names=_label_names(version, state.taxonomy_id), threshold=threshold_for(state, version.report),
+            report_at=version.report_at,
         )
     with _lock:
         _models[project_id] = model

@@ -175,8 +175,8 @@ def run_jobs(django_capture_on_commit_callbacks: Any) -> Callable[..., Any]:
         def __exit__(self, *exc: Any) -> None:
             assert self._capture is not None
             self._capture.__exit__(*exc)
-            # Every queue a real worker listens on (`make worker`): imports have their own.
-            worker = django_rq.get_worker("default", "imports", worker_class=SimpleWorker)
+            # Every queue a real worker listens on (`make worker`): imports and reports have their own.
+            worker = django_rq.get_worker("default", "imports", "reports", worker_class=SimpleWorker)
             worker.work(burst=True)
 
     return Runner
@@ -199,7 +199,7 @@ def worker(tmp_path: Path, settings: Any) -> Iterator[subprocess.Popen[str]]:
         "LABELHUB_TRAIN_DEBOUNCE_SECONDS": "0.5",
     }
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "default", "imports", "--with-scheduler",
+        [sys.executable, "manage.py", "rqworker", "default", "imports", "reports", "--with-scheduler",
          "--name", f"test-worker-{os.getpid()}"],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -373,12 +373,14 @@ def label_examples() -> Callable[[Project, Any, list[Example], list[str]], None]
 
 @pytest.fixture
 def train(fake_encoder: FakeEncoder) -> Callable[[Project], ModelVersion]:
-    """`train(project)`: run a training run now; the new model version."""
+    """`train(project)`: run a training run now, then its quality report job; the new model version."""
 
     def train(project: Project) -> ModelVersion:
         TrainingRun.objects.create(project=project)
         run = learning_actions.run_training(project.pk)
         assert run is not None and run.model_version is not None, run and run.error
+        learning_actions.report_project(project.pk)
+        run.model_version.refresh_from_db()
         return run.model_version
 
     return train

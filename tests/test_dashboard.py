@@ -77,7 +77,7 @@ def model_version(project, *, n_labels=40, number=1, f1=0.8):
     }
     return ModelVersion.objects.create(project=project, number=number, taxonomy_version=taxonomy, label_keys=keys,
                                        encoder="test", strategy="bald", n_labels=n_labels, artifact=b"",
-                                       metrics=metrics)
+                                       metrics=metrics, report_at=timezone.now())
 
 
 def chart_data(response, name: str):

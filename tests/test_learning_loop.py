@@ -38,6 +38,11 @@ def test_it_fits_a_model_scores_the_pool_and_records_quality(project, alice, clu
     assert run.status == RunStatus.SUCCEEDED, run.error
     version = ModelVersion.objects.get(project=project)
     assert version.n_labels == 60 and run.n_labels == 60
+    # The quality report is a job of its own, after the version serves.
+    assert version.report_at is None and version.metrics == {}
+    assert actions.report_project(project.pk) == version
+    version.refresh_from_db()
+    assert version.report_at is not None and version.metrics["report_version"] == 1
     assert version.metrics["accuracy"]["value"] > 0.9
     accuracy = version.metrics["accuracy"]
     assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
@@ -116,8 +121,14 @@ def test_it_shows_the_model_panel_and_summary_to_members_only(
     TrainingRun.objects.create(project=project)
     actions.run_training(project.pk)
     url = reverse("learning:model", args=[project.pk])
+    # The version serves at once; the page says its report is still being computed.
+    pending = login(bob).get(url)
+    assert "Model v1" in pending.text and "quality report is being computed" in pending.text
+    assert api_client(alice).get(reverse("api-model-summary", args=[project.pk])).json()["newest_version"] == 1
+    actions.report_project(project.pk)
     page = login(bob).get(url)
     assert page.status_code == 200 and "Learning curve" in page.text and "<html" in page.text
+    assert "being computed" not in page.text
     partial = login(bob).get(url, **htmx)
     assert 'id="project-model"' in partial.text and "<html" not in partial.text
     assert login(charlie).get(url).status_code == 404

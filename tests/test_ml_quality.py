@@ -88,6 +88,7 @@ def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_up
     first = actions.run_training(project.pk)
     assert first.status == RunStatus.SUCCEEDED, first.error
     assert first.timings["warm_start"] == 0
+    assert actions.report_project(project.pk) is not None
     keys = [label.key for label in project.current_taxonomy().labels.all()]
     Annotation.objects.bulk_create(
         Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
@@ -97,8 +98,35 @@ def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_up
     assert second.status == RunStatus.SUCCEEDED, second.error
     # 20% more labels: warm start from version 1, no new search for the prior precision.
     assert second.timings["warm_start"] == 1 and second.timings["evidence_iterations"] == 1
-    assert set(second.timings) >= {"fit_s", "quality_s", "score_s", "rows_s", "write_s", "total_s"}
+    # The update waits for no cross-validation: the report is a job of its own.
+    assert set(second.timings) >= {"fit_s", "score_s", "rows_s", "write_s", "total_s"}
+    assert "quality_s" not in second.timings
     latest = ModelVersion.objects.get(project=project, number=2)
+    # Until its report is in, version 2 serves with version 1's calibration and figures.
+    one = ModelVersion.objects.get(project=project, number=1)
+    first_model = bayes.Posterior.from_bytes(bytes(one.artifact))
+    carried = bayes.Posterior.from_bytes(bytes(latest.artifact))
+    assert (carried.temperature, carried.variance_scale) == (first_model.temperature, first_model.variance_scale)
+    assert latest.report_at is None and latest.report.report_version == 1
+    assert latest.metrics["accuracy_coverage"] == one.metrics["accuracy_coverage"]
+    assert actions.report_project(project.pk) == latest
+    latest.refresh_from_db()
+    assert latest.report.report_version == 2 and latest.metrics["report_seconds"] > 0
     check_curve(latest.metrics["accuracy_coverage"])
     posterior = bayes.Posterior.from_bytes(bytes(latest.artifact))
     assert posterior.info["calibration_folds"] == quality.FOLDS
+    # Coalesced: nothing left to measure.
+    assert actions.report_project(project.pk) is None
+
+
+def test_the_report_gives_way_to_a_due_model_update(project, alice, clustered_examples, settings):
+    from learning import actions
+    from learning.models import ModelVersion, RunStatus, TrainingRun
+
+    clustered_examples(project, alice, 200, labelled=80)
+    TrainingRun.objects.create(project=project)
+    assert actions.run_training(project.pk).status == RunStatus.SUCCEEDED
+    settings.TRAIN_DEBOUNCE_SECONDS = 0
+    TrainingRun.objects.create(project=project)  # labels came in: an update is due
+    assert actions.report_project(project.pk) is None
+    assert ModelVersion.objects.get(project=project).report_at is None

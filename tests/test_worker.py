@@ -57,6 +57,9 @@ def test_it_learns_from_imported_labels_and_rescores_after_more(worker, project,
     client = login(alice)
     upload_and_import(client, project, "first.csv", demo_rows(0, 160, labelled=40))
     wait_for(lambda: ModelVersion.objects.filter(project=project).exists(), timeout=240, process=worker)
+    # The quality report is a job of its own on the worker's `reports` queue, after the version serves.
+    wait_for(lambda: ModelVersion.objects.filter(project=project, report_at__isnull=False).exists(), timeout=240,
+             process=worker)
     first = ModelVersion.objects.get(project=project)
     assert first.n_labels == 40
     assert 0.0 <= first.metrics["accuracy"]["value"] <= 1.0
