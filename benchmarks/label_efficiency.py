@@ -45,7 +45,11 @@ DATASETS = [
     "legal_overruling",
     "it_service_tickets",
     "cfpb_complaints",
+    "hwu64",
+    "trec_fine",
 ]
+# Sets stored as other files of another set's folder: trec's 50 fine labels.
+VARIANTS = {"trec_fine": ("trec", "_fine")}
 STRATEGIES = ["random", "entropy", "margin", "bald", "bald_diversity", "bald_density_diversity"]
 MAX_TRAIN = 10_000
 MAX_TEST = 2_000
@@ -71,8 +75,9 @@ def capped(texts: list[str], labels: list[str], cap: int, seed: int) -> tuple[li
 
 def load_dataset(name: str) -> tuple[list[str], list[str], list[str], list[str]]:
     """(train texts, train labels, test texts, test labels), capped with a fixed seed."""
-    train_texts, train_labels = capped(*read_csv(DATA / name / "train.csv"), MAX_TRAIN, seed=0)
-    test_texts, test_labels = capped(*read_csv(DATA / name / "test.csv"), MAX_TEST, seed=1)
+    folder, suffix = VARIANTS.get(name, (name, ""))
+    train_texts, train_labels = capped(*read_csv(DATA / folder / f"train{suffix}.csv"), MAX_TRAIN, seed=0)
+    test_texts, test_labels = capped(*read_csv(DATA / folder / f"test{suffix}.csv"), MAX_TEST, seed=1)
     return train_texts, train_labels, test_texts, test_labels
 
 

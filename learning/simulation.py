@@ -1,8 +1,8 @@
 """Offline evaluation harness: replay a labelled set with a simulated annotator.
 
 Plain module (no Django): it runs the same bayes / quality / acquisition / metrics code as
-the app, in the same order (see ``_update``), so a learning curve here is what a project would
-have seen. The management command
+the app, in the same order (see ``_update`` and ``_report``), so a learning curve here is what
+a project would have seen. Like a worker's jobs, a replay runs with one BLAS thread. The management command
 ``simulate`` and benchmarks/label_efficiency.py are thin wrappers around ``simulate``.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from learning import acquisition, bayes, metrics, quality
 
@@ -20,19 +21,27 @@ ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
 def _update(
-    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None, seed: int
+    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None
 ) -> bayes.Posterior:
     """The model update of ``learning.actions.fit_and_score``, minus the database.
 
     Same calls in the same order: a fit warm-started from the previous model (which keeps its
-    prior precision until the labels have grown enough for a new search), then one
-    cross-validation at that prior precision whose out-of-fold logits give the calibration.
-    A replay that fitted or calibrated any other way would draw a curve no project sees.
+    prior precision until the labels have grown enough for a new search) that takes the
+    previous model's calibration until its own report comes (``_report``). A replay that
+    fitted or calibrated any other way would draw a curve no project sees.
     """
     if multi_label:
         posterior = bayes.fit_multilabel(X, y, warm_start=previous)
     else:
         posterior = bayes.fit(X, y, n_classes=n_classes, warm_start=previous)
+    return quality.carry_calibration(posterior, previous)
+
+
+def _report(
+    posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, seed: int
+) -> bayes.Posterior:
+    """The quality report job (``learning.actions.report_version``), minus the database: one
+    cross-validation at the model's prior precision whose out-of-fold logits give the calibration."""
     names = [str(k) for k in range(n_classes)]
     report = quality.evaluate(
         X, y, n_classes=n_classes, label_names=names, multi_label=multi_label, seed=seed, posterior=posterior
@@ -85,7 +94,14 @@ def run_strategy(
     n_samples: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[dict[str, float]]:
-    """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``."""
+    """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``.
+
+    Each point's ``update_seconds`` is what a project waits for between labels and new
+    suggestions (refit, rescore, next batch); ``report_seconds`` is the quality report's time
+    (cross-validation and calibration), which the app runs after, off that path. The test
+    figures are those of the model once its report has calibrated it, and that calibration
+    carries over to the next model, as in the app when the report lands between two updates.
+    """
     rng = np.random.default_rng(seed)
     n = X_train.shape[0]
     budget = min(budget, n)
@@ -103,16 +119,10 @@ def run_strategy(
         started = time.perf_counter()
         idx = np.array(order)
         posterior: bayes.Posterior | None
+        report_seed = int(rng.integers(2**31))
         try:
-            posterior = _update(
-                X_train[idx],
-                y_train[idx],
-                n_classes=n_classes,
-                multi_label=multi_label,
-                previous=previous,
-                seed=int(rng.integers(2**31)),
-            )
-            previous = posterior
+            posterior = _update(X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label,
+                                previous=previous)
         except bayes.ModelFitError:
             posterior = None
         remaining = budget - len(order)
@@ -141,12 +151,19 @@ def run_strategy(
                 )
                 chosen = pool[picked]
         update_seconds = time.perf_counter() - started
+        report_started = time.perf_counter()
+        if posterior is not None:
+            posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label,
+                                seed=report_seed)
+            previous = posterior
+        report_seconds = time.perf_counter() - report_started
         if multi_label:
             fallback = (y_train[idx].sum(axis=0) + 1.0) / (len(idx) + 2.0)
         else:
             fallback = (np.bincount(y_train[idx], minlength=n_classes) + 1.0) / (len(idx) + n_classes)
         point = {"n_labels": int(len(order)), **_evaluate(posterior, X_test, y_test, n_classes, multi_label, fallback)}
         point["update_seconds"] = float(update_seconds)
+        point["report_seconds"] = float(report_seconds)
         points.append(point)
         if progress is not None:
             progress(strategy, seed, len(order), point)
@@ -235,11 +252,14 @@ def simulate(
             "dim": int(X_train.shape[1]),
         },
     }
-    run_repeats(result, strategies, repeats, lambda name, seed: run_strategy(
-        name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, n_classes=n_classes,
-        seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, multi_label=multi_label,
-        progress=progress,
-    ))
+    # One BLAS thread, as the worker's jobs run (learning.actions): on a few shared cores a
+    # multi-threaded BLAS is several times slower, and the timings must be the worker's.
+    with threadpool_limits(limits=1, user_api="blas"):
+        run_repeats(result, strategies, repeats, lambda name, seed: run_strategy(
+            name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, n_classes=n_classes,
+            seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, multi_label=multi_label,
+            progress=progress,
+        ))
     summarise(result)
     return result
 

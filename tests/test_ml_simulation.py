@@ -39,7 +39,8 @@ def test_it_returns_the_harness_shape_and_a_plot(tmp_path: Path) -> None:
         assert [run["seed"] for run in entry["runs"]] == [0, 1]
         points = entry["runs"][0]["points"]
         assert [p["n_labels"] for p in points] == [20, 40, 60, 80]
-        assert {"n_labels", "accuracy", "macro_f1", "ece", "update_seconds"} <= set(points[0])
+        assert {"n_labels", "accuracy", "macro_f1", "ece", "update_seconds", "report_seconds"} <= set(points[0])
+        assert all(p["update_seconds"] > 0 and p["report_seconds"] > 0 for p in points)
         assert {"auc_macro_f1", "labels_to_reach_random_final", "ratio_to_random"} <= set(entry["summary"])
     assert 0 < result["strategies"]["random"]["summary"]["ratio_to_random"] <= 1.0
     simulation.plot_curves(result, str(tmp_path / "curve.png"))
@@ -127,3 +128,20 @@ def test_it_updates_the_model_as_the_app_does(monkeypatch: pytest.MonkeyPatch) -
     assert [p["n_labels"] for p in points] == [20, 40, 60, 80]
     assert warm == [False, True, True, True]
     assert reported == [True, True, True, True]
+
+
+def test_it_runs_with_one_blas_thread_like_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from threadpoolctl import threadpool_info
+
+    threads: list[int] = []
+    fit = bayes.fit
+
+    def spy_fit(X: np.ndarray, y: np.ndarray, **kwargs: Any) -> bayes.Posterior:
+        threads.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return fit(X, y, **kwargs)
+
+    monkeypatch.setattr(bayes, "fit", spy_fit)
+    X, y = blobs(200, 6)
+    simulation.simulate(X_train=X[:150], y_train=y[:150], X_test=X[150:], y_test=y[150:], n_classes=4,
+                        strategies=["margin"], seed_size=20, batch_size=20, budget=40, repeats=1)
+    assert threads and set(threads) == {1}

@@ -96,7 +96,8 @@ class Command(BaseCommand):
         def progress(strategy: str, seed: int, n_labels: int, point: dict[str, float]) -> None:
             self.stdout.write(
                 f"{strategy} seed={seed} labels={n_labels} accuracy={point['accuracy']:.3f} "
-                f"macro_f1={point['macro_f1']:.3f} ece={point['ece']:.3f} update={point['update_seconds']:.2f}s"
+                f"macro_f1={point['macro_f1']:.3f} ece={point['ece']:.3f} update={point['update_seconds']:.2f}s "
+                f"report={point['report_seconds']:.2f}s"
             )
 
         result = simulation.simulate(
