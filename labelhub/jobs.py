@@ -66,7 +66,8 @@ def _dispatch(path: str, args: tuple[Any, ...], kwargs: dict[str, Any], queue: s
         options: dict[str, Any] = {}
         if job_id:
             options["job_id"] = job_id
-        rq_queue = django_rq.get_queue(queue)
+        # "auto": enqueue() already waited for the commit (or was told not to); never defer a second time.
+        rq_queue = django_rq.get_queue(queue, commit_mode="auto")
         if delay > 0:
             # Needs a worker started with --with-scheduler (`make worker` and `make run` do).
             rq_queue.enqueue_in(timedelta(seconds=delay), path, *args, **kwargs, **options)
@@ -94,10 +95,17 @@ def _dispatch_or_log(path: str, args: tuple[Any, ...], kwargs: dict[str, Any], q
 
 
 def enqueue(path: str, *args: Any, queue: str = "default", job_id: str | None = None, delay: float = 0.0,
-            on_failure: Callable[[], None] | None = None, **kwargs: Any) -> None:
+            on_failure: Callable[[], None] | None = None, after_commit: bool = True, **kwargs: Any) -> None:
     """Run the job at dotted `path` with (*args, **kwargs) in the background once the current transaction
-    commits, `delay` seconds later when given; if it cannot be queued, log it and call `on_failure`."""
-    transaction.on_commit(lambda: _dispatch_or_log(path, args, kwargs, queue, job_id, delay, on_failure))
+    commits, `delay` seconds later when given; if it cannot be queued, log it and call `on_failure`.
+
+    `after_commit=False` queues it now, for work whose rows are already committed and must not wait for
+    (or be lost with) an enclosing transaction, e.g. a webhook retry after an attempt's outcome is saved.
+    """
+    if after_commit:
+        transaction.on_commit(lambda: _dispatch_or_log(path, args, kwargs, queue, job_id, delay, on_failure))
+    else:
+        _dispatch_or_log(path, args, kwargs, queue, job_id, delay, on_failure)
 
 
 def job_waiting(job_id: str, queue: str = "default") -> bool:

@@ -309,7 +309,8 @@ def deliver(delivery_id: str) -> WebhookDelivery | None:
 
 def schedule_retry(delivery_id: str, delay: float) -> None:
     # With RQ the retry waits in the scheduler (workers run --with-scheduler); without, in a timer.
-    enqueue("serving.jobs.deliver_webhook", delivery_id, queue="default", delay=delay)
+    # Queued at once: the attempt's outcome is already saved; never hold the retry for a transaction.
+    enqueue("serving.jobs.deliver_webhook", delivery_id, queue="default", delay=delay, after_commit=False)
 
 
 def retry_now(delivery: WebhookDelivery) -> None:
