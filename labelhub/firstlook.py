@@ -187,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         web = [python, "manage.py", "runserver", "--noreload", f"{args.host}:{args.port}"]
         if os.environ["REDIS_URL"]:
             queues = worker_queues()
-            log(f"starting an RQ worker on {', '.join(queues)} ({os.environ['REDIS_URL']})")
-            supervisor.start("worker", [python, "manage.py", "rqworker", *queues, "--with-scheduler"])
+            # Imports get a worker of their own: a long import never holds up the model updates.
+            learning = [q for q in queues if q != "imports"]
+            log(f"starting RQ workers on {', '.join(learning)} and on imports ({os.environ['REDIS_URL']})")
+            supervisor.start("worker", [python, "manage.py", "rqworker", *learning, "--with-scheduler"])
+            if "imports" in queues:
+                supervisor.start("import worker", [python, "manage.py", "rqworker", "imports"])
         supervisor.start("web server", web)
         log(f"LabelHub is at http://{args.host}:{args.port}/ (Ctrl-C stops the server, the worker and Redis)")
         return supervisor.watch()
