@@ -88,7 +88,9 @@ def cache_dir() -> Path:
 def embed(name: str) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     train_texts, train_labels, test_texts, test_labels = load_dataset(name)
     cache = EmbeddingCache(cache_dir())
-    encoder = get_encoder()
+    # PyTorch unless LABELHUB_BENCH_ENCODER_BACKEND says otherwise: every figure in
+    # benchmarks/README.md was measured on its vectors, and the CPU default (int8 ONNX) gives others.
+    encoder = get_encoder(backend=os.environ.get("LABELHUB_BENCH_ENCODER_BACKEND", "torch"))
     started = time.perf_counter()
     x_train = cache.encode(encoder, train_texts)
     x_test = cache.encode(encoder, test_texts)

@@ -148,8 +148,9 @@ def score_pool(
     set of eps serves every item (common random numbers: differences between items are not
     sampling noise). With more than ``BALD_CLASSES`` classes, each item's BALD samples its
     ``BALD_CLASSES`` most probable classes and lumps the others into one class held at its
-    mean (log-sum-exp of their logits): classes with negligible probability carry negligible
-    mutual information, and sampling all 150 would cost 10x more. Memory stays
+    mean: classes with negligible probability carry negligible mutual information, and sampling
+    all 150 would cost 10x more. Multi-label BALD (a sum over independent labels) samples each
+    item's ``BALD_CLASSES`` least certain labels. Memory stays
     O(chunk * S * min(K, BALD_CLASSES)) however large the pool.
     """
     rng = rng or np.random.default_rng()
@@ -162,7 +163,7 @@ def score_pool(
     half = max(1, n_samples // 2)
     is_bald = spec.name.startswith("bald")
     moments = posterior.pool_moments()
-    top = k if posterior.multi_label or k <= BALD_CLASSES else BALD_CLASSES
+    top = min(k, BALD_CLASSES)
     eps = rng.standard_normal((top, half, 1)).astype(np.float32) if is_bald else None
     inv_t = np.float32(1.0 / posterior.temperature)
     sd_scale = np.float32(math.sqrt(posterior.variance_scale) / posterior.temperature)
@@ -204,7 +205,14 @@ def _bald_of_moments(mean: np.ndarray, var: np.ndarray, proba: np.ndarray, rows:
     """BALD (B,) from class-major logit moments and predictive probabilities (K, B) (``rows``: the
     same probabilities item-major, (B, K)) and antithetic normal draws eps (top, S/2, 1)."""
     k, b = mean.shape
-    if top < k:
+    if top < k and multi_label:
+        # Labels are independent and BALD is their sum: the `top` labels each item is least sure
+        # of carry nearly all of it (one near 0 or 1 adds almost nothing).
+        idx = np.argpartition(-np.minimum(rows, 1.0 - rows), top - 1, axis=1)[:, :top].T
+        cols = np.arange(b)
+        centre = mean[idx, cols] * inv_t
+        dev = (np.sqrt(var[idx, cols]) * sd_scale)[:, None, :] * eps
+    elif top < k:
         # Each item's `top` most probable classes, plus one class standing for the rest, held at
         # a logit that gives it, against the kept classes' mean logits, its predictive share.
         idx = np.argpartition(-rows, top - 1, axis=1)[:, :top].T  # (top, B); contiguous rows select faster

@@ -272,3 +272,15 @@ def blobs_for_bald() -> tuple[np.ndarray, np.ndarray]:
     centers = rng.standard_normal((3, 6))
     y = rng.integers(0, 3, 300)
     return (centers[y] + 0.8 * rng.standard_normal((300, 6))).astype(np.float32), y
+
+
+def test_it_keeps_multilabel_bald_of_many_labels_between_zero_and_entropy() -> None:
+    rng = np.random.default_rng(41)
+    X = rng.standard_normal((300, 10)).astype(np.float32)
+    Y = (X @ rng.standard_normal((10, 40)) > 0.8).astype(int)
+    post = bayes.fit_multilabel(X, Y)
+    pool = (rng.standard_normal((150, 10)) * 2).astype(np.float32)
+    scored = acquisition.score_pool(post, pool, strategy="bald", rng=rng, chunk_size=70)
+    assert np.all(np.isfinite(scored.scores)) and np.all(scored.scores >= 0)
+    assert np.all(scored.scores <= acquisition.entropy(scored.proba, multi_label=True) + 1e-5)
+    assert np.abs(post.predict_proba(pool) - scored.proba).max() < 1e-3
