@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -37,12 +38,6 @@ import numpy as np
 # download from the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-from transformers import AutoTokenizer  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-# The per-tensor "Loading weights" bar is noise in worker logs and command output.
-hf_logging.disable_progress_bar()
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +82,58 @@ def _base_name(path: Path) -> str:
     return path.parent.name if path.name == "model" else path.name
 
 
+def _transformers() -> Any:
+    """transformers, imported on first use: it imports torch, which the ONNX path never needs."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    # The per-tensor "Loading weights" bar is noise in worker logs and command output.
+    hf_logging.disable_progress_bar()
+    return transformers
+
+
+class _Tokenizer:
+    """The model's tokenizer: ``tokenizer.json`` run by the ``tokenizers`` library alone when the ONNX
+    path has one (the same Rust code transformers' fast tokenizers run, without importing torch),
+    else transformers' AutoTokenizer. Returns unpadded ids and token types."""
+
+    def __init__(self, path: Path, max_length: int, *, standalone: bool) -> None:
+        self.max_length = max_length
+        self._lock = threading.Lock()  # a Rust tokenizer's state is not shareable between threads
+        self._fast: Any = None
+        self._auto: Any = None
+        if standalone and (path / "tokenizer.json").exists():
+            from tokenizers import Tokenizer
+
+            self._fast = Tokenizer.from_file(str(path / "tokenizer.json"))
+            self._fast.enable_truncation(max_length)
+            self._fast.no_padding()
+            config_file = path / "tokenizer_config.json"
+            config = json.loads(config_file.read_text()) if config_file.exists() else {}
+            pad = config.get("pad_token")
+            pad = pad.get("content") if isinstance(pad, dict) else pad
+            self.pad_token_id = (self._fast.token_to_id(pad) if pad else None) or 0
+            self.padding_side = str(config.get("padding_side", "right"))
+        else:
+            self._auto = _transformers().AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.pad_token_id = self._auto.pad_token_id or 0
+            self.padding_side = str(self._auto.padding_side)
+
+    def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        with self._lock:
+            if self._fast is not None:
+                encodings = self._fast.encode_batch(texts)
+                return [e.ids for e in encodings], [e.type_ids for e in encodings]
+            encoded = self._auto(texts, truncation=True, max_length=self.max_length, padding=False,
+                                 return_attention_mask=False)
+        return encoded["input_ids"], encoded.get("token_type_ids")
+
+
 def cuda_available() -> bool:
+    # Without an NVIDIA device there is no CUDA, and a web process that predicts with ONNX Runtime
+    # need not import torch (seconds and a few hundred MB per process) only to be told so.
+    if "torch" not in sys.modules and not Path("/proc/driver/nvidia/version").exists():
+        return False
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a requirement
@@ -172,9 +218,10 @@ def export_onnx(model_path: str | os.PathLike[str], folder: str | os.PathLike[st
 
 def _export_fp32(path: Path, out: Path) -> None:
     import torch
-    from transformers import AutoModel
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    transformers = _transformers()
+    AutoModel, tokenizer = transformers.AutoModel, transformers.AutoTokenizer.from_pretrained(
+        str(path), local_files_only=True)
     # Eager attention traces to the MatMul/Softmax pattern that ONNX Runtime fuses into one
     # Attention node; the SDPA path traces to a graph it does not recognise.
     model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation="eager")
@@ -230,16 +277,15 @@ class Encoder:
         self.batch_size = batch_size
         self.max_length = max_length
         self.threads = threads
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._tokenizer_lock = threading.Lock()
+        self.tokenizer = _Tokenizer(path, max_length, standalone=self.backend != "torch")
         self.dim = int(json.loads((path / "config.json").read_text())["hidden_size"])
         self.name = encoder_name(path, backend=self.backend, max_length=max_length)
         self.model: Any = None
         self.session: Any = None
         if self.backend == "torch":
             import torch
-            from transformers import AutoModel
 
+            AutoModel = _transformers().AutoModel
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             if threads and self.device == "cpu":
                 # Process-wide, and what every worker wants: on a shared machine two threads per
@@ -307,11 +353,7 @@ class Encoder:
         # Tokenised once, unpadded (one call into the Rust tokenizer for all texts), then batched
         # by token count, longest first: a batch holds texts of nearly the same length, so little
         # compute goes to padding, and an out-of-memory on an accelerator shows on the first batch.
-        with self._tokenizer_lock:  # a fast tokenizer's Rust state is not shareable between threads
-            encoded = self.tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length,
-                                     padding=False, return_attention_mask=False)
-        rows: list[list[int]] = encoded["input_ids"]
-        types: list[list[int]] | None = encoded.get("token_type_ids")
+        rows, types = self.tokenizer([str(t) for t in texts])
         order = sorted(range(n), key=lambda i: -len(rows[i]))
         done = 0
         for start in range(0, n, self.batch_size):

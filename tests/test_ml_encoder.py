@@ -110,3 +110,18 @@ def test_auto_falls_back_to_pytorch_when_the_onnx_folder_cannot_be_written(
     assert fallback.backend == "torch" and fallback.name == encoder.name
     with pytest.raises(PermissionError):
         Encoder(backend="onnx", onnx_dir=tmp_path / "ro")  # asked for by name: no silent fallback
+
+
+@pytest.mark.slow
+def test_predicting_with_onnx_never_imports_torch(encoder: Encoder, onnx_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    Encoder(backend="onnx", onnx_dir=onnx_dir)  # exported (which needs torch) beforehand, as at install
+    script = ("import sys; from learning.encoder import get_encoder; "
+              "e = get_encoder(device='cpu', threads=1, onnx_dir=sys.argv[1]); e.encode(['a sentence']); "
+              "print(e.backend, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script, str(onnx_dir)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    # A web process that only predicts stays small: torch costs seconds and ~200 MB per process.
+    assert out.stdout.split() == ["onnx", "False"]
