@@ -179,12 +179,14 @@ def explain(project_pk: int, username: str) -> tuple[str, float, bool]:
 
 def profile_submits(project_pk: int, username: str, n: int) -> dict[str, Any]:
     """Queries per HTMX submit, in-process (test client): count, their DB time, and the slowest ones."""
+    from django.contrib.auth.models import User
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
     client = Client()
-    assert client.login(username=username, password=PASSWORD)
+    # force_login: django-axes' backend refuses authenticate() without a request.
+    client.force_login(User.objects.get(username=username))
     page = client.get(f"/projects/{project_pk}/label/", HTTP_HX_REQUEST="true").content.decode()
     counts, db_ms, wall_ms = [], [], []
     slow: dict[str, list[float]] = {}
@@ -488,7 +490,7 @@ def main() -> int:
     env = {**os.environ, "DATABASE_URL": f"{args.server}/{args.db}", "REDIS_URL": args.redis, "DEBUG": "0",
            "SECRET_KEY": "bench", "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
            # Plain http on loopback: secure cookies would never be sent back.
-           "SECURE_COOKIES": "0", "DJANGO_SETTINGS_MODULE": "labelhub.settings",
+           "SECURE_COOKIES": "0", "SECURE_SSL_REDIRECT": "0", "DJANGO_SETTINGS_MODULE": "labelhub.settings",
            "STATIC_ROOT": str(Path(tempfile.gettempdir()) / "labelhub_queue_bench_static"), "LOG_LEVEL": "WARNING"}
     os.environ.update(env)
     import django
