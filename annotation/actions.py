@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
@@ -192,10 +192,12 @@ def _try_claim(project: Project, example_id: int, user: Any) -> int | None:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql" and not connection.in_atomic_block:
                 cursor.execute(_INSERT_ASYNC, params)
+                row = cursor.fetchone()
             else:
                 with transaction.atomic():
                     cursor.execute(_INSERT, params)
-            row = cursor.fetchone()
+                    # Read RETURNING before the commit: SQLite refuses to commit with a statement open.
+                    row = cursor.fetchone()
         return row[0] if row else None
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_SLOTS, [example_id])
@@ -294,12 +296,24 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         relabel.done_by = user
         relabel.save(update_fields=["done_at", "done_by"])
     # Already labelled by this person under this taxonomy (e.g. by hand as a manager): the newer
-    # answer wins. One upsert, no savepoint (its source stays what it was).
-    [annotation] = Annotation.objects.bulk_create(
-        [Annotation(example=item.example, annotator=user, taxonomy_version=taxonomy, label_keys=keys,
-                    source=AnnotationSource.UI, created_at=now)],
-        update_conflicts=True, unique_fields=["example", "annotator", "taxonomy_version"],
-        update_fields=["label_keys", "created_at"])
+    # answer wins (its source stays what it was).
+    annotation = Annotation(example=item.example, annotator=user, taxonomy_version=taxonomy, label_keys=keys,
+                            source=AnnotationSource.UI, created_at=now)
+    if connection.vendor == "postgresql":
+        # One upsert, no savepoint. SQLite cannot: it has no NULLS NOT DISTINCT unique constraint to
+        # name in ON CONFLICT.
+        [annotation] = Annotation.objects.bulk_create(
+            [annotation], update_conflicts=True, unique_fields=["example", "annotator", "taxonomy_version"],
+            update_fields=["label_keys", "created_at"])
+    else:
+        try:
+            with transaction.atomic():
+                annotation.save(force_insert=True)
+        except IntegrityError:
+            annotation = Annotation.objects.get(example=item.example, annotator=user, taxonomy_version=taxonomy)
+            annotation.label_keys = keys
+            annotation.created_at = now
+            annotation.save(update_fields=["label_keys", "created_at"])
     if project.overlap == 1 or Annotation.objects.filter(example=item.example).count() >= project.overlap:
         # Fully answered: out of the queue's walk now rather than at the next retrain.
         ExampleScore.objects.filter(example=item.example).delete()
