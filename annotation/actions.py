@@ -147,9 +147,6 @@ INSERT INTO annotation_assignment (project_id, example_id, annotator_id, slot, s
 VALUES (%s, %s, %s, %s, 'leased', %s, %s)
 ON CONFLICT DO NOTHING RETURNING id
 """
-_INSERT_ASYNC = ("WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true))"
-                 + _INSERT.replace("VALUES (%s, %s, %s, %s, 'leased', %s, %s)",
-                                   "SELECT %s, %s, %s, %s, 'leased', %s, %s FROM async_commit"))
 
 
 def candidates(project: Project, *, user: Any, limit: int = CANDIDATES) -> list[int]:
@@ -185,19 +182,12 @@ def _try_claim(project: Project, example_id: int, user: Any) -> int | None:
     now = timezone.now()
     if project.overlap == 1:
         # Slot 0 or nothing. A lease lost in a database crash only means the item is
-        # served again, so this commit need not wait for the disk (PostgreSQL). Outside a
-        # transaction the statement is its own one, so set_config(..., true) covers just its
-        # commit: one round trip instead of BEGIN, SET LOCAL, INSERT, COMMIT.
-        params = [project.pk, example_id, user.pk, 0, now, _lease_until()]
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql" and not connection.in_atomic_block:
-                cursor.execute(_INSERT_ASYNC, params)
-                row = cursor.fetchone()
-            else:
-                with transaction.atomic():
-                    cursor.execute(_INSERT, params)
-                    # Read RETURNING before the commit: SQLite refuses to commit with a statement open.
-                    row = cursor.fetchone()
+        # served again, so this commit need not wait for the disk (PostgreSQL).
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            cursor.execute(_INSERT, [project.pk, example_id, user.pk, 0, now, _lease_until()])
+            row = cursor.fetchone()
         return row[0] if row else None
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_SLOTS, [example_id])
@@ -295,25 +285,17 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         relabel.done_at = now
         relabel.done_by = user
         relabel.save(update_fields=["done_at", "done_by"])
-    # Already labelled by this person under this taxonomy (e.g. by hand as a manager): the newer
-    # answer wins (its source stays what it was).
-    annotation = Annotation(example=item.example, annotator=user, taxonomy_version=taxonomy, label_keys=keys,
-                            source=AnnotationSource.UI, created_at=now)
-    if connection.vendor == "postgresql":
-        # One upsert, no savepoint. SQLite cannot: it has no NULLS NOT DISTINCT unique constraint to
-        # name in ON CONFLICT.
-        [annotation] = Annotation.objects.bulk_create(
-            [annotation], update_conflicts=True, unique_fields=["example", "annotator", "taxonomy_version"],
-            update_fields=["label_keys", "created_at"])
-    else:
-        try:
-            with transaction.atomic():
-                annotation.save(force_insert=True)
-        except IntegrityError:
-            annotation = Annotation.objects.get(example=item.example, annotator=user, taxonomy_version=taxonomy)
-            annotation.label_keys = keys
-            annotation.created_at = now
-            annotation.save(update_fields=["label_keys", "created_at"])
+    try:
+        with transaction.atomic():
+            annotation = Annotation.objects.create(example=item.example, annotator=user, taxonomy_version=taxonomy,
+                                                   label_keys=keys, source=AnnotationSource.UI, created_at=now)
+    except IntegrityError:
+        # Already labelled by this person under this taxonomy (e.g. by hand as a manager):
+        # the newer answer wins.
+        annotation = Annotation.objects.get(example=item.example, annotator=user, taxonomy_version=taxonomy)
+        annotation.label_keys = keys
+        annotation.created_at = now
+        annotation.save(update_fields=["label_keys", "created_at"])
     if project.overlap == 1 or Annotation.objects.filter(example=item.example).count() >= project.overlap:
         # Fully answered: out of the queue's walk now rather than at the next retrain.
         ExampleScore.objects.filter(example=item.example).delete()
