@@ -1,27 +1,39 @@
-"""Update latency: what a worker does after each batch of labels, by stage, against two peers.
+"""Update latency: what a worker does after each batch of labels, by number of classes K.
 
 Usage:
-    .venv/bin/python benchmarks/update_latency.py [--runs 7] [--big-runs 3] [--labels 1000 10000]
-        [--pools 10000 100000 1000000] [--blas-threads 1]
+    .venv/bin/python benchmarks/update_latency.py [--ks 2 8 64 150] [--real hwu64 trec_fine]
+        [--labels 1000 10000] [--pools 100000 1000000] [--runs 5] [--big-runs 2]
+        [--report-labels 2000] [--report-runs 3]
 
-Data: synthetic Gaussian-mixture embeddings (dim 384, 8 classes, unit-normalised like the
-sentence encoder's output), not real text: latency depends on shapes, not on content.
+The critical path (``learning.actions.fit_and_score``): a warm refit, then the rescore of the
+pool and the next diverse batch. Each (K, labels, pool) case replays a labelling session: run r
+refits on N + 20 r labels warm-started from run r - 1's model, as the app does with the
+previous ModelVersion's artifact, and times
+  refit    bayes.fit(..., warm_start=previous) (+ carrying the previous calibration)
+  rescore  acquisition.score_pool (the default strategy, BALD x density, density cached as the
+           app caches it) + select_batch(20, diverse)
+  refit + rescore  the target (p95 <= 0.5 s for a 100k pool, any K), summed per run
+beside the floor of one float32 product X @ W over the pool (W = 384 x K). p50/p95 are
+wall-clock over the runs (with 2-5 runs p95 is about the maximum), and the process CPU time of refit + rescore, which
+stays meaningful when other jobs share the cores (wall time then grows, CPU time much less).
+The cold first fit
+(evidence search) is timed once per (K, labels).
 
-Each (labels, pool) row replays a labelling session: run r refits on N + 20 r labels, warm-started
-from the model of run r - 1 (the app passes the previous ModelVersion's artifact), exactly as
-``learning.actions.fit_and_score`` does, and times each stage:
-  refit      bayes.fit(..., warm_start=previous)
-  quality    quality.evaluate(..., posterior=model) + quality.calibrate(..., report=report): one
-             5-fold cross-validation on <= 2,000 labels that gives the report and the calibration
-  rescore    acquisition.score_pool (BALD, 16 antithetic posterior samples) + select_batch(20, diverse)
-  refit + rescore  the issue's target (p95 <= 1 s for a 100k pool), summed per run
-  full       all three (the database write of the scores is not included)
-beside two peers timed in the same runs: the floor of one float32 matrix product X @ W over the
-pool (W = 384 x 8) and a scikit-learn LogisticRegression refit on the same labels (lbfgs,
-C = 1/lambda). p50/p95 are wall-clock over the runs (p95 of 3 runs is their maximum); "cpu"
-is the process CPU time of the full update, which stays meaningful when other jobs share the
-cores. The cold first fit (evidence search) is timed once per label count. BLAS runs with
---blas-threads threads (1, as the training job sets with threadpoolctl).
+The quality report (``learning.actions.report_project``, off the critical path): one 5-fold
+cross-validation on <= 2,000 labels at the model's prior precision plus the calibration
+(quality.evaluate + quality.calibrate), timed at ``--report-labels`` labels for every K.
+
+Data: synthetic Gaussian-mixture embeddings (dim 384, K classes, unit-normalised like the
+sentence encoder's output) for ``--ks``, and for ``--real`` sets the real MiniLM embeddings of
+../shared/data (labels: the first N rows of the set's capped train split with their real
+labels, up to the split's size; pool: those embeddings resampled with replacement to the pool
+size, plus a little noise so no two pool items are identical). Latency depends on shapes more
+than content; the real sets check that it holds on real label distributions and curvature.
+
+The last lines print the log-log slope of the p50 cost against K (synthetic cases): 1 would
+mean cost proportional to K; the unavoidable part, the K N D product of the logits, is a
+fraction of the total at small K, so a K-independent update shows a slope well below 1.
+BLAS runs with one thread, as the training job sets with threadpoolctl.
 """
 
 from __future__ import annotations
@@ -35,22 +47,43 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learning import acquisition, bayes, quality  # noqa: E402
 
-D, K = 384, 8
+D = 384
 STEP = 20  # labels added between two updates
 
 
 def mixture(n: int, rng: np.random.Generator, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = rng.integers(0, K, n)
+    k = len(centers)
+    y = rng.integers(0, k, n)
     X = np.empty((n, D), dtype=np.float32)
     for start in range(0, n, 100_000):
         part = slice(start, min(n, start + 100_000))
         X[part] = centers[y[part]] + 0.06 * rng.standard_normal((len(y[part]), D), dtype=np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     return X, y
+
+
+def real_set(name: str) -> tuple[np.ndarray, np.ndarray]:
+    import label_efficiency
+
+    x_train, labels, _, _ = label_efficiency.embed(name)
+    classes = {c: i for i, c in enumerate(sorted(set(labels)))}
+    return x_train.astype(np.float32), np.array([classes[c] for c in labels])
+
+
+def resampled_pool(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    pool = np.empty((n, X.shape[1]), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        pool[start:stop] = X[rng.integers(0, len(X), stop - start)]
+        pool[start:stop] += 0.01 * rng.standard_normal((stop - start, X.shape[1]), dtype=np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    return pool
 
 
 def ms(values: list[float], q: float) -> float:
@@ -61,80 +94,115 @@ def pair(values: list[float]) -> str:
     return f"{ms(values, 50):,.0f} / {ms(values, 95):,.0f}"
 
 
-def update(
-    X: np.ndarray, y: np.ndarray, previous: bayes.Posterior, pool: np.ndarray, seed: int
-) -> tuple[bayes.Posterior, dict[str, float]]:
+def update(X: np.ndarray, y: np.ndarray, k: int, previous: bayes.Posterior, pool: np.ndarray, density: np.ndarray,
+           seed: int) -> tuple[bayes.Posterior, dict[str, float]]:
     """One model update as fit_and_score runs it; returns the model and seconds per stage."""
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    post = bayes.fit(X, y, n_classes=K, warm_start=previous)
-    t1 = time.perf_counter()
-    names = [f"c{k}" for k in range(K)]
-    report = quality.evaluate(X, y, n_classes=K, label_names=names, multi_label=False, seed=seed, posterior=post)
-    quality.calibrate(post, X, y, seed=seed, report=report)
-    t2 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
+    post = quality.carry_calibration(bayes.fit(X, y, n_classes=k, warm_start=previous), previous)
+    c1, t1 = time.process_time(), time.perf_counter()
     rng = np.random.default_rng(seed)
-    scored = acquisition.score_pool(post, pool, strategy="bald_diversity", rng=rng)
-    acquisition.select_batch("bald_diversity", scores=scored.scores, embeddings=pool, batch_size=20, rng=rng)
-    t3 = time.perf_counter()
-    return post, {"refit": t1 - t0, "quality": t2 - t1, "rescore": t3 - t2, "target": (t1 - t0) + (t3 - t2),
-                  "full": t3 - t0,
-                  "cpu": time.process_time() - cpu0}
+    strategy = acquisition.DEFAULT_STRATEGY
+    scored = acquisition.score_pool(post, pool, strategy=strategy, rng=rng, density=density)
+    acquisition.select_batch(strategy, scores=scored.scores, embeddings=pool, batch_size=20, rng=rng)
+    c2, t2 = time.process_time(), time.perf_counter()
+    return post, {"refit": t1 - t0, "rescore": t2 - t1, "target": t2 - t0, "refit_cpu": c1 - c0,
+                  "rescore_cpu": c2 - c1, "target_cpu": c2 - c0}
+
+
+def report_seconds(X: np.ndarray, y: np.ndarray, k: int, post: bayes.Posterior, seed: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the quality report job's numerical part."""
+    c, t = time.process_time(), time.perf_counter()
+    names = [f"c{i}" for i in range(k)]
+    report = quality.evaluate(X, y, n_classes=k, label_names=names, multi_label=False, seed=seed, posterior=post)
+    quality.calibrate(post, X, y, seed=seed, report=report)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def slope(ks: list[int], values: list[float]) -> float:
+    return float(np.polyfit(np.log(ks), np.log(values), 1)[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--big-runs", type=int, default=3, help="runs for pools of 1M items or more")
+    parser.add_argument("--ks", type=int, nargs="*", default=[2, 8, 64, 150])
+    parser.add_argument("--real", nargs="*", default=["hwu64", "trec_fine"])
     parser.add_argument("--labels", type=int, nargs="+", default=[1000, 10_000])
-    parser.add_argument("--pools", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--blas-threads", type=int, default=1)
+    parser.add_argument("--pools", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--big-runs", type=int, default=2, help="runs for pools of 1M items or more")
+    parser.add_argument("--report-labels", type=int, default=2000)
+    parser.add_argument("--report-runs", type=int, default=3)
     args = parser.parse_args()
-    from sklearn.linear_model import LogisticRegression
 
-    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; BLAS threads {args.blas_threads}")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; BLAS threads 1", flush=True)
     rng = np.random.default_rng(0)
-    centers = rng.standard_normal((K, D)).astype(np.float32) * 0.05
-    pools = {n: mixture(n, rng, centers)[0] for n in args.pools}
-    longest = max(args.runs, args.big_runs)
-    header = ("| labels | pool | runs | refit p50 / p95 | rescore p50 / p95 | **refit + rescore p50 / p95** "
-              "| quality p50 / p95 | full update p50 / p95 | full cpu p50 | floor X@W p50 | rescore / floor "
-              "| sklearn LR refit p50 | refit / sklearn |")
-    rows = [header, "|" + "---:|" * 13]
-    with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-        for n_labels in args.labels:
-            X, y = mixture(n_labels + STEP * longest, rng, centers)
-            t = time.perf_counter()
-            first = bayes.fit(X[: n_labels - STEP], y[: n_labels - STEP], n_classes=K)
-            cold = time.perf_counter() - t
-            print(f"labels {n_labels}: cold first fit (evidence search, {first.info['evidence_iterations']} MAPs) "
-                  f"{cold * 1000:,.0f} ms, lambda {first.prior_precision:.2f}")
-            for n_pool, P in pools.items():
-                runs = args.big_runs if n_pool >= 1_000_000 else args.runs
-                stages: dict[str, list[float]] = {}
-                floor, sk = [], []
-                previous = first
-                for run in range(runs):
-                    n = n_labels + STEP * run
-                    W = np.ascontiguousarray(previous.raw_weights(previous.mean)[:-1].astype(np.float32))
+    header = ("| data | K | labels | pool | runs | cold fit | refit p50 / p95 | rescore p50 / p95 "
+              "| **refit + rescore p50 / p95** | refit + rescore CPU p50 / p95 | floor X@W p50 |")
+    rows = [header, "|---|" + "---:|" * 10]
+    medians: dict[tuple[int, int], dict[int, float]] = {}
+    reports: dict[str, tuple[int, list[tuple[float, float]]]] = {}
+    cases: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    for k in args.ks:
+        centers = rng.standard_normal((k, D)).astype(np.float32) * 0.05
+        X, y = mixture(max(*args.labels, args.report_labels) + STEP * max(args.runs, args.big_runs), rng, centers)
+        cases.append(("synthetic", k, X, y, centers))
+    for name in args.real or []:
+        X, y = real_set(name)
+        cases.append((name, int(y.max()) + 1, X, y, None))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for data, k, X, y, centers in cases:
+            for n_pool in args.pools:
+                if centers is not None:
+                    pool = mixture(n_pool, np.random.default_rng(n_pool + k), centers)[0]
+                else:
+                    pool = resampled_pool(X, n_pool, np.random.default_rng(n_pool))
+                density = np.random.default_rng(1).uniform(0.2, 0.8, n_pool)  # cached per project in the app
+                W = np.ascontiguousarray(np.random.default_rng(2).standard_normal((D, k)), dtype=np.float32)
+                for n_labels in args.labels:
+                    runs = args.big_runs if n_pool >= 1_000_000 else args.runs
+                    n0 = min(n_labels, len(y) - STEP * runs)
                     t = time.perf_counter()
-                    _ = P @ W
-                    floor.append(time.perf_counter() - t)
-                    previous, timing = update(X[:n], y[:n], previous, P, seed=run)
-                    for key, value in timing.items():
-                        stages.setdefault(key, []).append(value)
-                    t = time.perf_counter()
-                    LogisticRegression(C=1.0 / previous.prior_precision, max_iter=1000).fit(X[:n], y[:n])
-                    sk.append(time.perf_counter() - t)
-                rows.append(
-                    f"| {n_labels:,} | {n_pool:,} | {runs} | {pair(stages['refit'])} | {pair(stages['rescore'])} "
-                    f"| **{pair(stages['target'])}** | {pair(stages['quality'])} | {pair(stages['full'])} "
-                    f"| {ms(stages['cpu'], 50):,.0f} "
-                    f"| {ms(floor, 50):,.0f} | {np.median(stages['rescore']) / np.median(floor):.1f}x "
-                    f"| {ms(sk, 50):,.0f} | {np.median(stages['refit']) / np.median(sk):.1f}x |"
-                )
-                print(rows[-1], flush=True)
+                    previous = bayes.fit(X[: n0 - STEP], y[: n0 - STEP], n_classes=k)
+                    cold = time.perf_counter() - t
+                    stages: dict[str, list[float]] = {}
+                    floor = []
+                    for run in range(runs):
+                        n = n0 + STEP * run
+                        t = time.perf_counter()
+                        _ = pool @ W
+                        floor.append(time.perf_counter() - t)
+                        previous, timing = update(X[:n], y[:n], k, previous, pool, density, seed=run)
+                        for key, value in timing.items():
+                            stages.setdefault(key, []).append(value)
+                    if data == "synthetic":
+                        medians.setdefault((n_labels, n_pool), {})[k] = float(np.median(stages["target_cpu"]))
+                    rows.append(
+                        f"| {data} | {k} | {n0:,} | {n_pool:,} | {runs} | {cold * 1000:,.0f} | {pair(stages['refit'])} "
+                        f"| {pair(stages['rescore'])} | **{pair(stages['target'])}** | {pair(stages['target_cpu'])} "
+                        f"| {ms(floor, 50):,.0f} |"
+                    )
+                    print(rows[-1], flush=True)
+                del pool
+            n_report = min(args.report_labels, len(y))
+            post = bayes.fit(X[:n_report], y[:n_report], n_classes=k)
+            times = [report_seconds(X[:n_report], y[:n_report], k, post, seed) for seed in range(args.report_runs)]
+            reports[f"{data} K={k}"] = (n_report, times)
+            print(f"quality report, {data} K={k}, {n_report:,} labels: {pair([t for t, _ in times])} ms "
+                  f"(CPU {pair([c for _, c in times])})", flush=True)
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     print("All times in ms.\n" + "\n".join(rows))
+    print("\n| quality report (5-fold CV + calibration) | labels | p50 / p95 | CPU p50 / p95 |\n|---|---:|---:|---:|")
+    for name, (n_report, times) in reports.items():
+        print(f"| {name} | {n_report:,} | {pair([t for t, _ in times])} | {pair([c for _, c in times])} |")
+    ks = [k for k in args.ks]
+    print("\nlog-log slope of refit + rescore CPU p50 against K (synthetic):")
+    for (n_labels, n_pool), by_k in medians.items() if len(ks) > 1 else ():
+        print(f"  {n_labels:,} labels, pool {n_pool:,}: {slope(ks, [by_k[k] for k in ks]):.2f} "
+              f"({', '.join(f'K={k} {by_k[k] * 1000:,.0f} ms' for k in ks)})")
+    synthetic = [(int(name.split("=")[1]), float(np.median([c for _, c in t]))) for name, (_, t) in reports.items()
+                 if name.startswith("synthetic")]
+    if len(synthetic) > 1:
+        print(f"  quality report: {slope([k for k, _ in synthetic], [v for _, v in synthetic]):.2f}")
 
 
 if __name__ == "__main__":
