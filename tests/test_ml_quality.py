@@ -119,14 +119,13 @@ def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_up
     assert actions.report_project(project.pk) is None
 
 
-def test_the_report_gives_way_to_a_due_model_update(project, alice, clustered_examples, settings):
+def test_the_report_gives_way_to_a_due_model_update(project, alice, clustered_examples):
     from learning import actions
     from learning.models import ModelVersion, RunStatus, TrainingRun
 
     clustered_examples(project, alice, 200, labelled=80)
     TrainingRun.objects.create(project=project)
     assert actions.run_training(project.pk).status == RunStatus.SUCCEEDED
-    settings.TRAIN_DEBOUNCE_SECONDS = 0
     TrainingRun.objects.create(project=project)  # labels came in: an update is due
     assert actions.report_project(project.pk) is None
     assert ModelVersion.objects.get(project=project).report_at is None
