@@ -5,8 +5,6 @@ from django.urls import include, path
 from django_rq import urls as rq_urls
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from projects import views as project_views
-
 # django-rq's job pages (staff only) carry inline <style> blocks: allowed there only. Their one inline
 # script stays refused: it calls a jQuery plugin that Django's admin no longer has (it fails with or
 # without the CSP; admin/js/actions.js starts the action bar by itself). A job's result rows link by
@@ -20,8 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("accounts/token/", project_views.api_token, name="api-token"),
-    path("accounts/token/<int:token_id>/revoke/", project_views.api_token_revoke, name="api-token-revoke"),
+    path("accounts/", include("projects.account_urls")),
     path("accounts/password/change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("accounts/password/reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
