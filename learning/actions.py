@@ -58,6 +58,11 @@ def encoder_named(name: str) -> Any | None:
 # --- Embeddings -------------------------------------------------------------------------------------------------
 
 
+def model_status_key(project_id: int) -> str:
+    """The cache key of the labelling header's model line (learning.views.model_status)."""
+    return f"labelhub:model-status:{project_id}"
+
+
 def embed_progress_key(project_id: int) -> str:
     return f"labelhub:embed-progress:{project_id}"
 
@@ -253,6 +258,8 @@ def run_training(project_id: int) -> TrainingRun | None:
         run.mark_failed(f"Unexpected error: {exc!r}. The previous model keeps serving.")
     else:
         run.mark_succeeded(version)
+        # The labelling header must not say "No model yet" beside the new model's suggestions.
+        cache.delete(model_status_key(project_id))
         # The serving layer promotes it (unless pinned) and keeps a drift reference.
         events.model_version_recorded.send(sender=ModelVersion, version=version)
     if TrainingRun.objects.filter(project_id=project_id, status=RunStatus.QUEUED).exists():

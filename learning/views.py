@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from annotation.models import Annotation
-from learning.actions import embedding_progress
+from learning.actions import embedding_progress, model_status_key
 from learning.models import Metrics, ModelVersion, TrainingRun
 from projects.access import AuthenticatedHttpRequest, get_project_for_user
 from projects.models import Example, Project
@@ -66,7 +66,7 @@ def model_panel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 def model_status(project: Project) -> dict[str, Any]:
     """The newest model version and how many labels ago it was trained, cached a few seconds."""
-    key = f"labelhub:model-status:{project.pk}"
+    key = model_status_key(project.pk)
     status = cache.get(key)
     if status is None:
         latest = (ModelVersion.objects.filter(project=project).order_by("-number")

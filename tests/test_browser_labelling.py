@@ -108,6 +108,8 @@ def test_an_annotator_labels_by_keyboard_while_a_manager_edits_the_taxonomy(
         text = current_text(annotator)
         if suggestion_at is None and annotator.locator("#label-item .suggestion").count():
             suggestion_at = labelled
+            # The header's model line is its own region (learning:model-status), loaded after the item.
+            annotator.locator("#model-status").filter(has_text=re.compile("Model v|No model yet")).wait_for()
             annotator.screenshot(path=str(shots / "labelling-page.png"))
         annotator.keyboard.press(keys[truth[text]])
         wait_for_next_item(annotator, text)
