@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 # Records what the browser refuses; init scripts are injected by the driver, outside the page's CSP.
@@ -23,21 +22,6 @@ document.addEventListener('securitypolicyviolation',
   e => window.__csp.push(`${e.violatedDirective} ${e.blockedURI || 'inline'} ${e.sourceFile}:${e.lineNumber}`));
 """
 
-
-@pytest.fixture
-def browser(monkeypatch: Any) -> Any:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make browser)")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 def _screenshots() -> Path:

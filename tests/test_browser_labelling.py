@@ -22,7 +22,6 @@ from projects.importing import content_hash
 from projects.models import Example, Membership, Role
 from projects.taxonomy import LabelSpec, create_project
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
@@ -31,23 +30,6 @@ def screenshot_dir() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-@pytest.fixture
-def browser(monkeypatch):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make browser)")
-    # Playwright's sync API keeps an event loop on this thread; the test's own ORM
-    # calls are still synchronous and safe.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 def demo_truth(n: int) -> dict[str, str]:
