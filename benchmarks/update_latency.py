@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/update_latency.py [--ks 2 8 64 150] [--real hwu64 trec_fine]
         [--labels 1000 10000] [--pools 100000 1000000] [--runs 5] [--big-runs 2]
-        [--report-labels 2000] [--report-runs 3]
+        [--report-labels 2000] [--report-runs 3] [--blas-threads 1]
 
 The critical path (``learning.actions.fit_and_score``): a warm refit, then the rescore of the
 pool and the next diverse batch. Each (K, labels, pool) case replays a labelling session: run r
@@ -33,7 +33,7 @@ than content; the real sets check that it holds on real label distributions and 
 The last lines print the log-log slope of the p50 cost against K (synthetic cases): 1 would
 mean cost proportional to K; the unavoidable part, the K N D product of the logits, is a
 fraction of the total at small K, so a K-independent update shows a slope well below 1.
-BLAS runs with one thread, as the training job sets with threadpoolctl.
+BLAS runs with one thread (``--blas-threads``), as the training job sets with threadpoolctl.
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--big-runs", type=int, default=2, help="runs for pools of 1M items or more")
     parser.add_argument("--report-labels", type=int, default=2000)
     parser.add_argument("--report-runs", type=int, default=3)
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS threads (1, as the training job sets with threadpoolctl)")
     args = parser.parse_args()
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; BLAS threads 1", flush=True)
@@ -149,7 +151,7 @@ def main() -> None:
     for name in args.real or []:
         X, y = real_set(name)
         cases.append((name, int(y.max()) + 1, X, y, None))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=args.blas_threads, user_api="blas"):
         for data, k, X, y, centers in cases:
             for n_pool in args.pools:
                 if centers is not None:

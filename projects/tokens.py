@@ -7,8 +7,6 @@ nothing worth timing); the key is shown once, at creation. A token can expire an
 """
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +15,11 @@ from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 
+from labelhub.credentials import hash_key, new_key, presented_key
 from labelhub.errors import ActionError
 from projects.models import PersonalToken
 
@@ -34,10 +33,6 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 EXPIRY_DAYS = [30, 90, 365, None]
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
 @transaction.atomic
 def create_personal_token(user: Any, *, name: str,
                           expires_in_days: int | None) -> tuple[PersonalToken, str]:
@@ -47,8 +42,7 @@ def create_personal_token(user: Any, *, name: str,
         raise ActionError("Give the token a name (which script or machine uses it).")
     if expires_in_days is not None and expires_in_days <= 0:
         raise ActionError("A token must last at least one day.")
-    prefix = secrets.token_hex(4)
-    key = f"lhp_{prefix}_{secrets.token_urlsafe(32)}"
+    prefix, key = new_key("lhp")
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     row = PersonalToken.objects.create(user=user, name=name[:100], prefix=prefix, hashed_key=hash_key(key),
                                        expires_at=expires_at)
@@ -59,15 +53,9 @@ class PersonalTokenAuthentication(BaseAuthentication):
     """`Authorization: Token <key>`: the request acts as the token's user."""
 
     def authenticate(self, request: Request) -> tuple[Any, PersonalToken] | None:
-        header = get_authorization_header(request).split()
-        if not header or header[0].lower() != KEYWORD.lower().encode():
+        presented = presented_key(request, KEYWORD, what="token")
+        if presented is None:
             return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Invalid Token header: give `Token <key>`.")
-        try:
-            presented = header[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("Invalid token.") from None
         row = PersonalToken.objects.select_related("user").filter(hashed_key=hash_key(presented)).first()
         if row is None or not row.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid token.")

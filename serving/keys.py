@@ -9,9 +9,7 @@ scopes the manager gave the key; the per-key rate limit is there too.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -20,9 +18,10 @@ from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from labelhub.credentials import hash_key, new_key, presented_key
 from labelhub.errors import ActionError
 from projects.models import Project
 from serving.models import ApiKey
@@ -31,12 +30,6 @@ KEYWORD = "Api-Key"
 SCOPES = [value for value, _ in ApiKey.SCOPES]
 # Writing last_used_at on every request would turn each prediction into two writes.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-
-
-def hash_key(key: str) -> str:
-    # Keys carry 256 random bits: a fast hash is enough (no dictionary to attack), and it keeps
-    # authentication well under a millisecond.
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 @transaction.atomic
@@ -48,8 +41,7 @@ def create_api_key(project: Project, *, name: str, scopes: list[str], user: Any)
     name = name.strip()
     if not name:
         raise ActionError("Give the key a name (who or what uses it).")
-    prefix = secrets.token_hex(4)
-    key = f"lh_{prefix}_{secrets.token_urlsafe(32)}"
+    prefix, key = new_key("lh")
     row = ApiKey.objects.create(project=project, name=name[:100], prefix=prefix, hashed_key=hash_key(key),
                                 scopes=sorted(set(scopes)), created_by=user)
     return row, key
@@ -70,15 +62,9 @@ class ApiKeyAuthentication(BaseAuthentication):
     """`Authorization: Api-Key <key>`."""
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, ApiKey] | None:
-        header = get_authorization_header(request).split()
-        if not header or header[0].lower() != KEYWORD.lower().encode():
+        presented = presented_key(request, KEYWORD, what="API key")
+        if presented is None:
             return None
-        if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Invalid Api-Key header: give `Api-Key <key>`.")
-        try:
-            presented = header[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed("Invalid API key.") from None
         row = find_key(presented)
         if row is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
