@@ -314,6 +314,15 @@ def training_set(project: Project) -> TrainingSet:
                        target_array, skipped)
 
 
+def embedded_labels(project: Project, encoder_name: str, data: TrainingSet
+                    ) -> tuple[store.ProjectEmbeddings, np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled examples that have embeddings: (embeddings, their ids, their vectors, their targets)."""
+    emb = store.load(project.pk, encoder_name)
+    present = emb.has(data.example_ids)
+    ids = data.example_ids[present]
+    return emb, ids, emb.vectors[emb.rows_of(ids)], data.targets[present]
+
+
 @dataclass
 class Fitted:
     """A fitted model and what it was fitted on, before the pool is scored."""
@@ -361,16 +370,13 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
     if len(data.label_keys) < (1 if project.is_multi_label else 2):
         raise TrainingError("The taxonomy needs at least two active labels before a model can learn.")
     encoder = current_encoder()
-    emb = store.load(project.pk, encoder.name)
-    present = emb.has(data.example_ids)
-    ids, targets = data.example_ids[present], data.targets[present]
+    emb, ids, X, targets = embedded_labels(project, encoder.name, data)
     run.n_labels = int(len(ids))
     if len(ids) < 2:
         raise TrainingError(
             f"{len(data.example_ids)} labelled example(s), {len(ids)} with embeddings: a model needs at least two. "
             "Label more, or wait for the embedding job to finish."
         )
-    X = emb.vectors[emb.rows_of(ids)]
     # The previous model of the same outputs warm-starts the fit (same posterior, a fraction of
     # the time: see bayes.fit); a changed taxonomy or encoder, or an unreadable artifact, means a
     # cold fit.
@@ -525,9 +531,7 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     data = training_set(project)
     if data.label_keys != version.label_keys:
         return None  # the taxonomy changed: the update it started records a version to measure
-    emb = store.load(project.pk, version.encoder)
-    present = emb.has(data.example_ids)
-    X, targets = emb.vectors[emb.rows_of(data.example_ids[present])], data.targets[present]
+    _, _, X, targets = embedded_labels(project, version.encoder, data)
     posterior = bayes.Posterior.from_bytes(bytes(version.artifact))
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
