@@ -1,6 +1,6 @@
 from django.urls import path
 
-from learning import activity, dashboard, views
+from learning import activity, dashboard, export_views, views
 
 app_name = "learning"
 urlpatterns = [
@@ -9,4 +9,8 @@ urlpatterns = [
     path("projects/<int:pk>/embedding/", views.embedding_status, name="embedding-status"),
     path("projects/<int:pk>/dashboard/", dashboard.dashboard, name="dashboard"),
     path("projects/<int:pk>/activity/", activity.activity_panel, name="activity"),
+    path("projects/<int:pk>/export/", export_views.export_page, name="export"),
+    path("projects/<int:pk>/export/download/", export_views.export_download, name="export-download"),
+    path("projects/<int:pk>/export/taxonomy-history/", export_views.taxonomy_history, name="export-taxonomy"),
+    path("projects/<int:pk>/export/models/<int:number>/", export_views.model_download, name="export-model"),
 ]

@@ -1,0 +1,671 @@
+"""Data out: a project's examples and labels in six formats, its taxonomy history, a model version.
+
+One reader (`iter_items`) walks the project's examples in id order, a chunk at a time (keyset
+pagination: each chunk is one short query, no cursor held open across the download), fetches the
+chunk's annotations and the model's current suggestions, and yields one `Item` per example; the
+writers turn items into bytes as they come. Memory stays flat in the number of examples for every
+format but spaCy's (a `DocBin` is one msgpack blob, built in memory).
+
+It lives in the learning layer because an export can carry the model's predictions and the export
+page offers each model version as a download; everything else it reads is from the layers below.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, cast
+
+import yaml
+from django.db import connection
+from django.db.models import Exists, OuterRef
+
+from annotation.models import Annotation, ExampleScore
+from labelhub.errors import ActionError
+from learning.models import ModelVersion
+from projects.models import Example, Project, TaxonomyVersion
+from projects.taxonomy import taxonomy_diff
+
+CHUNK = 2000
+FLUSH_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    title: str
+    content_type: str
+    extension: str
+    description: str
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("csv", "CSV", "text/csv; charset=utf-8", "csv",
+           "One row per example: id, text, label (several joined by |), then the chosen metadata columns."),
+    Format("jsonl", "JSON Lines", "application/x-ndjson; charset=utf-8", "jsonl",
+           "One JSON object per line: id, text, label (a list in multi-label projects: labels), metadata keys."),
+    Format("hf-jsonl", "Hugging Face datasets (JSON Lines, zip)", "application/zip", "zip",
+           "A zip of train.jsonl (label as a class index), dataset_info.json (the features, with the "
+           "ClassLabel names) and a dataset card README.md."),
+    Format("hf-parquet", "Hugging Face datasets (Parquet)", "application/vnd.apache.parquet", "parquet",
+           "One Parquet file whose schema carries the datasets features (ClassLabel names): "
+           "load_dataset('parquet', data_files=...) gives the label names back."),
+    Format("spacy", "spaCy DocBin (text classification)", "application/octet-stream", "spacy",
+           "A .spacy file of docs with doc.cats (1.0 for the given labels, 0.0 for the others), for spacy train."),
+    Format("label-studio", "Label Studio JSON", "application/json", "json",
+           "A JSON array of tasks: data.text, annotations[].result of type choices, predictions if asked."),
+)}
+
+ANNOTATION_MODES: dict[str, str] = {
+    "latest": "Final: each example's latest answer (a review or re-label overrides earlier ones); "
+              "what the model trains on",
+    "majority": "Majority: each annotator's latest answer, the label most of them gave (multi-label: the labels "
+                "more than half gave); ties go to the latest answer",
+    "each": "Each annotator's: one row per annotator and example (their latest answer), with the annotator's name",
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str
+    labelled_only: bool = False
+    annotations: str = "latest"
+    metadata: tuple[str, ...] | None = None  # None: every metadata key; (): none
+    taxonomy_version: int | None = None  # None: the current version
+    predictions: bool = False
+
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ActionError(f"{name}={value!r} is not a yes/no value: use true or false.")
+
+
+def parse_options(params: Mapping[str, Any], *, getlist: Callable[[str], list[str]] | None = None) -> ExportOptions:
+    """Export options from query parameters, a form or the CLI; a clear 400 for anything unknown.
+
+    ``metadata`` is ``all`` (default), ``none``, or metadata keys (comma-separated or repeated).
+    """
+    fmt = str(params.get("format") or "").strip()
+    if not fmt:
+        raise ActionError(f"Choose a format: format= one of {', '.join(FORMATS)}.")
+    if fmt not in FORMATS:
+        raise ActionError(f"Unknown export format '{fmt}': use one of {', '.join(FORMATS)}.")
+    mode = str(params.get("annotations") or "latest").strip()
+    if mode not in ANNOTATION_MODES:
+        raise ActionError(f"Unknown annotations choice '{mode}': use one of {', '.join(ANNOTATION_MODES)}.")
+    raw_version = str(params.get("taxonomy_version") or "").strip()
+    version: int | None = None
+    if raw_version:
+        try:
+            version = int(raw_version)
+        except ValueError:
+            raise ActionError(f"taxonomy_version={raw_version!r} is not a version number.") from None
+    values = getlist("metadata") if getlist else ([params["metadata"]] if params.get("metadata") is not None else [])
+    metadata: tuple[str, ...] | None = None
+    if values:
+        keys = [k.strip() for v in values for k in str(v).split(",")]
+        chosen = tuple(dict.fromkeys(k for k in keys if k))
+        metadata = None if chosen == ("all",) else () if chosen in {(), ("none",)} else chosen
+    return ExportOptions(format=fmt, labelled_only=_flag("labelled_only", params.get("labelled_only", False)),
+                         annotations=mode, metadata=metadata, taxonomy_version=version,
+                         predictions=_flag("predictions", params.get("predictions", False)))
+
+
+# --- Reading ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    labels: list[str]  # label names in the export's taxonomy version, in taxonomy order
+    annotator: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass
+class Item:
+    example_id: int
+    external_id: str
+    text: str
+    metadata: dict[str, Any]
+    answers: list[Answer] = field(default_factory=list)
+    prediction: list[str] | None = None
+    confidence: float | None = None
+    model_version: int | None = None
+
+    @property
+    def export_id(self) -> str:
+        """The id column: the id the example was imported with, else LabelHub's number for it."""
+        return self.external_id or str(self.example_id)
+
+
+@dataclass
+class ExportPlan:
+    """What one export writes: the project, the options, the label list, the metadata columns."""
+
+    project: Project
+    options: ExportOptions
+    version: TaxonomyVersion
+    label_names: list[str]  # the version's active labels in taxonomy order: the class list
+    name_of: dict[str, str]  # label key -> name, for the version's active labels
+    metadata_keys: list[str]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.project.is_multi_label
+
+    @property
+    def label_field(self) -> str:
+        return "labels" if self.multi_label else "label"
+
+    @property
+    def format(self) -> Format:
+        return FORMATS[self.options.format]
+
+    def filename(self) -> str:
+        slug = "".join(c if c.isalnum() else "-" for c in self.project.name.lower()).strip("-") or "project"
+        return f"{slug}-v{self.version.number}.{self.format.extension}"
+
+    def metadata_column(self, key: str) -> str:
+        """A metadata key's column name; a key that clashes with one of ours gets a `meta_` prefix."""
+        return f"meta_{key}" if key in self.reserved_columns() else key
+
+    def reserved_columns(self) -> set[str]:
+        return {"id", "text", "label", "labels", "annotator", "annotated_at", "prediction", "confidence",
+                "model_version"}
+
+
+def metadata_keys(project: Project) -> list[str]:
+    """Every key of the project's example metadata, sorted (one pass in the database)."""
+    sql = {
+        "postgresql": "SELECT DISTINCT k FROM projects_example, jsonb_object_keys(metadata) AS k "
+                      "WHERE project_id = %s AND jsonb_typeof(metadata) = 'object'",
+        "sqlite": "SELECT DISTINCT j.key FROM projects_example, json_each(projects_example.metadata) AS j "
+                  "WHERE project_id = %s AND json_type(projects_example.metadata) = 'object'",
+    }.get(connection.vendor)
+    if sql is None:  # another backend: read them in Python, a chunk at a time
+        keys: set[str] = set()
+        for meta in Example.objects.filter(project=project).values_list("metadata", flat=True).iterator(CHUNK):
+            keys.update(meta if isinstance(meta, dict) else ())
+        return sorted(keys)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [project.pk])
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def plan_export(project: Project, options: ExportOptions) -> ExportPlan:
+    """Check the options against the project (400 with the reason) and fix the columns."""
+    if project.task_type == "span":
+        raise ActionError("Span projects cannot be exported yet: the span formats come with span tagging.")
+    if options.taxonomy_version is None:
+        version = project.current_taxonomy()
+    else:
+        found = project.taxonomy_versions.filter(number=options.taxonomy_version).first()
+        if found is None:
+            latest = project.current_taxonomy().number
+            raise ActionError(f"Taxonomy version {options.taxonomy_version} does not exist in this project "
+                              f"(versions 1 to {latest}).")
+        version = found
+    active = list(version.active_labels().order_by("position", "id"))
+    known = metadata_keys(project)
+    if options.metadata is None:
+        chosen = known
+    else:
+        unknown = [k for k in options.metadata if k not in known]
+        if unknown:
+            raise ActionError(f"No example has the metadata key(s) {', '.join(map(repr, unknown))}; "
+                              f"the keys are: {', '.join(known) or 'none'}.")
+        chosen = list(options.metadata)
+    return ExportPlan(project=project, options=options, version=version,
+                      label_names=[label.name for label in active],
+                      name_of={label.key: label.name for label in active}, metadata_keys=chosen)
+
+
+def _names(plan: ExportPlan, keys: Iterable[str]) -> list[str]:
+    """Label keys as names of the plan's version, in taxonomy order. Keys the version does not have (added or
+    split later) or has deprecated are left out: the version maps every rename, and a merge already moved
+    the merged labels' annotations to the label they were merged into."""
+    wanted = {plan.name_of[k] for k in keys if k in plan.name_of}
+    return [name for name in plan.label_names if name in wanted]
+
+
+def _latest_per_annotator(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each annotator's newest answer, newest first (rows arrive newest first)."""
+    seen: set[Any] = set()
+    kept = []
+    for row in rows:
+        if row["annotator_id"] not in seen:
+            seen.add(row["annotator_id"])
+            kept.append(row)
+    return kept
+
+
+def _answers(plan: ExportPlan, rows: list[dict[str, Any]]) -> list[Answer]:
+    """The answers an example is exported with, from its annotations (newest first)."""
+    mode = plan.options.annotations
+    if not rows:
+        return []
+    if mode == "latest":
+        row = rows[0]
+        return [Answer(_names(plan, row["label_keys"]), row["annotator__username"], row["created_at"])]
+    per_annotator = _latest_per_annotator(rows)
+    if mode == "each":
+        return [Answer(_names(plan, row["label_keys"]), row["annotator__username"], row["created_at"])
+                for row in per_annotator]
+    # Majority over each annotator's latest answer.
+    votes: dict[str, int] = {}
+    newest_vote: dict[str, int] = {}  # label -> rank of its newest voter (0 = newest)
+    for rank, row in enumerate(per_annotator):
+        for name in _names(plan, row["label_keys"]):
+            votes[name] = votes.get(name, 0) + 1
+            newest_vote.setdefault(name, rank)
+    if not votes:
+        return [Answer([], None, per_annotator[0]["created_at"])]
+    if plan.multi_label:
+        chosen = [name for name in plan.label_names if votes.get(name, 0) * 2 > len(per_annotator)]
+    else:
+        top = max(votes.values())
+        chosen = [min((name for name, n in votes.items() if n == top), key=lambda name: newest_vote[name])]
+    return [Answer(chosen, None, per_annotator[0]["created_at"])]
+
+
+def iter_items(plan: ExportPlan) -> Iterator[Item]:
+    """The export's examples in id order, with their answers and, if asked, the model's suggestion."""
+    examples = Example.objects.filter(project=plan.project)
+    if plan.options.labelled_only:
+        examples = examples.filter(Exists(Annotation.objects.filter(example=OuterRef("pk"))))
+    last = 0
+    while True:
+        batch = list(examples.filter(id__gt=last).order_by("id")
+                     .values_list("id", "external_id", "text", "metadata")[:CHUNK])
+        if not batch:
+            return
+        last = batch[-1][0]
+        ids = [row[0] for row in batch]
+        annotations: dict[int, list[Any]] = {}
+        for row in (Annotation.objects.filter(example_id__in=ids).order_by("example_id", "-created_at", "-id")
+                    .values("example_id", "annotator_id", "annotator__username", "label_keys", "created_at")):
+            annotations.setdefault(row["example_id"], []).append(row)
+        scores: dict[int, tuple[list[str], float | None, int | None]] = {}
+        if plan.options.predictions:
+            scores = {pk: (keys, conf, number) for pk, keys, conf, number in ExampleScore.objects.filter(
+                example_id__in=ids, model_version_number__isnull=False).values_list(
+                "example_id", "predicted_keys", "confidence", "model_version_number")}
+        for pk, external_id, text, metadata in batch:
+            answers = [a for a in _answers(plan, annotations.get(pk, [])) if a.labels]
+            if plan.options.labelled_only and not answers:
+                continue  # its labels are not in the chosen version
+            item = Item(pk, external_id, text, metadata if isinstance(metadata, dict) else {}, answers)
+            if pk in scores:
+                keys, item.confidence, item.model_version = scores[pk]
+                item.prediction = _names(plan, keys)
+            yield item
+
+
+# --- Writers --------------------------------------------------------------------------------------------------------
+
+
+def _meta_value(value: Any) -> str:
+    """A metadata value in a text column: strings as they are, anything else as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _rows(plan: ExportPlan, items: Iterable[Item]) -> Iterator[tuple[Item, Answer | None]]:
+    """One row per answer (each annotator's, or the one final answer), one for an unlabelled example."""
+    for item in items:
+        if item.answers:
+            for answer in item.answers:
+                yield item, answer
+        else:
+            yield item, None
+
+
+def _record(plan: ExportPlan, item: Item, answer: Answer | None) -> dict[str, Any]:
+    """A row as a JSON object (the JSONL format, and the CSV format's columns)."""
+    labels = answer.labels if answer else None
+    record: dict[str, Any] = {"id": item.export_id, "text": item.text}
+    record[plan.label_field] = labels if plan.multi_label else (labels[0] if labels else None)
+    if plan.options.annotations == "each":
+        record["annotator"] = answer.annotator if answer else None
+        record["annotated_at"] = answer.created_at.isoformat() if answer and answer.created_at else None
+    for key in plan.metadata_keys:
+        record[plan.metadata_column(key)] = item.metadata.get(key)
+    if plan.options.predictions:
+        record["prediction"] = item.prediction if plan.multi_label else (
+            item.prediction[0] if item.prediction else None)
+        record["confidence"] = item.confidence
+        record["model_version"] = item.model_version
+    return record
+
+
+class _Buffer:
+    """A write-only file that hands its bytes over in chunks (for the zip and Parquet writers)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        data = bytes(data)
+        self._parts.append(data)
+        self._size += len(data)
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def full(self) -> bool:
+        return self._size >= FLUSH_BYTES
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return data
+
+
+def write_csv(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    header = ["id", "text", plan.label_field]
+    if plan.options.annotations == "each":
+        header += ["annotator", "annotated_at"]
+    header += [plan.metadata_column(k) for k in plan.metadata_keys]
+    if plan.options.predictions:
+        header += ["prediction", "confidence", "model_version"]
+    writer.writerow(header)
+    for item, answer in _rows(plan, items):
+        record = _record(plan, item, answer)
+        row = []
+        for column in header:
+            value = record.get(column)
+            if column in ("label", "labels", "prediction"):
+                value = "|".join(value) if isinstance(value, list) else (value or "")
+            elif column in ("id", "text", "annotator", "annotated_at"):
+                value = value or ""
+            elif column in ("confidence", "model_version"):
+                value = "" if value is None else value
+            else:
+                value = _meta_value(value)
+            row.append(value)
+        writer.writerow(row)
+        if text.tell() >= FLUSH_BYTES:
+            yield text.getvalue().encode("utf-8")
+            text.seek(0)
+            text.truncate()
+    yield text.getvalue().encode("utf-8")
+
+
+def _jsonl(plan: ExportPlan, items: Iterable[Item], record: Callable[[ExportPlan, Item, Answer | None], Any]
+           ) -> Iterator[bytes]:
+    lines: list[str] = []
+    size = 0
+    for item, answer in _rows(plan, items):
+        line = json.dumps(record(plan, item, answer), ensure_ascii=False)
+        lines.append(line)
+        size += len(line)
+        if size >= FLUSH_BYTES:
+            yield ("\n".join(lines) + "\n").encode("utf-8")
+            lines, size = [], 0
+    if lines:
+        yield ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def write_jsonl(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    return _jsonl(plan, items, _record)
+
+
+# Hugging Face datasets: labels as class indices of a ClassLabel feature whose names are the label list.
+
+
+def hf_features(plan: ExportPlan) -> dict[str, Any]:
+    """The datasets `Features` of the export, as `Features.to_dict()` writes them (and `from_dict` reads)."""
+    class_label = {"names": list(plan.label_names), "_type": "ClassLabel"}
+    string = {"dtype": "string", "_type": "Value"}
+    label = {"feature": class_label, "_type": "Sequence"} if plan.multi_label else class_label
+    features: dict[str, Any] = {"id": string, "text": string, plan.label_field: label}
+    if plan.options.annotations == "each":
+        features["annotator"] = string
+        features["annotated_at"] = string
+    for key in plan.metadata_keys:
+        features[plan.metadata_column(key)] = string
+    if plan.options.predictions:
+        features["prediction"] = label
+        features["confidence"] = {"dtype": "float64", "_type": "Value"}
+        features["model_version"] = {"dtype": "int64", "_type": "Value"}
+    return features
+
+
+def _hf_record(plan: ExportPlan, item: Item, answer: Answer | None) -> dict[str, Any]:
+    index = {name: i for i, name in enumerate(plan.label_names)}
+    record = _record(plan, item, answer)
+    labels = answer.labels if answer else None
+    # Unlabelled: -1 (the datasets convention for a missing ClassLabel), or null for a list.
+    record[plan.label_field] = ([index[n] for n in labels] if labels is not None else None) if plan.multi_label \
+        else (index[labels[0]] if labels else -1)
+    for key in plan.metadata_keys:
+        column = plan.metadata_column(key)
+        record[column] = _meta_value(record[column]) if record[column] is not None else None
+    if plan.options.predictions:
+        pred = item.prediction
+        record["prediction"] = ([index[n] for n in pred] if pred is not None else None) if plan.multi_label \
+            else (index[pred[0]] if pred else -1)
+    return record
+
+
+def _dataset_card(plan: ExportPlan, data_file: str) -> str:
+    """A dataset card whose YAML header declares the features, as the Hub writes it."""
+    def card_type(feature: dict[str, Any]) -> Any:
+        if feature["_type"] == "ClassLabel":
+            return {"class_label": {"names": {str(i): n for i, n in enumerate(feature["names"])}}}
+        if feature["_type"] == "Sequence":
+            return {"sequence": card_type(feature["feature"])}
+        return feature["dtype"]
+
+    header = {
+        "dataset_info": {"features": [{"name": name, "dtype": card_type(f)} for name, f in hf_features(plan).items()]},
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_file}]}],
+    }
+    return (f"---\n{yaml.safe_dump(header, sort_keys=False, allow_unicode=True)}---\n\n"
+            f"# {plan.project.name}\n\nExported from LabelHub (taxonomy v{plan.version.number}, "
+            f"annotations: {plan.options.annotations}). `{plan.label_field}` holds class indices into "
+            f"{plan.label_names!r}; -1 (or null) is unlabelled.\n")
+
+
+def write_hf_jsonl(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    sink = _Buffer()
+    with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        info = {"description": f"{plan.project.name}, exported from LabelHub", "features": hf_features(plan),
+                "config_name": "default", "splits": {"train": {"name": "train"}}}
+        archive.writestr("dataset_info.json", json.dumps(info, indent=2, ensure_ascii=False))
+        archive.writestr("README.md", _dataset_card(plan, "train.jsonl"))
+        with archive.open("train.jsonl", "w", force_zip64=True) as member:
+            for chunk in _jsonl(plan, items, _hf_record):
+                member.write(chunk)
+                if sink.full():
+                    yield sink.take()
+    yield sink.take()
+
+
+def write_hf_parquet(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    label_type = pa.list_(pa.int64()) if plan.multi_label else pa.int64()
+    types: dict[str, Any] = {"id": pa.string(), "text": pa.string(), plan.label_field: label_type}
+    if plan.options.annotations == "each":
+        types.update(annotator=pa.string(), annotated_at=pa.string())
+    types.update({plan.metadata_column(k): pa.string() for k in plan.metadata_keys})
+    if plan.options.predictions:
+        types.update(prediction=label_type, confidence=pa.float64(), model_version=pa.int64())
+    schema = pa.schema(list(types.items()),
+                       metadata={"huggingface": json.dumps({"info": {"features": hf_features(plan)}})})
+    sink = _Buffer()
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        batch: list[dict[str, Any]] = []
+        for item, answer in _rows(plan, items):
+            batch.append(_hf_record(plan, item, answer))
+            if len(batch) >= 10 * CHUNK:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+                yield sink.take()
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    yield sink.take()
+
+
+def write_spacy(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    import spacy
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    docs = DocBin(store_user_data=True)
+    for item, answer in _rows(plan, items):
+        doc = nlp.make_doc(item.text)
+        if answer is not None:
+            doc.cats = {name: float(name in answer.labels) for name in plan.label_names}
+        doc.user_data["id"] = item.export_id
+        if plan.options.annotations == "each" and answer is not None:
+            doc.user_data["annotator"] = answer.annotator or ""
+        if plan.metadata_keys:
+            doc.user_data["metadata"] = {k: item.metadata[k] for k in plan.metadata_keys if k in item.metadata}
+        if plan.options.predictions and item.prediction is not None:
+            doc.user_data["prediction"] = item.prediction
+            doc.user_data["confidence"] = item.confidence
+        docs.add(doc)
+    yield docs.to_bytes()
+
+
+def _ls_result(plan: ExportPlan, names: list[str]) -> list[dict[str, Any]]:
+    return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": names}}]
+
+
+def label_studio_config(plan: ExportPlan) -> str:
+    """The Label Studio labelling config the export's results refer to (from_name label, to_name text)."""
+    from xml.sax.saxutils import quoteattr
+
+    choices = "".join(f"<Choice value={quoteattr(name)}/>" for name in plan.label_names)
+    kind = "multiple" if plan.multi_label else "single"
+    return (f'<View><Text name="text" value="$text"/><Choices name="label" toName="text" choice="{kind}">'
+            f"{choices}</Choices></View>")
+
+
+def write_label_studio(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    parts: list[str] = ["["]
+    size = 0
+    first = True
+    for item in items:
+        data: dict[str, Any] = {"text": item.text, "id": item.export_id}
+        for key in plan.metadata_keys:
+            if key in item.metadata:
+                data[plan.metadata_column(key)] = item.metadata[key]
+        task: dict[str, Any] = {"data": data, "annotations": [
+            {"result": _ls_result(plan, answer.labels), "ground_truth": False,
+             **({"created_at": answer.created_at.isoformat()} if answer.created_at else {}),
+             **({"meta": {"annotator": answer.annotator}} if plan.options.annotations == "each" else {})}
+            for answer in item.answers]}
+        if plan.options.predictions and item.prediction is not None:
+            task["predictions"] = [{"model_version": f"v{item.model_version}", "score": item.confidence,
+                                    "result": _ls_result(plan, item.prediction)}]
+        line = ("\n" if first else ",\n") + json.dumps(task, ensure_ascii=False)
+        first = False
+        parts.append(line)
+        size += len(line)
+        if size >= FLUSH_BYTES:
+            yield "".join(parts).encode("utf-8")
+            parts, size = [], 0
+    parts.append("\n]\n")
+    yield "".join(parts).encode("utf-8")
+
+
+WRITERS: dict[str, Callable[[ExportPlan, Iterable[Item]], Iterator[bytes]]] = {
+    "csv": write_csv, "jsonl": write_jsonl, "hf-jsonl": write_hf_jsonl, "hf-parquet": write_hf_parquet,
+    "spacy": write_spacy, "label-studio": write_label_studio,
+}
+
+
+def stream_export(plan: ExportPlan) -> Iterator[bytes]:
+    """The export's bytes, chunk by chunk, as the rows are read."""
+    return WRITERS[plan.options.format](plan, iter_items(plan))
+
+
+# --- Taxonomy history and model versions ------------------------------------------------------------------------
+
+
+def taxonomy_history(project: Project) -> dict[str, Any]:
+    """Every taxonomy version, oldest first, with its changelog, its labels and the changes from the one before."""
+    versions = list(project.taxonomy_versions.order_by("number").select_related("created_by")
+                    .prefetch_related("labels"))
+    out = []
+    previous: TaxonomyVersion | None = None
+    for version in versions:
+        labels = sorted(version.labels.all(), key=lambda label: (label.position, label.pk))
+        out.append({
+            "number": version.number,
+            "created_at": version.created_at.isoformat(),
+            "created_by": version.created_by.get_username() if version.created_by else None,
+            "changelog": list(version.changelog or []),
+            "labels": [{"key": label.key, "name": label.name, "description": label.description,
+                        "colour": label.colour, "shortcut": label.shortcut, "deprecated": label.is_deprecated,
+                        "position": label.position} for label in labels],
+            "changes": taxonomy_diff(previous, version) if previous is not None else [],
+        })
+        previous = version
+    return {"project": {"id": project.pk, "name": project.name, "task_type": project.task_type},
+            "versions": out}
+
+
+def model_manifest(version: ModelVersion) -> dict[str, Any]:
+    """What a model download's model.json says: the encoder to embed with, the outputs, the figures."""
+    names = dict(version.taxonomy_version.labels.values_list("key", "name"))
+    return {
+        "project": {"id": version.project_id, "name": version.project.name,
+                    "task_type": version.project.task_type},
+        "version": version.number,
+        "created_at": version.created_at.isoformat(),
+        "report_at": version.report_at.isoformat() if version.report_at else None,
+        "encoder": version.encoder,
+        "taxonomy_version": version.taxonomy_version.number,
+        "label_keys": list(version.label_keys),
+        "labels": [names.get(key, key) for key in version.label_keys],
+        "n_labels": version.n_labels,
+        "strategy": version.strategy,
+        "metrics": version.metrics,
+        "posterior": "posterior.npz: the Laplace posterior over the last-layer weights (learning.bayes.Posterior; "
+                     "mean (D+1, K) in standardised coordinates with the bias last, shift and scale standardise "
+                     "the encoder's vectors, in_basis/in_eig/out_eig the Kronecker precision factors, meta the "
+                     "prior precision, temperature and calibration). Embed texts with `encoder`; outputs are "
+                     "in the order of `labels`.",
+    }
+
+
+def model_archive(version: ModelVersion) -> bytes:
+    """A zip of posterior.npz (the version's posterior, as stored) and model.json."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("posterior.npz", bytes(version.artifact))
+        archive.writestr("model.json", json.dumps(model_manifest(version), indent=2, ensure_ascii=False))
+    return buffer.getvalue()
