@@ -200,35 +200,70 @@ def _proba_class_major(posterior: Posterior, mean: np.ndarray, var: np.ndarray) 
     return z
 
 
+def _top_indices(values: np.ndarray, top: int) -> np.ndarray:
+    """(top, B) indices of each row's ``top`` largest entries of item-major ``values`` (B, K), in class
+    order; the same sets as ``np.argpartition(-values, top - 1, axis=1)[:, :top]`` (any of tied values).
+
+    Each row's ``top``-th largest value from ``np.partition`` (several times faster than
+    ``argpartition`` on rows of a few hundred floats), then the entries at or above it; a row
+    with a tie at that value (several classes with the same probability, e.g. classes without
+    examples yet) falls back to ``argpartition``.
+    """
+    b, k = values.shape
+    threshold = np.partition(values, k - top, axis=1)[:, k - top]
+    items, classes = np.nonzero(values >= threshold[:, None])
+    if len(classes) == b * top:
+        return classes.reshape(b, top).T
+    counts = np.bincount(items, minlength=b)
+    idx = np.empty((b, top), dtype=np.intp)
+    exact = counts == top
+    idx[exact] = classes[exact[items]].reshape(-1, top)
+    tied = ~exact
+    idx[tied] = np.argpartition(-values[tied], top - 1, axis=1)[:, :top]
+    return idx.T
+
+
+# Items per call of _bald_antithetic: its (classes x samples x items) arrays then stay in the
+# CPU's cache (17 x 16 x 1024 float32 is 1.1 MB), which made BALD about a quarter faster than
+# on whole 8,192-item chunks.
+BALD_BLOCK = 1024
+
+
 def _bald_of_moments(mean: np.ndarray, var: np.ndarray, proba: np.ndarray, rows: np.ndarray, eps: np.ndarray,
                      inv_t: np.float32, sd_scale: np.float32, top: int, *, multi_label: bool) -> np.ndarray:
     """BALD (B,) from class-major logit moments and predictive probabilities (K, B) (``rows``: the
     same probabilities item-major, (B, K)) and antithetic normal draws eps (top, S/2, 1)."""
     k, b = mean.shape
-    if top < k and multi_label:
-        # Labels are independent and BALD is their sum: the `top` labels each item is least sure
-        # of carry nearly all of it (one near 0 or 1 adds almost nothing).
-        idx = np.argpartition(-np.minimum(rows, 1.0 - rows), top - 1, axis=1)[:, :top].T
-        cols = np.arange(b)
-        centre = mean[idx, cols] * inv_t
-        dev = (np.sqrt(var[idx, cols]) * sd_scale)[:, None, :] * eps
-    elif top < k:
-        # Each item's `top` most probable classes, plus one class standing for the rest, held at
-        # a logit that gives it, against the kept classes' mean logits, its predictive share.
-        idx = np.argpartition(-rows, top - 1, axis=1)[:, :top].T  # (top, B); contiguous rows select faster
-        cols = np.arange(b)
-        kept = mean[idx, cols] * inv_t
-        kept_sd = np.sqrt(var[idx, cols]) * sd_scale
-        kept_mass = np.clip(proba[idx, cols].sum(axis=0), 1e-30, 1.0)
-        rest_mass = np.clip(1.0 - kept_mass, 1e-30, None)
-        peak = kept.max(axis=0)
-        lumped = np.log(np.exp(kept - peak).sum(axis=0)) + peak + np.log(rest_mass / kept_mass)
-        centre = np.concatenate([kept, lumped[None]], axis=0)
-        dev = np.concatenate([kept_sd[:, None, :] * eps, np.zeros((1, eps.shape[1], b), np.float32)], axis=0)
+    if top >= k:
+        centre = (mean * inv_t).astype(np.float32)
+        sd = (np.sqrt(var) * sd_scale).astype(np.float32)
     else:
-        centre = mean * inv_t
-        dev = (np.sqrt(var) * sd_scale)[:, None, :] * eps
-    return _bald_antithetic(centre.astype(np.float32), dev.astype(np.float32), multi_label=multi_label)
+        if multi_label:
+            # Labels are independent and BALD is their sum: the `top` labels each item is least
+            # sure of carry nearly all of it (one near 0 or 1 adds almost nothing).
+            idx = _top_indices(np.minimum(rows, 1.0 - rows), top)
+        else:
+            idx = _top_indices(rows, top)
+        # Flat positions in the class-major (K, B) arrays: one cheap gather per array.
+        flat = idx * b + np.arange(b)
+        centre = (np.take(mean, flat) * inv_t).astype(np.float32)
+        sd = (np.sqrt(np.take(var, flat)) * sd_scale).astype(np.float32)
+        if not multi_label:
+            # Each item's `top` most probable classes, plus one class standing for the rest, held at
+            # a logit that gives it, against the kept classes' mean logits, its predictive share
+            # (and no spread of its own).
+            kept_mass = np.clip(np.take(proba, flat).sum(axis=0), 1e-30, 1.0)
+            rest_mass = np.clip(1.0 - kept_mass, 1e-30, None)
+            peak = centre.max(axis=0)
+            lumped = np.log(np.exp(centre - peak).sum(axis=0)) + peak + np.log(rest_mass / kept_mass)
+            centre = np.concatenate([centre, lumped[None].astype(np.float32)], axis=0)
+            sd = np.concatenate([sd, np.zeros((1, b), np.float32)], axis=0)
+            eps = np.concatenate([eps, np.zeros((1,) + eps.shape[1:], np.float32)], axis=0)
+    out = np.empty(b)
+    for start in range(0, b, BALD_BLOCK):
+        part = slice(start, start + BALD_BLOCK)
+        out[part] = _bald_antithetic(centre[:, part], sd[:, None, part] * eps, multi_label=multi_label)
+    return out
 
 
 DENSITY_NEIGHBOURS = 20

@@ -425,18 +425,26 @@ class _Objective:
     makes the preconditioned Hessian close to the identity, so a refit after a few new labels
     takes a handful of steps. The optimum is the same either way; the preconditioner only
     changes how fast L-BFGS gets there.
+
+    ``single`` evaluates in float32 (products and elementwise work; sums accumulate in float64):
+    about half the cost of a step, but the value and gradient then carry float32 rounding, so
+    ``_map`` only uses it to get close and finishes in float64.
     """
 
     def __init__(self, Xb: np.ndarray, targets: np.ndarray, multi_label: bool, warm: Posterior | None = None) -> None:
         self.Xb = Xb
         self.targets = targets  # (N, K) one-hot or 0/1
         self.multi_label = multi_label
+        # Single-label targets are one-hot: the likelihood reads each row's label logit.
+        self.labels = None if multi_label else np.argmax(targets, axis=1)
         self.n = Xb.shape[0]
         self.shape = (Xb.shape[1], targets.shape[1])
         self.gram: np.ndarray | None = None
         self.factor: np.ndarray | None = None  # cold: the shared Cholesky factor L
         self.basis: np.ndarray | None = None  # warm: U and the per-(direction, output) scales
         self.scales: np.ndarray | None = None
+        self.single = False
+        self._float32: dict[str, np.ndarray] = {}
         if warm is None:
             # float32 is plenty for a preconditioner and halves the N D^2 product.
             X32 = Xb.astype(np.float32)
@@ -449,21 +457,31 @@ class _Objective:
 
     def set_prior_precision(self, lam: float) -> None:
         self.prior_precision = lam
+        self._float32.pop("factor", None)
         if self.gram is not None:
             A = self.gram / 4.0
             A[np.diag_indices_from(A)] += lam
             self.factor = np.linalg.cholesky(A)
 
+    def _operand(self, name: str) -> np.ndarray:
+        """The named array in the precision of the current evaluation (float32 copies made once)."""
+        value = getattr(self, name)
+        if not self.single:
+            return value
+        if name not in self._float32:
+            self._float32[name] = np.asarray(value, dtype=np.float32)
+        return self._float32[name]
+
     def to_weights(self, V: np.ndarray) -> np.ndarray:
         if self.basis is None:
-            return scipy.linalg.solve_triangular(self.factor, V, lower=True, trans="T", check_finite=False)
-        return self.basis @ (V * self.scales)
+            return scipy.linalg.solve_triangular(self._operand("factor"), V, lower=True, trans="T", check_finite=False)
+        return self._operand("basis") @ (V * self._operand("scales"))
 
     def _gradient_coords(self, G: np.ndarray) -> np.ndarray:
         """The gradient in V from the gradient in W: T^T G."""
         if self.basis is None:
-            return scipy.linalg.solve_triangular(self.factor, G, lower=True, trans="N", check_finite=False)
-        return (self.basis.T @ G) * self.scales
+            return scipy.linalg.solve_triangular(self._operand("factor"), G, lower=True, trans="N", check_finite=False)
+        return (self._operand("basis").T @ G) * self._operand("scales")
 
     def to_coords(self, W: np.ndarray) -> np.ndarray:
         if self.basis is None:
@@ -476,34 +494,72 @@ class _Objective:
         return self._nll(self.Xb @ W)
 
     def _nll(self, F: np.ndarray) -> tuple[float, np.ndarray]:
+        """Negative log likelihood (float64) and probabilities of logits F (N, K), which it overwrites."""
         if self.multi_label:
-            nll = -float(np.sum(self.targets * log_sigmoid(F) + (1 - self.targets) * log_sigmoid(-F)))
-            return nll, sigmoid(F)
-        logp = log_softmax(F)
-        return -float(np.sum(self.targets * logp)), np.exp(logp)
+            targets = self._operand("targets")
+            ll = targets * log_sigmoid(F) + (1 - targets) * log_sigmoid(-F)
+            return -float(np.sum(ll, dtype=np.float64)), sigmoid(F)
+        # log softmax with one exp: nll = sum_n (log sum_k e^(F_nk - m_n) - (F_ny - m_n)).
+        F -= F.max(axis=1, keepdims=True)
+        picked = float(np.sum(F[np.arange(self.n), self.labels], dtype=np.float64))
+        np.exp(F, out=F)
+        total = F.sum(axis=1, keepdims=True)
+        nll = float(np.sum(np.log(total), dtype=np.float64)) - picked
+        F /= total
+        return nll, F
 
     def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
-        W = self.to_weights(v.reshape(self.shape))
-        nll, P = self._nll(self.Xb @ W)
+        value, grad = self._evaluate(v.reshape(self.shape))
+        if self.single and np.abs(grad).max() < SINGLE_UNTIL:
+            # Close to the optimum float32 rounding would stall the line searches: from here on,
+            # float64 (L-BFGS keeps its memory; only this step compares a float32 value with a
+            # float64 one).
+            self.single = False
+            value, grad = self._evaluate(v.reshape(self.shape))
+        return value, grad
+
+    def _evaluate(self, V: np.ndarray) -> tuple[float, np.ndarray]:
+        W = self.to_weights(V.astype(np.float32) if self.single else V)
+        X = self._operand("Xb")
+        nll, P = self._nll(X @ W)
         lam = self.prior_precision
-        value = (nll + 0.5 * lam * float(np.sum(W * W))) / self.n
-        grad = self.Xb.T @ (P - self.targets) + lam * W
-        return value, self._gradient_coords(grad).ravel() / self.n
+        value = (nll + 0.5 * lam * float(np.sum(W * W, dtype=np.float64))) / self.n
+        P -= self._operand("targets")
+        grad = X.T @ P
+        grad += lam * W
+        return value, self._gradient_coords(grad).ravel().astype(np.float64) / self.n
+
+
+LBFGS_OPTIONS = {"maxiter": 1000, "gtol": 1e-7, "ftol": 1e-11, "maxcor": 20}
+# Largest preconditioned gradient entry below which the objective switches from float32 to float64
+# (float32 rounding puts its gradient's noise floor near 1e-7 to 1e-6).
+SINGLE_UNTIL = 3e-6
 
 
 def _map(objective: _Objective, W0: np.ndarray) -> tuple[np.ndarray, int]:
-    """MAP weights from ``W0`` and the number of L-BFGS iterations it took."""
-    result = scipy.optimize.minimize(
-        objective,
-        objective.to_coords(W0).ravel(),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": 1000, "gtol": 1e-7, "ftol": 1e-11, "maxcor": 20},
-    )
+    """MAP weights from ``W0`` and the number of L-BFGS iterations it took.
+
+    Steps far from the optimum evaluate in float32 (half the cost); near it (``SINGLE_UNTIL``)
+    in float64, to the same tolerance as an all-float64 run, so the optimum is unchanged. If
+    L-BFGS stopped before the switch (a float32 line search that could not make progress), a
+    float64 run finishes from there.
+    """
+    objective.single = True
+    try:
+        result = scipy.optimize.minimize(objective, objective.to_coords(W0).ravel(), jac=True, method="L-BFGS-B",
+                                         options=LBFGS_OPTIONS)
+        steps = int(result.nit)
+        if objective.single:
+            objective.single = False
+            start = result.x if np.isfinite(result.x).all() else objective.to_coords(W0).ravel()
+            result = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS)
+            steps += int(result.nit)
+    finally:
+        objective.single = False
     W = objective.to_weights(result.x.reshape(objective.shape))
     if not np.isfinite(W).all() or not np.isfinite(result.fun):
         raise ModelFitError(f"optimisation diverged ({result.message})")
-    return W, int(result.nit)
+    return W, steps
 
 
 def _kronecker_factors(Xb: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -284,3 +285,38 @@ def test_it_keeps_multilabel_bald_of_many_labels_between_zero_and_entropy() -> N
     assert np.all(np.isfinite(scored.scores)) and np.all(scored.scores >= 0)
     assert np.all(scored.scores <= acquisition.entropy(scored.proba, multi_label=True) + 1e-5)
     assert np.abs(post.predict_proba(pool) - scored.proba).max() < 1e-3
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(3, 60), top=st.integers(1, 16), ties=st.booleans())
+def test_it_picks_each_items_most_probable_classes_even_with_ties(seed: int, k: int, top: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    top = min(top, k - 1)
+    values = rng.random((50, k)).astype(np.float32)
+    if ties:
+        # Classes without examples share one probability: ties, also at each item's cut.
+        values = np.round(values * 4) / 4
+    idx = acquisition._top_indices(values, top)
+    assert idx.shape == (top, 50)
+    for row in range(50):
+        chosen = idx[:, row]
+        assert len(set(chosen.tolist())) == top
+        # Nothing left out beats anything taken.
+        rest = np.setdiff1d(np.arange(k), chosen)
+        assert values[row, chosen].min() >= values[row, rest].max()
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_bald_does_not_depend_on_the_block_it_is_computed_in(multi_label: bool, monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 10)).astype(np.float32)
+    k = 30
+    if multi_label:
+        post = bayes.fit_multilabel(X, (X @ rng.standard_normal((10, k)) > 0.8).astype(int))
+    else:
+        post = bayes.fit(X, np.argmax(X @ rng.standard_normal((10, k)), axis=1), n_classes=k)
+    pool = (rng.standard_normal((700, 10)) * 2).astype(np.float32)
+    whole = acquisition.score_pool(post, pool, strategy="bald", rng=np.random.default_rng(0))
+    monkeypatch.setattr(acquisition, "BALD_BLOCK", 37)
+    blocked = acquisition.score_pool(post, pool, strategy="bald", rng=np.random.default_rng(0))
+    np.testing.assert_allclose(blocked.scores, whole.scores, rtol=1e-6, atol=1e-9)

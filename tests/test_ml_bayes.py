@@ -283,3 +283,43 @@ def test_it_loads_a_format_1_artifact_with_per_output_cholesky_factors() -> None
     assert np.allclose(old.logit_mean_var(X)[1], post.logit_mean_var(X)[1], rtol=1e-3)
     # It warm-starts the next fit like a current artifact.
     assert bayes.fit(X, y, n_classes=2, warm_start=old).info["warm_start"] == 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 40), multi_label=st.booleans(), warm=st.booleans())
+def test_float32_steps_reach_the_float64_optimum(seed: int, k: int, multi_label: bool, warm: bool) -> None:
+    # L-BFGS evaluates in float32 far from the optimum and in float64 near it: the MAP is the one an
+    # all-float64 optimisation finds, warm or cold, softmax or sigmoids.
+    X, y = blobs(300, k=k, d=12, spread=1.0, seed=seed)
+    Y = (np.random.default_rng(seed).random((300, k)) < 0.3).astype(int) | np.eye(k, dtype=int)[y]
+
+    def fitted(n: int, previous: bayes.Posterior | None = None) -> bayes.Posterior:
+        if multi_label:
+            return bayes.fit_multilabel(X[:n], Y[:n], warm_start=previous)
+        return bayes.fit(X[:n], y[:n], n_classes=k, warm_start=previous)
+
+    previous = fitted(260) if warm else None
+    mixed = fitted(300, previous)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bayes, "SINGLE_UNTIL", np.inf)  # switches to float64 at the first evaluation
+        double = fitted(300, previous)
+    assert mixed.prior_precision == pytest.approx(double.prior_precision, rel=1e-3)
+    assert np.abs(mixed.mean - double.mean).max() < 1e-3 * max(1.0, np.abs(double.mean).max())
+    assert np.abs(mixed.predict_proba(X) - double.predict_proba(X)).max() < 1e-3
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 30), multi_label=st.booleans())
+def test_the_float32_objective_agrees_with_the_float64_one(seed: int, k: int, multi_label: bool) -> None:
+    rng = np.random.default_rng(seed)
+    X, y = blobs(200, k=k, d=10, spread=1.0, seed=seed)
+    targets = np.eye(k)[y] if not multi_label else (rng.random((200, k)) < 0.4).astype(float)
+    Xb = np.concatenate([X.astype(np.float64), np.ones((200, 1))], axis=1)
+    objective = bayes._Objective(Xb, targets, multi_label)
+    objective.set_prior_precision(float(rng.uniform(0.1, 10)))
+    v = rng.standard_normal(Xb.shape[1] * k)
+    double = objective(v)
+    objective.single = True
+    single = objective._evaluate(v.reshape(objective.shape))
+    assert single[0] == pytest.approx(double[0], rel=1e-5)
+    assert np.abs(single[1] - double[1]).max() <= 1e-4 * max(np.abs(double[1]).max(), 1e-3)
