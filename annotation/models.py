@@ -6,7 +6,8 @@ from datetime import datetime
 import numpy as np
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from projects.models import Example, Project, TaxonomyVersion
@@ -236,11 +237,39 @@ class ExampleScore(models.Model):
 # The Examples page's states: what a manager filters the project's items by.
 BROWSE_STATES = ("unlabelled", "labelled", "flagged", "uncertain")
 
+# Examples whose metadata has a top-level value containing the pattern (nested values are matched as
+# their JSON text). One semi-join per database, both with an index-free scan of the project's rows.
+_METADATA_MATCH = {
+    "postgresql": ("SELECT e.id FROM projects_example e, jsonb_each_text(e.metadata) kv"
+                   " WHERE e.project_id = %s AND kv.value ILIKE %s ESCAPE '\\'"),
+    "sqlite": ("SELECT e.id FROM projects_example e, json_each(e.metadata) kv"
+               " WHERE e.project_id = %s AND CAST(kv.value AS TEXT) LIKE %s ESCAPE '\\'"),
+}
 
-def browse_examples(project: Project, *, query: str = "", state: str = "", label_key: str = "") -> QuerySet[Example]:
-    """The project's examples for the Examples page: searched, filtered by state or given label, in a stable order
-    (the least confident prediction first for "uncertain"), each with `is_labelled` and `is_flagged`."""
-    examples = Example.objects.in_project(project).search(query).annotate(
+
+def _like_pattern(query: str) -> str:
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_examples(examples: QuerySet[Example], project: Project, query: str) -> QuerySet[Example]:
+    """Examples whose text or a metadata value contains `query` (any case), or whose external id is `query`."""
+    query = query.strip()
+    if not query:
+        return examples
+    match = Q(text__icontains=query) | Q(external_id=query)
+    sql = _METADATA_MATCH.get(connection.vendor)
+    if sql is not None:
+        match |= Q(pk__in=RawSQL(sql, [project.pk, _like_pattern(query)]))
+    return examples.filter(match)
+
+
+def browse_examples(project: Project, *, query: str = "", state: str = "", label_key: str = "",
+                    dataset_id: int | None = None) -> QuerySet[Example]:
+    """The project's examples for the Examples page: searched (text, metadata values, external id), filtered by
+    state, given label or dataset, in a stable order (the least confident prediction first for "uncertain"),
+    each with `is_labelled` and `is_flagged`."""
+    examples = search_examples(Example.objects.in_project(project), project, query).annotate(
         is_labelled=Exists(Annotation.objects.filter(example=OuterRef("pk"))),
         is_flagged=Exists(Flag.objects.filter(example=OuterRef("pk"), resolved_at__isnull=True)),
     )
@@ -253,6 +282,8 @@ def browse_examples(project: Project, *, query: str = "", state: str = "", label
     if label_key:
         examples = examples.filter(
             pk__in=Annotation.objects.in_project(project).with_label(label_key).values("example_id"))
+    if dataset_id is not None:
+        examples = examples.filter(dataset_id=dataset_id)
     if state == "uncertain":
         return examples.filter(score__model_version_number__isnull=False).order_by("score__confidence", "id")
     return examples.order_by("id")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import review, views
+from annotation import browse, review, views
 
 app_name = "annotation"
 urlpatterns = [
@@ -8,7 +8,9 @@ urlpatterns = [
     path("projects/<int:pk>/label/submit/", views.submit, name="submit"),
     path("projects/<int:pk>/label/skip/", views.skip, name="skip"),
     path("projects/<int:pk>/label/undo/", views.undo, name="undo"),
-    path("projects/<int:pk>/examples/", views.browse, name="browse"),
+    path("projects/<int:pk>/examples/", browse.browse, name="browse"),
+    path("projects/<int:pk>/examples/bulk/", browse.bulk_action, name="bulk"),
+    path("projects/<int:pk>/examples/datasets/<int:dataset_pk>/delete/", browse.delete_dataset, name="delete-dataset"),
     path("projects/<int:pk>/labelled-count/", views.labelled_count, name="labelled-count"),
     path("projects/<int:pk>/examples/<int:example_pk>/comments/", views.comments, name="comments"),
     path("projects/<int:pk>/examples/<int:example_pk>/flag/", views.flag, name="flag"),

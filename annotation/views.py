@@ -12,7 +12,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.core.cache import cache
-from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -31,7 +30,6 @@ from annotation.models import (
     ExampleScore,
     Flag,
     Relabel,
-    browse_examples,
 )
 from labelhub.errors import ActionError
 from projects import taxonomy as project_taxonomy
@@ -234,30 +232,6 @@ def flag(request: AuthenticatedHttpRequest, pk: int, example_pk: int) -> HttpRes
                "open_flag": Flag.objects.filter(example=example, raised_by=request.user,
                                                 resolved_at__isnull=True).first()}
     return render(request, "annotation/partials/flag-box.html", context, status=400 if error else 200)
-
-
-@require_GET
-@login_required
-@vary_on_headers("HX-Request")
-def browse(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    """Find items by text, label, prediction or state; a manager opens any of them to label."""
-    project = get_project_for_user(request, pk, role=Role.MANAGER)
-    taxonomy = project.current_taxonomy()
-    query = request.GET.get("q", "").strip()
-    state = request.GET.get("state", "")
-    label_key = request.GET.get("label", "")
-    examples = browse_examples(project, query=query, state=state, label_key=label_key)
-    page = Paginator(examples.select_related("score"), 25).get_page(request.GET.get("page"))
-    names = {key: label.name for key, label in taxonomy.labels_by_key().items()}
-    latest = {example_id: [names.get(k, k) for k in keys] for example_id, keys in
-              Annotation.objects.filter(example__in=[e.pk for e in page]).latest_label_keys().items()}
-    rows = [{"example": e, "labels": latest.get(e.pk, []),
-             "predicted": [names.get(k, k) for k in getattr(getattr(e, "score", None), "predicted_keys", []) or []]}
-            for e in page]
-    context = {"project": project, "page": page, "rows": rows, "q": query, "state": state, "label_key": label_key,
-               "labels": taxonomy.labels.all()}
-    template = "annotation/partials/browse-results.html" if request.htmx else "annotation/browse.html"
-    return render(request, template, context)
 
 
 # --- Taxonomy editor (its operations move annotations, so they are this layer's) -------------------------------

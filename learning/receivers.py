@@ -9,9 +9,9 @@ from django.db import transaction
 from annotation import events as annotation_events
 from annotation.models import Annotation
 from labelhub.jobs import enqueue
-from learning import actions
+from learning import actions, store
 from projects import events as project_events
-from projects.models import Dataset, DatasetStatus, Project, TaxonomyVersion
+from projects.models import Dataset, DatasetStatus, Example, Project, TaxonomyVersion
 
 
 def retrain_after_labels(*, project: Project, example_ids: list[int], **_: Any) -> None:
@@ -31,6 +31,14 @@ def embed_after_import(*, dataset: Dataset, embed: bool = True, **_: Any) -> Non
                 on_failure=lambda: actions.embedding_requested(dataset.project_id, count=0))
 
 
+def forget_deleted_examples(*, project: Project, example_ids: list[int], reason: str = "examples deleted",
+                            **_: Any) -> None:
+    # Their vectors go in the deleting transaction (a later update must not score rows that are gone);
+    # the model then learns again without their labels.
+    store.drop(project.pk, example_ids)
+    transaction.on_commit(lambda: actions.request_training(project, reason=reason))
+
+
 def connect() -> None:
     annotation_events.labels_given.connect(retrain_after_labels, sender=Annotation,
                                            dispatch_uid="learning.retrain_after_labels")
@@ -38,3 +46,5 @@ def connect() -> None:
                                             dispatch_uid="learning.retrain_after_taxonomy_change")
     project_events.dataset_imported.connect(embed_after_import, sender=Dataset,
                                             dispatch_uid="learning.embed_after_import")
+    annotation_events.examples_deleted.connect(forget_deleted_examples, sender=Example,
+                                               dispatch_uid="learning.forget_deleted_examples")

@@ -19,6 +19,7 @@ class ProjectEmbeddings:
     example_ids: np.ndarray  # (N,) int64, sorted
     vectors: np.ndarray  # (N, D) float32
     last_chunk_id: int
+    n_chunks: int = 0  # how many chunks these rows came from: fewer in the database means some were dropped
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of the given example ids (every id must be present)."""
@@ -39,7 +40,11 @@ def load(project_id: int, encoder: str) -> ProjectEmbeddings:
     with _lock:
         cached = _cache.get((project_id, encoder))
     after = cached.last_chunk_id if cached else 0
-    chunks = list(EmbeddingChunk.objects.filter(project_id=project_id, encoder=encoder, id__gt=after).order_by("id"))
+    stored = EmbeddingChunk.objects.filter(project_id=project_id, encoder=encoder)
+    if cached is not None and stored.filter(id__lte=after).count() != cached.n_chunks:
+        # Examples were deleted (`drop`, maybe in another process): their chunks were rewritten.
+        cached, after = None, 0
+    chunks = list(stored.filter(id__gt=after).order_by("id"))
     if cached is not None and not chunks:
         return cached
     parts_ids = [cached.example_ids] if cached else []
@@ -53,7 +58,8 @@ def load(project_id: int, encoder: str) -> ProjectEmbeddings:
     ids = np.concatenate(parts_ids)
     vectors = np.concatenate(parts_vec)
     order = np.argsort(ids, kind="stable")
-    result = ProjectEmbeddings(ids[order], vectors[order], chunks[-1].id if chunks else after)
+    result = ProjectEmbeddings(ids[order], vectors[order], chunks[-1].id if chunks else after,
+                               (cached.n_chunks if cached else 0) + len(chunks))
     with _lock:
         _cache[(project_id, encoder)] = result
     return result
@@ -92,6 +98,31 @@ def density_of(project_id: int, encoder: str, ids: np.ndarray) -> np.ndarray:
     with _lock:
         _density[(project_id, encoder)] = cached
     return cached[2][np.searchsorted(cached[1], ids)]
+
+
+def drop(project_id: int, example_ids: list[int] | np.ndarray) -> int:
+    """Remove deleted examples' vectors (in the caller's transaction); returns how many rows went.
+
+    A chunk holding any of them is replaced by a new one without them, so every process sees
+    its cached chunk count fall and reloads (`load`) instead of scoring examples that are gone.
+    """
+    gone = np.asarray(example_ids, dtype=np.int64)
+    dropped = 0
+    chunks = (EmbeddingChunk.objects.filter(project_id=project_id).select_for_update().order_by("id")
+              .only("id", "encoder", "dim", "example_ids", "created_at"))  # vectors read only where needed
+    for chunk in chunks:
+        ids = chunk.ids_array()
+        keep = ~np.isin(ids, gone)
+        if keep.all():
+            continue
+        dropped += int((~keep).sum())
+        if keep.any():
+            EmbeddingChunk.objects.create(project_id=project_id, encoder=chunk.encoder, dim=chunk.dim,
+                                          count=int(keep.sum()), example_ids=ids[keep].tobytes(),
+                                          vectors=chunk.vectors_array()[keep].tobytes(), created_at=chunk.created_at)
+        chunk.delete()
+    forget(project_id)
+    return dropped
 
 
 def forget(project_id: int) -> None:
