@@ -12,6 +12,7 @@ import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
@@ -75,6 +76,39 @@ EMBED_PROGRESS_SECONDS = 300
 def embedding_progress(project: Project) -> dict[str, int] | None:
     """{'done', 'total'} from the moment a project's new examples wait for embeddings until they have them."""
     return cache.get(embed_progress_key(project.pk))
+
+
+# How long "every example has embeddings" is believed before the database is asked again, and how
+# often a lost embedding job is queued again.
+EMBED_CHECK_SECONDS = 30
+EMBED_REQUEUE_SECONDS = 600
+
+
+def embedding_state(project: Project, *, examples: int | None = None) -> dict[str, Any] | None:
+    """What the project page and the dashboard say about embeddings: the job's progress while it runs;
+    else, when examples still lack embeddings (the job is lost, or its worker died: its progress
+    expires after EMBED_PROGRESS_SECONDS), {'done', 'total', 'stalled': True} read from the database,
+    and the job is queued again (at most every EMBED_REQUEUE_SECONDS); None when nothing waits.
+    `examples` is the project's example count when the caller has it."""
+    progress = embedding_progress(project)
+    if progress is not None:
+        return progress
+    checked = f"labelhub:embed-checked:{project.pk}"
+    if cache.get(checked):
+        return None
+    total = Example.objects.filter(project=project).count() if examples is None else examples
+    # Chunks of one encoder at a time; a project re-embedded by a new encoder counts the one furthest on.
+    per_encoder = (EmbeddingChunk.objects.filter(project=project).values("encoder")
+                   .annotate(n=Sum("count")).values_list("n", flat=True))
+    done = max(per_encoder, default=0)
+    if done >= total:
+        cache.set(checked, 1, EMBED_CHECK_SECONDS)
+        return None
+    if cache.add(f"labelhub:embed-requeued:{project.pk}", 1, timeout=EMBED_REQUEUE_SECONDS):
+        logger.warning("project %s: %d examples lack embeddings and no job reports progress; queued again",
+                       project.pk, total - done)
+        enqueue("learning.jobs.embed_project", project.pk, after_commit=False)
+    return {"done": done, "total": total, "stalled": True}
 
 
 def embedding_requested(project_id: int, *, count: int) -> None:

@@ -17,10 +17,11 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from annotation import stats
+from learning.actions import embedding_state
 from learning.models import Metrics, ModelVersion
 from learning.views import learning_summary
-from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_access
-from projects.models import Label, Project
+from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_access, get_project_for_user
+from projects.models import Example, Label, Project
 
 
 def fingerprint(project: Project) -> str:
@@ -90,7 +91,7 @@ def dashboard_context(access: ProjectAccess) -> dict[str, Any]:
         "annotator_chart_height": 70 + 34 * len(annotators),
         "distribution": stats.label_distribution(project, taxonomy),
         "curve": summary["curve"],
-        "embedding": summary["embedding"],
+        "embedding": embedding_state(project, examples=summary["examples"]),
         "quality": model_quality(project, summary["latest"], stats.labels_by_key(project, taxonomy)),
         "is_manager": access.is_manager,
     }
@@ -111,3 +112,26 @@ def dashboard(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     if polled:
         return render(request, "learning/partials/dashboard-data.html", context)
     return render(request, "learning/dashboard.html", context)
+
+
+def counters_context(project: Project) -> dict[str, Any]:
+    """The project page's counters, counted now (no cache: they must be true right after a label)."""
+    taxonomy = project.current_taxonomy()
+    return {
+        "progress": stats.progress(project, examples=Example.objects.in_project(project).count()),
+        "taxonomy": taxonomy,
+        "label_count": taxonomy.active_labels().count(),
+    }
+
+
+@require_GET
+@login_required
+def project_counters(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The project page's examples / labelled / re-review / labels figures; it polls every 5 s and gets 204
+    while nothing changed (the same fingerprint as the dashboard's)."""
+    project = get_project_for_user(request, pk)
+    version = fingerprint(project)
+    if request.GET.get("v") == version:
+        return HttpResponse(status=204)
+    return render(request, "learning/partials/project-counters.html",
+                  {"project": project, "fingerprint": version, **counters_context(project)})

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
 from annotation.models import Annotation
-from learning.actions import embedding_progress, model_status_key
+from learning.actions import embedding_progress, embedding_state, model_status_key
 from learning.models import Metrics, ModelVersion, TrainingRun
 from projects.access import AuthenticatedHttpRequest, get_project_for_user
 from projects.models import Example, Project
@@ -91,11 +91,12 @@ def model_status_badge(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
 @require_GET
 @login_required
 def embedding_status(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    """"Embedding 2,048 / 5,381" while a project's examples are encoded; polls itself until it is done."""
+    """"Embedding 2,048 / 5,381 — suggestions start after it" while a project's examples are encoded (every 2 s);
+    while nothing is embedding, a hidden element that asks again every 10 s, so an import finishing later shows."""
     project = get_project_for_user(request, pk)
-    embedding = embedding_progress(project)
+    embedding = embedding_state(project)
     response = render(request, "learning/partials/embedding-status.html", {"project": project, "embedding": embedding})
-    if embedding is None:
-        # Regions that show the model can refresh: it trains now on the labels given meanwhile.
+    if embedding is None and request.GET.get("active"):
+        # It just finished: regions that show the model or the counts refresh (the model trains now).
         response["HX-Trigger"] = "embedding-finished"
     return response

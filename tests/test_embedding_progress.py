@@ -31,10 +31,17 @@ def test_it_shows_embedding_progress_on_the_labelling_header_project_dashboard_a
     assert login(charlie).get(reverse("learning:embedding-status", args=[project.pk])).status_code == 404
     assert "2,048" not in login(charlie).get(reverse("learning:model-status", args=[project.pk])).text
 
+    assert "suggestions start after it" in region.text
+    # The running region asks with ?active=1, so the answer that finds it finished can say so.
+    assert "?active=1" in region.text
+
     cache.delete(actions.embed_progress_key(project.pk))
-    done = login(bob).get(reverse("learning:embedding-status", args=[project.pk]), **htmx)
-    assert "Embedding" not in done.text and "every 2s" not in done.text  # the region stops polling
+    done = login(bob).get(reverse("learning:embedding-status", args=[project.pk]) + "?active=1", **htmx)
+    assert "Embedding" not in done.text and "every 2s" not in done.text  # the region slows down, hidden
+    assert 'hidden' in done.text and 'hx-trigger="every 10s"' in done.text  # an import finishing later shows
     assert done["HX-Trigger"] == "embedding-finished"
+    idle = login(bob).get(reverse("learning:embedding-status", args=[project.pk]), **htmx)
+    assert "HX-Trigger" not in idle  # only the transition refreshes the other regions
     status = login(bob).get(reverse("learning:model-status", args=[project.pk]))
     assert "No model yet" in status.text and "hx-trigger" not in status.text
 
