@@ -149,6 +149,15 @@ def start_redis(supervisor: Supervisor, port: int) -> str:
     return url
 
 
+def public_url(host: str, port: int) -> str:
+    """The address to print for a server bound to host:port: a wildcard bind is reached on 127.0.0.1 here."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{port}/"
+
+
 def worker_queues() -> list[str]:
     import django
     from django.conf import settings
@@ -182,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if not os.environ.get("REDIS_URL"):
             os.environ["REDIS_URL"] = start_redis(supervisor, args.redis_port)
         subprocess.run([python, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, check=True)
+        url = public_url(args.host, args.port)
         if not args.no_demo:
-            subprocess.run([python, "manage.py", "seed_demo"], cwd=BASE_DIR, check=True)
+            subprocess.run([python, "manage.py", "seed_demo", "--url", url], cwd=BASE_DIR, check=True)
         web = [python, "manage.py", "runserver", "--noreload", f"{args.host}:{args.port}"]
         if os.environ["REDIS_URL"]:
             queues = worker_queues()
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             if "imports" in queues:
                 supervisor.start("import worker", [python, "manage.py", "rqworker", "imports"])
         supervisor.start("web server", web)
-        log(f"LabelHub is at http://{args.host}:{args.port}/ (Ctrl-C stops the server, the worker and Redis)")
+        log(f"LabelHub is at {url} (Ctrl-C stops the server, the worker and Redis)")
         return supervisor.watch()
     except KeyboardInterrupt:
         return 0

@@ -94,6 +94,8 @@ def first_look(tmp_path: Path) -> Iterator[FirstLook]:
                 pass
             assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-5000:]
             time.sleep(0.5)
+        # Both places that print the address (seed_demo's banner, the supervisor) print this run's port.
+        assert log.read_text(errors="replace").count(f"LabelHub is at {look.base}/") == 2
         yield look
     finally:
         children = look.descendants() if process.poll() is None else []
