@@ -59,6 +59,19 @@ def _may_route(request: Request, project: Project) -> bool:
 @accepts_api_keys
 @parser_classes([JSONParser])
 def predict(request: Request, pk: int) -> Response:
+    return _predict(request, pk)
+
+
+@extend_schema(exclude=True)  # documented once, as above
+@api_view(["POST"])
+@accepts_api_keys
+@parser_classes([JSONParser])
+def predict_with_slash(request: Request, pk: int) -> Response:
+    """`POST …/predict/`: every other endpoint ends in a slash, so clients write one here too."""
+    return _predict(request, pk)
+
+
+def _predict(request: Request, pk: int) -> Response:
     project = get_project_for_api(request, pk, scope="predict")
     serializer = PredictRequestSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)

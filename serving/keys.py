@@ -10,11 +10,13 @@ scopes the manager gave the key; the per-key rate limit is there too.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
@@ -23,8 +25,9 @@ from rest_framework.request import Request
 
 from labelhub.credentials import hash_key, new_key, presented_key
 from labelhub.errors import ActionError
-from projects.models import Project
+from projects.models import Project, Team
 from serving.models import ApiKey
+from serving.prepared import Prepared
 
 KEYWORD = "Api-Key"
 SCOPES = [value for value, _ in ApiKey.SCOPES]
@@ -47,14 +50,45 @@ def create_api_key(project: Project, *, name: str, scopes: list[str], user: Any)
     return row, key
 
 
+# The key with its project and team (what select_related("project__team") would fetch), as one row.
+_MODELS: tuple[tuple[type[Model], str], ...] = ((ApiKey, ""), (Project, "project__"), (Team, "project__team__"))
+
+
+def _key_query(prefix: str) -> QuerySet[ApiKey]:
+    columns = [path + f.attname for model, path in _MODELS for f in model._meta.concrete_fields]
+    return ApiKey.objects.filter(prefix=prefix).order_by().values_list(*columns)[:1]
+
+
+M = TypeVar("M", bound=Model)
+
+
+def _instance(model: type[M], values: Iterator[Any]) -> M:
+    """The next columns of a `_key_query` row as a `model` instance, as the ORM's select_related builds it."""
+    names = [f.attname for f in model._meta.concrete_fields]
+    return model.from_db("default", names, [next(values) for _ in names])
+
+
+# Run on every request with a key: compiled once per process (serving/prepared.py says why).
+_KEY = Prepared(_key_query, kinds=(str,))
+
+
 def find_key(key: str) -> ApiKey | None:
-    """The active or revoked row of a presented key, or None when it does not match one."""
+    """The active or revoked row of a presented key (its project and team loaded), or None when it does not match
+    one."""
     parts = key.split("_")
-    if len(parts) < 3 or parts[0] != "lh":
+    if len(parts) < 3 or parts[0] != "lh" or not parts[1]:
         return None
-    row = ApiKey.objects.select_related("project__team").filter(prefix=parts[1]).first()
-    if row is None or not hmac.compare_digest(row.hashed_key, hash_key(key)):
+    found = _KEY.first(parts[1])
+    if found is None:
         return None
+    values = iter(found)
+    row = _instance(ApiKey, values)
+    project = _instance(Project, values)
+    team = _instance(Team, values)
+    if not hmac.compare_digest(row.hashed_key, hash_key(key)):
+        return None
+    project.team = team
+    row.project = project
     return row
 
 

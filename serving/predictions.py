@@ -26,6 +26,7 @@ from projects.models import Example, Label, Project
 from serving import served as serving
 from serving import webhooks
 from serving.models import ApiKey, Prediction
+from serving.prepared import insert_rows
 
 
 class EncoderMismatchError(serving.NoModelError):
@@ -69,11 +70,15 @@ def predict(project: Project, *, texts: list[str], api_key: ApiKey | None = None
         )
         for i, text in enumerate(texts)
     ]
+    uncertain = [i for i, row in enumerate(rows) if row.is_uncertain]
+    if not (route and uncertain):
+        # Nothing to route (the usual case): the log rows are one INSERT, atomic on its own, with
+        # no transaction around it. Written before the answer, so GET …/predictions/{id} finds them.
+        insert_rows(rows)
+        return PredictOutcome(model=model, predictions=rows)
     with transaction.atomic():
-        uncertain = [i for i, row in enumerate(rows) if row.is_uncertain]
-        if route and uncertain:
-            _route(project, model, texts, rows, uncertain, vectors16, encoder.name)
-        Prediction.objects.bulk_create(rows)
+        _route(project, model, texts, rows, uncertain, vectors16, encoder.name)
+        insert_rows(rows)
         routed = [row for row in rows if row.is_routed]
         if routed:
             webhooks.emit(project.pk, "prediction.routed", {

@@ -9,6 +9,7 @@ request.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 from django.db import transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from annotation.models import Annotation
@@ -34,6 +35,7 @@ from serving.models import (
     ServingConfig,
     ThresholdMode,
 )
+from serving.prepared import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -57,23 +59,39 @@ class ServingState:
     report_at: datetime | None = None
 
 
-def serving_state(project_id: int) -> ServingState:
-    """One query: the version that serves (promoted, else the newest), the current taxonomy and the threshold."""
+_FIELDS = ("newest_id", "newest_report_at", "taxonomy_now", "serving__promoted_version_id",
+           "serving__promoted_version__report_at", "serving__threshold_mode", "serving__confidence_threshold",
+           "serving__target_accuracy", "serving__auto_promote")
+
+
+def _state_query(project_id: int) -> QuerySet[Project]:
     versions = ModelVersion.objects.filter(project=OuterRef("pk")).order_by("-number")
     newest = versions.values("id")[:1]
     newest_report = versions.values("report_at")[:1]
     taxonomy = TaxonomyVersion.objects.filter(project=OuterRef("pk")).order_by("-number").values("id")[:1]
-    row = (Project.objects.filter(pk=project_id)
-           .annotate(newest_id=Subquery(newest), newest_report_at=Subquery(newest_report),
-                     taxonomy_now=Subquery(taxonomy))
-           .values("newest_id", "newest_report_at", "taxonomy_now", "serving__promoted_version_id",
-                   "serving__promoted_version__report_at", "serving__threshold_mode",
-                   "serving__confidence_threshold", "serving__target_accuracy", "serving__auto_promote")
-           .first())
-    if row is None:
+    return (Project.objects.filter(pk=project_id)
+            .annotate(newest_id=Subquery(newest), newest_report_at=Subquery(newest_report),
+                      taxonomy_now=Subquery(taxonomy))
+            .values_list(*_FIELDS))
+
+
+# Asked on every prediction: compiled to SQL once per process (the compiling cost more CPU than the query).
+_STATE = Prepared(_state_query)
+
+
+@functools.cache
+def _defaults() -> ServingConfig:
+    return ServingConfig()
+
+
+def serving_state(project_id: int) -> ServingState:
+    """One query: the version that serves (promoted, else the newest), the current taxonomy and the threshold."""
+    found = _STATE.first(int(project_id))
+    if found is None:
         raise Project.DoesNotExist(project_id)
+    row = dict(zip(_FIELDS, found, strict=True))
     promoted = row["serving__promoted_version_id"]
-    defaults = ServingConfig()
+    defaults = _defaults()
     auto = row["serving__auto_promote"]
     return ServingState(
         version_id=promoted or row["newest_id"],
@@ -171,6 +189,9 @@ class ServedModel:
     # The version's report when loaded: the report job rewrites the calibration and the curve of a
     # version that already serves, so a new report_at means loading it again.
     report_at: datetime | None = None
+    # The serving settings `threshold` was derived from (mode, confidence threshold, target accuracy):
+    # it is derived again only when they change, not on every request.
+    threshold_inputs: tuple[str, float, float | None] | None = None
 
 
 _models: dict[int, ServedModel] = {}
@@ -192,11 +213,12 @@ def served_model(project_id: int) -> ServedModel:
                            "within seconds.")
     with _lock:
         cached = _models.get(project_id)
+    inputs = (state.threshold_mode, state.confidence_threshold, state.target_accuracy)
     if (cached is not None and cached.version_id == state.version_id and cached.taxonomy_id == state.taxonomy_id
             and cached.report_at == state.report_at):
-        threshold = threshold_for(state, cached.metrics)
-        if threshold != cached.threshold:
-            cached = ServedModel(**{**cached.__dict__, "threshold": threshold})
+        if inputs != cached.threshold_inputs:
+            cached = ServedModel(**{**cached.__dict__, "threshold": threshold_for(state, cached.metrics),
+                                    "threshold_inputs": inputs})
             with _lock:
                 _models[project_id] = cached
         return cached
@@ -205,7 +227,7 @@ def served_model(project_id: int) -> ServedModel:
         version = ModelVersion.objects.only("taxonomy_version_id").get(pk=state.version_id)
         model = ServedModel(**{**cached.__dict__, "taxonomy_id": state.taxonomy_id,
                                "names": _label_names(version, state.taxonomy_id),
-                               "threshold": threshold_for(state, cached.metrics)})
+                               "threshold": threshold_for(state, cached.metrics), "threshold_inputs": inputs})
     else:
         version = ModelVersion.objects.get(pk=state.version_id)
         model = ServedModel(
@@ -213,7 +235,7 @@ def served_model(project_id: int) -> ServedModel:
             encoder=version.encoder, posterior=bayes.Posterior.from_bytes(bytes(version.artifact)),
             metrics=version.report, taxonomy_id=state.taxonomy_id,
             names=_label_names(version, state.taxonomy_id), threshold=threshold_for(state, version.report),
-            report_at=version.report_at,
+            report_at=version.report_at, threshold_inputs=inputs,
         )
     with _lock:
         _models[project_id] = model

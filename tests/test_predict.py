@@ -269,3 +269,52 @@ def test_a_routed_input_is_served_first_on_the_labelling_queue_and_its_label_com
     detail = client.get(reverse("api-prediction-detail", args=[trained.pk, routed["prediction_id"]])).json()
     assert detail["human"]["labels"] == ["Yes"] and detail["label_keys"] == routed["label_keys"]
     assert Prediction.objects.get(pk=routed["prediction_id"]).human_labelled_at is not None
+
+
+def test_a_prediction_request_runs_three_statements_whatever_the_batch(trained, alice, django_assert_max_num_queries):
+    """The API key (with its project), which version serves, and one INSERT of the log rows: no more per request,
+    and no more for ten texts than for one."""
+    served.set_threshold(trained, mode="confidence", confidence_threshold=0.0)
+    client = key_client(make_key(trained, alice))
+    assert post(client, trained, {"texts": ["warm-up: the model loads, last_used_at is stamped"]}).status_code == 200
+    for texts in (["we overrule case 3"], [f"we affirm case {i}" for i in range(10)]):
+        with django_assert_max_num_queries(3):
+            response = post(client, trained, {"texts": texts})
+        assert response.status_code == 200
+        ids = [p["prediction_id"] for p in response.json()["predictions"]]
+        assert Prediction.objects.filter(pk__in=ids).count() == len(texts)  # logged before the answer
+
+
+def test_a_promotion_and_a_revoked_key_apply_on_the_very_next_request(trained, alice, train, add_examples,
+                                                                       label_examples):
+    """Nothing of a key or of the serving state is remembered between requests beyond the model itself."""
+    served.set_threshold(trained, mode="confidence", confidence_threshold=0.0)
+    key = make_key(trained, alice)
+    client = key_client(key)
+    assert post(client, trained, {"texts": ["we overrule case 1"]}).json()["model_version"] == 1
+    examples = add_examples(trained, [f"we overrule again {i}" for i in range(4)])
+    label_examples(trained, alice, examples, ["Yes"] * 4)
+    train(trained)
+    assert post(client, trained, {"texts": ["we overrule case 1"]}).json()["model_version"] == 2
+    served.promote_version(trained, version=trained.model_versions.get(number=1), user=alice)
+    assert post(client, trained, {"texts": ["we overrule case 1"]}).json()["model_version"] == 1
+    served.set_threshold(trained, mode="confidence", confidence_threshold=0.5)
+    assert post(client, trained, {"texts": ["we overrule case 1"]}).json()["threshold"] == 0.5
+    ApiKey.objects.get().revoke()
+    assert post(client, trained, {"texts": ["we overrule case 1"]}).status_code == 401
+
+
+def test_predict_answers_with_a_trailing_slash_too(trained, alice):
+    """Every other endpoint ends in a slash, so clients write one here too: same answer, not an HTML 404."""
+    served.set_threshold(trained, mode="confidence", confidence_threshold=0.0)
+    client = key_client(make_key(trained, alice))
+    url = predict_url(trained)
+    assert not url.endswith("/")
+    body = json.dumps({"texts": ["we overrule case 7"]})
+    plain = client.post(url, data=body, content_type="application/json")
+    slashed = client.post(url + "/", data=body, content_type="application/json")
+    assert plain.status_code == slashed.status_code == 200, slashed.content
+    assert slashed["Content-Type"] == "application/json"
+    assert slashed.json()["predictions"][0]["label"] == plain.json()["predictions"][0]["label"] == "Yes"
+    assert client.post(url + "/", data="{}", content_type="application/json").status_code == 400  # same checks
+    assert APIClient().post(url + "/", data=body, content_type="application/json").status_code == 401
