@@ -83,6 +83,7 @@ def bulk_import(request: Request, pk: int) -> Response:
         dataset = imports.import_records(
             project, records=serializer.validated_data["examples"], user=acting_user(request),
             add_unknown_labels=serializer.validated_data["add_unknown_labels"],
+            hidden_metadata=serializer.validated_data["hidden_metadata"],
         )
     except ActionError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
@@ -95,7 +96,8 @@ def bulk_import(request: Request, pk: int) -> Response:
     request={"multipart/form-data": FileImportSerializer},
     responses={202: DatasetSerializer},
     summary="Upload a file to import in the background",
-    description="Queues the import and answers 202 at once; poll the dataset's URL for progress and errors.",
+    description="Queues the import and answers 202 at once; poll the dataset's URL for progress and errors. The "
+    "encoding and delimiter are detected unless given.",
 )
 @api_view(["POST"])
 @parser_classes([MultiPartParser, FormParser])
@@ -109,10 +111,13 @@ def file_import(request: Request, pk: int) -> Response:
         # One transaction: a mapping refused after the file was read leaves no draft behind.
         with transaction.atomic():
             dataset = imports.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
-                                                         source="api")
+                                                         source="api", encoding=data["encoding"],
+                                                         delimiter=data["delimiter"], sheet=data["sheet"])
             dataset = imports.start_import(dataset, text_column=data["text_column"],
                                            label_column=data["label_column"], id_column=data["id_column"],
-                                           add_unknown_labels=data["add_unknown_labels"])
+                                           add_unknown_labels=data["add_unknown_labels"],
+                                           hidden_columns=data["hidden_columns"],
+                                           dropped_columns=data["dropped_columns"])
     except ActionError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     dataset.refresh_from_db()

@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 
+from projects import importing, imports
 from projects.models import Dataset, Project, TaskType, Team
 from projects.taxonomy import LabelSpec, parse_label_lines
 
@@ -74,26 +75,114 @@ class LabelEditForm(forms.Form):
 
 class UploadForm(forms.Form):
     file = forms.FileField(
-        help_text="CSV with a header row, JSONL (one object per line) or JSON (an array of objects)."
+        help_text="CSV or other delimited text (comma, semicolon, tab or pipe; any encoding), Excel .xlsx, "
+                  "JSONL (one object per line) or JSON (an array of objects)."
     )
+
+
+ROLE_SHOWN, ROLE_HIDDEN, ROLE_DROPPED = "shown", "hidden", "dropped"
+COLUMN_ROLES = [(ROLE_SHOWN, "Metadata shown to annotators"), (ROLE_HIDDEN, "Kept, hidden from annotators"),
+                (ROLE_DROPPED, "Dropped")]
+CREATE_LABEL = "+"
 
 
 class ColumnMapForm(forms.Form):
+    """The upload page's second step: how the file is read, what each column is, what each label becomes.
+
+    Beside the declared fields, one `role_<i>` per column of the file (shown / hidden / dropped, for the
+    columns that are not text, label or id) and one `label_<i>` per label of the file that the taxonomy
+    lacks (create it, or map it to a label of the taxonomy).
+    """
+
+    encoding = forms.ChoiceField(label="Encoding", required=False)
+    delimiter = forms.ChoiceField(label="Delimiter", required=False,
+                                  choices=[(k, v) for k, v in importing.DELIMITERS.items()])
+    sheet = forms.ChoiceField(label="Sheet", required=False)
     text_column = forms.ChoiceField(label="Text column")
     label_column = forms.ChoiceField(label="Label column", required=False,
-                                     help_text="Rows with a label become annotations and start training.")
+                                     help_text="Rows with a label become annotations and start training. The "
+                                               "label column is never shown to annotators.")
     id_column = forms.ChoiceField(label="ID column", required=False, help_text="Your own id for each row.")
     add_unknown_labels = forms.BooleanField(
-        required=False, label="Add labels that are not in the taxonomy yet",
-        help_text="Unticked, a row with an unknown label is an error and nothing is imported.",
+        required=False, label="Create every label of the file that the taxonomy lacks",
+        help_text="Unticked, each label the taxonomy lacks is created or mapped as chosen below; a row whose "
+                  "label is left unmapped is an error, and nothing is imported.",
     )
 
-    def __init__(self, *args: Any, dataset: Dataset, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dataset: Dataset, labels_found: dict[str, int] | None = None,
+                 taxonomy_labels: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.dataset = dataset
         columns = [(c, c) for c in dataset.columns]
         _choice_field(self, "text_column").choices = columns
         _choice_field(self, "label_column").choices = [("", "— none (unlabelled) —"), *columns]
         _choice_field(self, "id_column").choices = [("", "— none —"), *columns]
+        encodings = dict(importing.ENCODINGS)
+        for codec in (dataset.sniffed.get("encoding", ""), dataset.encoding):
+            if codec and codec not in encodings:
+                encodings[codec] = codec
+        _choice_field(self, "encoding").choices = list(encodings.items())
+        _choice_field(self, "sheet").choices = [(s, s) for s in dataset.sniffed.get("sheets", [])]
+        if dataset.file_format != "csv":
+            del self.fields["delimiter"]
+        if dataset.file_format == "xlsx":
+            del self.fields["encoding"]
+        else:
+            del self.fields["sheet"]
+        label_column = self._value("label_column")
+        hidden = set(imports.default_hidden_columns(dataset.columns, label_column=label_column))
+        self.role_fields: list[tuple[str, str]] = []
+        for i, column in enumerate(dataset.columns):
+            name = f"role_{i}"
+            self.fields[name] = forms.ChoiceField(choices=COLUMN_ROLES, required=False, label=column,
+                                                  initial=ROLE_HIDDEN if column in hidden else ROLE_SHOWN)
+            self.role_fields.append((name, column))
+        taxonomy_labels = taxonomy_labels or []
+        self.labels_found = labels_found or {}
+        self.label_fields: list[tuple[str, str, int]] = []
+        unknown = [(found, count) for found, count in self.labels_found.items() if found not in taxonomy_labels]
+        for i, (found, count) in enumerate(unknown):
+            name = f"label_{i}"
+            choices = [(CREATE_LABEL, f"create the label “{found}”"),
+                       *[(existing, f"→ {existing}") for existing in taxonomy_labels],
+                       ("", "— leave unmapped (its rows are errors) —")]
+            initial = dataset.label_mapping.get(found, CREATE_LABEL if not taxonomy_labels else "")
+            if initial == found:
+                initial = CREATE_LABEL
+            self.fields[name] = forms.ChoiceField(choices=choices, required=False, label=found, initial=initial)
+            self.label_fields.append((name, found, count))
+
+    def _value(self, name: str) -> str:
+        if self.is_bound:
+            return str(self.data.get(name, "") or "")
+        return str(self.initial.get(name, "") or "")
+
+    def bound_roles(self) -> list[tuple[forms.BoundField, str]]:
+        return [(self[name], column) for name, column in self.role_fields]
+
+    def bound_labels(self) -> list[tuple[forms.BoundField, str, int]]:
+        return [(self[name], found, count) for name, found, count in self.label_fields]
+
+    def mapping(self) -> dict[str, Any]:
+        """The cleaned choices as `imports.configure_import` takes them."""
+        data = self.cleaned_data
+        mapped = {data["text_column"], data.get("label_column") or "", data.get("id_column") or ""}
+        roles = {column: data.get(name) or self.fields[name].initial for name, column in self.role_fields}
+        label_mapping = {}
+        for name, found, _ in self.label_fields:
+            # A label the form did not show (the label column changed with the post) keeps its default.
+            target = (data.get(name) or "") if name in self.data else (self.fields[name].initial or "")
+            if target == CREATE_LABEL:
+                label_mapping[found] = found
+            elif target:
+                label_mapping[found] = target
+        return {
+            "text_column": data["text_column"], "label_column": data.get("label_column") or "",
+            "id_column": data.get("id_column") or "", "add_unknown_labels": data.get("add_unknown_labels", False),
+            "hidden_columns": [c for c, role in roles.items() if role == ROLE_HIDDEN and c not in mapped],
+            "dropped_columns": [c for c, role in roles.items() if role == ROLE_DROPPED and c not in mapped],
+            "label_mapping": label_mapping,
+        }
 
 
 def _choice_field(form: forms.Form, name: str) -> forms.ChoiceField:

@@ -1,34 +1,46 @@
-"""Read an uploaded dataset file (CSV, JSON Lines or a JSON array) row by row.
+"""Read an uploaded dataset file (CSV or other delimited text, Excel .xlsx, JSON Lines or a JSON array) row by row.
 
 Pure on purpose: no Django models or settings, so an import job, a management
 command and the upload preview can all share it and it can be tested alone.
 Every reader streams, so a million-row upload costs the memory of a few rows.
 
-File-level problems (no header, not UTF-8, a broken JSON document) raise
+How a delimited file is read (its encoding and delimiter) and which sheet of a workbook is a
+`Dialect`; `sniff` guesses it (BOMs, a UTF-8 check, charset-normalizer, the delimiter that gives
+the most rows of the header's width) and the upload page lets the user change it.
+
+File-level problems (no header, undecodable bytes, a broken JSON document) raise
 `ImportFormatError`; problems with one row become a `RowError` so the caller
 can report every bad row at once instead of stopping at the first.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import datetime
 import hashlib
+import io
+import itertools
 import json
 import math
 import os
 import re
 import unicodedata
+import zipfile
 from collections import Counter
-from collections.abc import Collection, Generator, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 StrPath = str | os.PathLike[str]
 
 FORMATS_BY_EXTENSION: Final[Mapping[str, str]] = {
     ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",  # Excel's "Unicode Text" (UTF-16, tab-separated) is a .txt
+    ".xlsx": "xlsx",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "json",
@@ -56,10 +68,35 @@ MAX_METADATA_DEPTH: Final = 20
 _NAME_SHOWN: Final = 40
 DEFAULT_MAX_COLUMNS: Final = 1000
 _TOO_DEEP: Final = "JSON nested too deeply (lists or objects inside each other hundreds of levels deep)"
+_RESAVE: Final = "re-save the file as UTF-8"
 _RESAVE_HINT: Final = (
     "Re-save the file as UTF-8 (in Excel: Save As → 'CSV UTF-8'; in most editors: "
-    "Save with encoding → UTF-8) and upload it again."
+    "Save with encoding → UTF-8) and upload it again, or choose its encoding on the upload page."
 )
+
+
+# What a user may choose on the upload page; the sniffer picks among them.
+DELIMITERS: Final[Mapping[str, str]] = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab", "|": "pipe (|)"}
+# Encodings offered by name; any other codec Python knows is accepted too (the sniffer may name one).
+ENCODINGS: Final[Mapping[str, str]] = {
+    "utf-8": "UTF-8",
+    "utf-8-sig": "UTF-8 with BOM",
+    "utf-16": "UTF-16 (with BOM, Excel's Unicode Text)",
+    "cp1252": "Windows-1252 (Western European, Excel's CSV on Windows)",
+    "latin-1": "Latin-1 (ISO-8859-1)",
+    "iso8859-15": "Latin-9 (ISO-8859-15)",
+    "cp1250": "Windows-1250 (Central European)",
+    "cp1251": "Windows-1251 (Cyrillic)",
+    "mac-roman": "Mac Roman",
+}
+_SNIFF_BYTES: Final = 64 * 1024
+_SNIFF_ROWS: Final = 50
+_UTF8_CHECK_CHUNK: Final = 1024 * 1024
+_ENCODING_SAMPLE: Final = 512 * 1024
+# charset-normalizer ranks by "chaos"; on short West-European samples it often prefers an unrelated
+# code page (cp1250, big5) by a hair. Windows-1252 wins when it reads the sample about as cleanly.
+_PREFERRED_SINGLE_BYTE: Final = "cp1252"
+_CHAOS_MARGIN: Final = 0.1
 
 
 class ImportFormatError(Exception):
@@ -74,8 +111,32 @@ class ColumnMap:
     text: str
     label: str | None = None
     external_id: str | None = None
-    # None means every column not mapped above becomes metadata.
+    # None means every column not mapped above becomes metadata (less `dropped`).
     metadata: tuple[str, ...] | None = None
+    # Columns (keys) that are not kept at all.
+    dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How to read a file: the text encoding and delimiter (delimited text), the sheet (a workbook)."""
+
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    sheet: str = ""  # "" = the first sheet
+
+
+DEFAULT_DIALECT: Final = Dialect()
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    """What `sniff` found: the dialect to start from, and what it saw."""
+
+    dialect: Dialect
+    # How the encoding was chosen ("byte order mark", "valid UTF-8", "guessed by charset-normalizer").
+    encoding_reason: str = ""
+    sheets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,15 +180,16 @@ class _RowRules:
 
 
 def detect_format(filename: str) -> str:
-    """The import format ("csv", "jsonl" or "json") implied by a file name's extension."""
+    """The import format ("csv", "xlsx", "jsonl" or "json") implied by a file name's extension."""
     suffix = Path(filename).suffix.lower()
     try:
         return FORMATS_BY_EXTENSION[suffix]
     except KeyError:
         accepted = ", ".join(FORMATS_BY_EXTENSION)
         found = f"extension {suffix!r}" if suffix else "no extension"
+        hint = " (save the workbook as .xlsx, or as CSV)" if suffix in (".xls", ".ods", ".xlsm", ".numbers") else ""
         raise ImportFormatError(
-            f"{filename!r} has {found}; accepted file types are {accepted}"
+            f"{filename!r} has {found}; accepted file types are {accepted}{hint}"
         ) from None
 
 
@@ -137,22 +199,186 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# --- dialect: encoding, delimiter, sheet ----------------------------------------
+
+
+def sniff(path: StrPath, fmt: str, *, display_name: str | None = None) -> Sniffed:
+    """Guess how to read a file: its encoding and (delimited text) its delimiter, or (a workbook) its sheets."""
+    name = _display_name(path, display_name)
+    if fmt == "xlsx":
+        sheets = tuple(xlsx_sheets(path, name))
+        return Sniffed(Dialect(encoding="", delimiter="", sheet=sheets[0] if sheets else ""), sheets=sheets)
+    encoding, reason = detect_encoding(path, name)
+    delimiter = ","
+    if fmt == "csv":
+        delimiter = sniff_delimiter(_text_sample(path, encoding))
+    return Sniffed(Dialect(encoding=encoding, delimiter=delimiter), encoding_reason=reason)
+
+
+def detect_encoding(path: StrPath, name: str | None = None) -> tuple[str, str]:
+    """(Python codec name, how it was found) for a text file.
+
+    A byte order mark decides (UTF-8/16/32, what Excel writes); else a file that decodes as UTF-8
+    from end to end is UTF-8 (a streamed check, flat memory); else charset-normalizer guesses from
+    the start of the file and the bytes around the first one that is not UTF-8.
+    """
+    shown = _display_name(path, name)
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                       (codecs.BOM_UTF16_BE, "utf-16")):
+        if head.startswith(bom):
+            return codec, "byte order mark"
+    # UTF-16 without a BOM is valid UTF-8 (ASCII with NULs between): NULs are not text.
+    if head.count(0) * 10 < len(head):
+        first_bad = _first_non_utf8_byte(path)
+        if first_bad is None:
+            return "utf-8", "valid UTF-8"
+    else:
+        first_bad = 0
+    sample = head[:_ENCODING_SAMPLE] if len(head) >= _ENCODING_SAMPLE else _read_range(path, 0, _ENCODING_SAMPLE)
+    if first_bad >= len(sample):
+        window = _read_range(path, max(first_bad - 4096, 0), 64 * 1024)
+        sample = sample[: sample.rfind(b"\n") + 1] + window[window.find(b"\n") + 1:]
+    guess = _guess_encoding(sample)
+    if guess is None:
+        raise ImportFormatError(
+            f"{shown!r} is not UTF-8 and its encoding could not be recognised. {_RESAVE_HINT}"
+        )
+    return guess, "guessed by charset-normalizer"
+
+
+def _guess_encoding(sample: bytes) -> str | None:
+    from charset_normalizer import from_bytes  # imported here: only non-UTF-8 files need it
+
+    best = from_bytes(sample).best()
+    western = from_bytes(sample, cp_isolation=[_PREFERRED_SINGLE_BYTE]).best()
+    if western is not None and (best is None or western.chaos <= best.chaos + _CHAOS_MARGIN):
+        return _PREFERRED_SINGLE_BYTE
+    if best is None:
+        return None
+    return codecs.lookup(best.encoding).name
+
+
+def _read_range(path: StrPath, start: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(size)
+
+
+def _first_non_utf8_byte(path: StrPath) -> int | None:
+    """The offset of the first byte that is not UTF-8, or None; reads the file in 1 MiB chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # of the next chunk in the file
+    with open(path, "rb") as f:
+        while chunk := f.read(_UTF8_CHECK_CHUNK):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the last chunk's end
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                return max(offset - pending + exc.start, 0)
+            offset += len(chunk)
+    pending = len(decoder.getstate()[0])
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return offset - pending
+    return None
+
+
+def _text_sample(path: StrPath, encoding: str) -> str:
+    """The first lines of a text file (about 64 KiB), decoded, cut at a line break."""
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        sample = f.read(_SNIFF_BYTES)
+        if len(sample) == _SNIFF_BYTES and "\n" in sample:
+            sample = sample[: sample.rfind("\n") + 1]
+    return sample.removeprefix("\ufeff")
+
+
+def sniff_delimiter(sample: str) -> str:
+    """The delimiter (comma, semicolon, tab or pipe) that splits the sample's rows most consistently.
+
+    Each candidate parses the first rows with double-quote quoting (what Excel and most tools
+    write); the one whose rows most often have the header's width (at least two columns) wins,
+    and among equals the wider one, then csv.Sniffer's choice, then the order comma, semicolon,
+    tab, pipe. A one-column file stays comma-separated.
+    """
+    _raise_csv_field_limit()
+    try:
+        sniffed: str | None = csv.Sniffer().sniff(sample, delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        sniffed = None
+    best: tuple[float, int, bool, int] | None = None
+    choice = ","
+    for order, delimiter in enumerate(DELIMITERS):
+        try:
+            rows = [row for row in itertools.islice(csv.reader(io.StringIO(sample), delimiter=delimiter),
+                                                     _SNIFF_ROWS) if row]
+        except csv.Error:
+            continue
+        if not rows or len(rows[0]) < 2:
+            continue
+        width = len(rows[0])
+        # The last row may be cut by the sample's end; a file of only a header counts it.
+        body = rows[1:-1] if len(rows) > 2 else rows[1:]
+        consistent = sum(len(row) == width for row in body) / len(body) if body else 1.0
+        score = (consistent, width, delimiter == sniffed, -order)
+        if best is None or score > best:
+            best, choice = score, delimiter
+    return choice
+
+
+def xlsx_sheets(path: StrPath, name: str | None = None) -> list[str]:
+    """The sheet names of a workbook, in order."""
+    with _open_workbook(path, _display_name(path, name)) as workbook:
+        return list(workbook.sheetnames)
+
+
+def preview(
+    path: StrPath, fmt: str, dialect: Dialect = DEFAULT_DIALECT, *, rows: int = 10, display_name: str | None = None,
+    max_columns: int = DEFAULT_MAX_COLUMNS,
+) -> tuple[list[str], list[list[str]]]:
+    """(header, first rows) as the import will read them, each cell as text, for the upload page."""
+    name = _display_name(path, display_name)
+    if fmt in ("csv", "xlsx"):
+        with _table(path, fmt, name, dialect) as (records, _):
+            header = _read_csv_header(records, name, max_columns=max_columns)
+            body = [[_cell_text(cell) for cell in record] for record in itertools.islice(records, rows * 2) if record]
+        return header, body[:rows]
+    shown: list[dict[str, object]] = []
+    for _, value in _islice(_iter_json_values(path, fmt, name, dialect.encoding), rows):
+        shown.append(value if isinstance(value, dict) else {"(not an object)": value})
+    header = list(dict.fromkeys(key for item in shown for key in item))
+    return header, [[_cell_text(item.get(key, "")) for key in header] for item in shown]
+
+
+def _cell_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def read_columns(
     path: StrPath, fmt: str, *, display_name: str | None = None, sample_rows: int = 50,
-    max_columns: int = DEFAULT_MAX_COLUMNS,
+    max_columns: int = DEFAULT_MAX_COLUMNS, dialect: Dialect = DEFAULT_DIALECT,
 ) -> list[str]:
     """The column names the UI offers for mapping, in first-seen order.
 
-    For CSV the header; for JSONL/JSON the union of keys of the first `sample_rows` objects.
+    For CSV and workbooks the header; for JSONL/JSON the union of keys of the first `sample_rows` objects.
     """
     name = _display_name(path, display_name)
-    if fmt == "csv":
-        with _open_text(path, name) as f:
-            header = _read_csv_header(csv.reader(f), name, max_columns=max_columns)
+    if fmt in ("csv", "xlsx"):
+        with _table(path, fmt, name, dialect) as (records, _):
+            header = _read_csv_header(records, name, max_columns=max_columns)
         columns = list(dict.fromkeys(column for column in header if column))
     else:
         keys: dict[str, None] = {}
-        for _, value in _islice(_iter_json_values(path, fmt, name), sample_rows):
+        for _, value in _islice(_iter_json_values(path, fmt, name, dialect.encoding), sample_rows):
             if isinstance(value, dict):
                 keys.update(dict.fromkeys(value))
                 _check_column_count(len(keys), max_columns, name, "keys")
@@ -185,6 +411,7 @@ def iter_rows(
     display_name: str | None = None,
     label_separator: str = "|",
     max_columns: int = DEFAULT_MAX_COLUMNS,
+    dialect: Dialect = DEFAULT_DIALECT,
 ) -> Iterator[ParsedRow | RowError]:
     """Stream the file, yielding one ParsedRow or RowError per data row.
 
@@ -201,28 +428,44 @@ def iter_rows(
         multi_label=multi_label,
         max_text_chars=max_text_chars,
         separator=label_separator,
-        field_word="column" if fmt == "csv" else "key",
+        field_word="column" if fmt in ("csv", "xlsx") else "key",
     )
-    if fmt == "csv":
-        yield from _iter_csv_rows(path, name, rules, max_columns=max_columns)
+    if fmt in ("csv", "xlsx"):
+        yield from _iter_table_rows(path, fmt, name, rules, max_columns=max_columns, dialect=dialect)
     elif fmt in ("jsonl", "json"):
-        yield from _iter_json_rows(path, fmt, name, rules)
+        yield from _iter_json_rows(path, fmt, name, rules, dialect.encoding)
     else:
-        raise ValueError(f"unknown import format {fmt!r}; expected csv, jsonl or json")
+        raise ValueError(f"unknown import format {fmt!r}; expected csv, xlsx, jsonl or json")
 
 
-def count_rows(path: StrPath, fmt: str) -> int:
+def count_rows(path: StrPath, fmt: str, dialect: Dialect = DEFAULT_DIALECT) -> int:
     """A fast upper bound on the number of data rows, for progress bars."""
     if fmt == "csv":
         return _count_csv_records(path)
+    if fmt == "xlsx":
+        with _open_workbook(path, _display_name(path, None)) as workbook:
+            sheet = _sheet(workbook, dialect.sheet, _display_name(path, None))
+            return max((sheet.max_row or 1) - 1, 0)
     if fmt == "jsonl":
         with open(path, "rb") as f:
             return sum(1 for line in f if line.strip())
     if fmt == "json":
         # Counting elements needs a real parse: commas inside strings and
         # nested objects make any cheaper trick wrong by an unbounded amount.
-        return sum(1 for _ in _iter_json_values(path, fmt, _display_name(path, None)))
-    raise ValueError(f"unknown import format {fmt!r}; expected csv, jsonl or json")
+        return sum(1 for _ in _iter_json_values(path, fmt, _display_name(path, None), dialect.encoding))
+    raise ValueError(f"unknown import format {fmt!r}; expected csv, xlsx, jsonl or json")
+
+
+def unknown_label_reason(labels: Collection[str], known_labels: Collection[str], *, multi_label: bool,
+                         label_separator: str = "|") -> str | None:
+    """Why a row's labels are refused (one is not in `known_labels`), or None when all are known."""
+    rules = _RowRules(columns=ColumnMap(text=""), known_labels=frozenset(known_labels), multi_label=multi_label,
+                      max_text_chars=0, separator=label_separator, field_word="column")
+    try:
+        _check_known(tuple(labels), rules)
+    except _Invalid as exc:
+        return str(exc)
+    return None
 
 
 # --- reading files -----------------------------------------------------------
@@ -233,14 +476,28 @@ def _display_name(path: StrPath, display_name: str | None) -> str:
 
 
 @contextmanager
-def _open_text(path: StrPath, name: str) -> Iterator[IO[str]]:
+def _open_text(path: StrPath, name: str, encoding: str = "utf-8") -> Iterator[IO[str]]:
     # The BOM that Excel and Notepad prepend would otherwise end up glued to
     # the first column name (or make json reject the first line).
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    codec = _codec(encoding, name)
+    with open(path, encoding="utf-8-sig" if codec == "utf-8" else codec, newline="") as f:
         try:
             yield f
         except UnicodeDecodeError as exc:
-            raise ImportFormatError(_describe_bad_utf8(path, name)) from exc
+            if codec == "utf-8":
+                raise ImportFormatError(_describe_bad_utf8(path, name)) from exc
+            raise ImportFormatError(
+                f"{name!r} cannot be read as {ENCODINGS.get(encoding, encoding)}: {exc.reason} "
+                f"(byte 0x{exc.object[exc.start]:02x}). Choose another encoding on the upload page, or {_RESAVE}"
+            ) from exc
+
+
+def _codec(encoding: str, name: str) -> str:
+    try:
+        return codecs.lookup(encoding or "utf-8").name
+    except LookupError:
+        raise ImportFormatError(f"{name!r}: {encoding!r} is not an encoding Python knows; choose one of "
+                                f"{', '.join(ENCODINGS)}") from None
 
 
 def _describe_bad_utf8(path: StrPath, name: str) -> str:
@@ -263,6 +520,73 @@ def _describe_bad_utf8(path: StrPath, name: str) -> str:
     return f"{name!r} is not valid UTF-8. {_RESAVE_HINT}"
 
 
+@contextmanager
+def _table(path: StrPath, fmt: str, name: str, dialect: Dialect
+           ) -> Iterator[tuple[Iterator[list[object]], Callable[[], int]]]:
+    """(records, the current record's last line) of a delimited file or a workbook's sheet."""
+    if fmt == "xlsx":
+        with _open_workbook(path, name) as workbook:
+            sheet = _sheet(workbook, dialect.sheet, name)
+            counter = itertools.count(1)
+            position = [0]
+
+            def records() -> Iterator[list[object]]:
+                for values in sheet.iter_rows(values_only=True):
+                    position[0] = next(counter)
+                    yield [_xlsx_value(value) for value in values]
+
+            yield records(), lambda: position[0]
+        return
+    _raise_csv_field_limit()
+    delimiter = dialect.delimiter or ","
+    if len(delimiter) != 1:
+        raise ImportFormatError(f"{name!r}: the delimiter must be one character, not {delimiter!r}")
+    with _open_text(path, name, dialect.encoding) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        yield reader, lambda: reader.line_num  # type: ignore[misc]
+
+
+@contextmanager
+def _open_workbook(path: StrPath, name: str) -> Iterator[Any]:
+    from openpyxl import load_workbook  # imported here: only workbooks need it
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        # read_only streams the sheet's XML row by row: memory stays flat for a big sheet.
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise ImportFormatError(f"{name!r} cannot be read as an Excel workbook (.xlsx): {exc}. "
+                                "Save it again from Excel as .xlsx, or as CSV UTF-8.") from exc
+    try:
+        yield workbook
+    finally:
+        workbook.close()
+
+
+def _sheet(workbook: Any, sheet: str, name: str) -> Any:
+    if not workbook.sheetnames:
+        raise ImportFormatError(f"{name!r} has no sheets")
+    if not sheet:
+        return workbook[workbook.sheetnames[0]]
+    if sheet not in workbook.sheetnames:
+        raise ImportFormatError(f"{name!r} has no sheet {sheet!r}; its sheets are: "
+                                f"{', '.join(repr(s) for s in workbook.sheetnames)}")
+    return workbook[sheet]
+
+
+def _xlsx_value(value: object) -> object:
+    """A cell as JSON can hold it: whole floats as integers (Excel stores 3 as 3.0), dates as ISO text."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return str(value)
+    return value
+
+
 def _islice(values: Generator[tuple[int, object], None, None], limit: int) -> Iterator[tuple[int, object]]:
     # itertools.islice would leave the generator (and its open file) suspended
     # until garbage collection; closing it releases the file now.
@@ -278,13 +602,15 @@ def _islice(values: Generator[tuple[int, object], None, None], limit: int) -> It
 # --- CSV ---------------------------------------------------------------------
 
 
-def _read_csv_header(reader: Iterator[list[str]], name: str, *, max_columns: int) -> list[str]:
+def _read_csv_header(reader: Iterator[list[Any]], name: str, *, max_columns: int) -> list[str]:
     _raise_csv_field_limit()
     header = next(reader, None)
     if header is None:
         raise ImportFormatError(f"{name!r} is empty; the first line must be a header naming the columns")
     _check_column_count(len(header), max_columns, name)
-    header = [column.strip() for column in header]
+    header = [_cell_text(column).strip() for column in header]
+    while header and not header[-1]:
+        header.pop()  # a workbook's empty cells right of the header
     if not any(header):
         raise ImportFormatError(
             f"{name!r} has a blank first line; the first line must be a header naming the columns"
@@ -299,15 +625,16 @@ def _raise_csv_field_limit() -> None:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
 
 
-def _iter_csv_rows(path: StrPath, name: str, rules: _RowRules, *, max_columns: int
-                   ) -> Iterator[ParsedRow | RowError]:
+def _iter_table_rows(path: StrPath, fmt: str, name: str, rules: _RowRules, *, max_columns: int,
+                     dialect: Dialect) -> Iterator[ParsedRow | RowError]:
     columns = rules.columns
-    with _open_text(path, name) as f:
-        reader = csv.reader(f)
+    workbook = fmt == "xlsx"
+    with _table(path, fmt, name, dialect) as (reader, line_num):
         header = _read_csv_header(reader, name, max_columns=max_columns)
         mapped = [c for c in (columns.text, columns.label, columns.external_id) if c is not None]
         if columns.metadata is None:
-            metadata_columns = [c for c in header if c and c not in mapped]
+            skipped = {*mapped, *columns.dropped}
+            metadata_columns = [c for c in header if c and c not in skipped]
         else:
             metadata_columns = list(columns.metadata)
         _check_csv_header(header, [*mapped, *metadata_columns], name)
@@ -316,33 +643,49 @@ def _iter_csv_rows(path: StrPath, name: str, rules: _RowRules, *, max_columns: i
         label_at = None if columns.label is None else position[columns.label]
         id_at = None if columns.external_id is None else position[columns.external_id]
         metadata_at = [(column, position[column]) for column in metadata_columns]
+        width = len(header)
 
         # Rows are numbered as a spreadsheet shows them (header = row 1), which
         # matches the line number unless a quoted text spans several lines.
         row_number = 1
-        last_line = reader.line_num
+        last_line = line_num()
         try:
             for cells in reader:
                 row_number += 1
-                first_line, last_line = last_line + 1, reader.line_num
+                first_line, last_line = last_line + 1, line_num()
+                if workbook:
+                    cells = _fit_workbook_row(cells, width)
                 if not cells:
                     continue  # a blank line, usually a trailing one
-                if len(cells) != len(header):
+                if len(cells) != width:
                     yield RowError(
-                        row_number, _describe_width_mismatch(len(cells), len(header), first_line, row_number)
+                        row_number, _describe_width_mismatch(len(cells), width, first_line, row_number, dialect)
                     )
                     continue
+                text = cells[text_at]
                 yield _build_row(
                     row_number,
-                    text=cells[text_at],
+                    text=text if isinstance(text, str) else _cell_text(text),
                     label=_MISSING if label_at is None else cells[label_at],
                     external_id=_MISSING if id_at is None else cells[id_at],
                     # An empty cell means "no value", not the value "".
-                    metadata={column: cells[at] for column, at in metadata_at if cells[at].strip()},
+                    metadata={column: value for column, at in metadata_at
+                              if not isinstance(value := cells[at], str) or value.strip()},
                     rules=rules,
                 )
         except csv.Error as exc:
-            raise ImportFormatError(f"{name!r} cannot be read as CSV at line {reader.line_num}: {exc}") from exc
+            raise ImportFormatError(f"{name!r} cannot be read as CSV at line {line_num()}: {exc}") from exc
+
+
+def _fit_workbook_row(cells: list[object], width: int) -> list[object]:
+    """A sheet row cut or padded to the header's width; [] for a row with no values."""
+    if len(cells) > width and all(cell == "" for cell in cells[width:]):
+        cells = cells[:width]
+    if all(cell == "" for cell in cells):
+        return []
+    if len(cells) < width:
+        cells = cells + [""] * (width - len(cells))
+    return cells
 
 
 def _check_csv_header(header: list[str], wanted: list[str], name: str) -> None:
@@ -357,8 +700,9 @@ def _check_csv_header(header: list[str], wanted: list[str], name: str) -> None:
             f"{name!r} has no {noun} {', '.join(repr(c) for c in missing)}; "
             f"the columns in its header are: {existing}"
         )
-        if len(header) == 1 and any(separator in header[0] for separator in ";\t"):
-            message += " — the file looks separated by semicolons or tabs; save it with commas instead"
+        if len(header) == 1 and any(separator in header[0] for separator in DELIMITERS):
+            message += (" — the file looks separated by semicolons, tabs or pipes; choose the delimiter on the "
+                        "upload page")
         raise ImportFormatError(message)
     duplicated = [column for column in dict.fromkeys(wanted) if counts[column] > 1]
     if duplicated:
@@ -368,15 +712,17 @@ def _check_csv_header(header: list[str], wanted: list[str], name: str) -> None:
         )
 
 
-def _describe_width_mismatch(found: int, expected: int, first_line: int, row_number: int) -> str:
+def _describe_width_mismatch(found: int, expected: int, first_line: int, row_number: int,
+                             dialect: Dialect = DEFAULT_DIALECT) -> str:
     reason = f"row has {found} field{'s' if found != 1 else ''} but the header has {expected}"
     if first_line != row_number:
         # Text editors number lines, not rows; after a multi-line text the
         # two drift apart and the user needs the line to find the row.
         reason += f" (it starts on line {first_line} of the file)"
+    word = DELIMITERS.get(dialect.delimiter, repr(dialect.delimiter)).split(" (")[0]
     if found > expected:
-        return reason + " — a text containing a comma must be wrapped in double quotes"
-    return reason + " — check for a missing comma or an unclosed double quote on an earlier row"
+        return reason + f" — a text containing a {word} must be wrapped in double quotes"
+    return reason + f" — check for a missing {word} or an unclosed double quote on an earlier row"
 
 
 def _count_csv_records(path: StrPath) -> int:
@@ -398,9 +744,10 @@ def _count_csv_records(path: StrPath) -> int:
 # --- JSON Lines and JSON arrays ----------------------------------------------
 
 
-def _iter_json_values(path: StrPath, fmt: str, name: str) -> Generator[tuple[int, object], None, None]:
+def _iter_json_values(path: StrPath, fmt: str, name: str, encoding: str = "utf-8"
+                      ) -> Generator[tuple[int, object], None, None]:
     """(row number, decoded value) per row; a JSONL line that is not JSON yields a _Invalid."""
-    with _open_text(path, name) as f:
+    with _open_text(path, name, encoding) as f:
         if fmt == "jsonl":
             for line_number, line in enumerate(f, start=1):
                 if not line.strip():
@@ -419,10 +766,11 @@ def _iter_json_values(path: StrPath, fmt: str, name: str) -> Generator[tuple[int
             raise ValueError(f"unknown import format {fmt!r}; expected csv, jsonl or json")
 
 
-def _iter_json_rows(path: StrPath, fmt: str, name: str, rules: _RowRules) -> Iterator[ParsedRow | RowError]:
+def _iter_json_rows(path: StrPath, fmt: str, name: str, rules: _RowRules, encoding: str = "utf-8"
+                    ) -> Iterator[ParsedRow | RowError]:
     columns = rules.columns
-    mapped = {c for c in (columns.text, columns.label, columns.external_id) if c is not None}
-    for row_number, value in _iter_json_values(path, fmt, name):
+    mapped = {c for c in (columns.text, columns.label, columns.external_id) if c is not None} | set(columns.dropped)
+    for row_number, value in _iter_json_values(path, fmt, name, encoding):
         if isinstance(value, _Invalid):
             yield RowError(row_number, str(value))
             continue

@@ -11,8 +11,10 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -53,8 +55,13 @@ def _check_size(name: str, size: int) -> None:
 
 @transaction.atomic
 def create_dataset_from_upload(project: Project, *, upload: UploadedFile, user: Any,
-                               source: str = DatasetSource.UPLOAD) -> Dataset:
-    """Store an uploaded file and read its column names; the import starts once columns are chosen."""
+                               source: str = DatasetSource.UPLOAD, encoding: str = "", delimiter: str = "",
+                               sheet: str = "") -> Dataset:
+    """Store an uploaded file, sniff how to read it and read its column names; the import starts once
+    columns are chosen. The file stays stored: the preview, the mapping and a retry all read it again.
+
+    `encoding`, `delimiter` and `sheet` override what the sniffer finds.
+    """
     name = os.path.basename(upload.name or "upload")
     try:
         file_format = importing.detect_format(name)
@@ -64,16 +71,91 @@ def create_dataset_from_upload(project: Project, *, upload: UploadedFile, user: 
     dataset = Dataset(project=project, name=name, file_format=file_format, source=source, created_by=user)
     dataset.file.save(name, upload, save=False)
     try:
-        dataset.columns = importing.read_columns(dataset.file.path, file_format, display_name=name,
-                                                 max_columns=settings.IMPORT_MAX_COLUMNS)
-    except ImportFormatError as exc:
+        sniffed = importing.sniff(dataset.file.path, file_format, display_name=name)
+        dataset.sniffed = {"encoding": sniffed.dialect.encoding, "encoding_reason": sniffed.encoding_reason,
+                           "delimiter": sniffed.dialect.delimiter, "sheets": list(sniffed.sheets)}
+        dataset.encoding = encoding or sniffed.dialect.encoding
+        dataset.delimiter = delimiter or sniffed.dialect.delimiter
+        dataset.sheet = sheet or sniffed.dialect.sheet
+        _read_columns(dataset)
+    except (ImportFormatError, ActionError) as exc:
         dataset.file.delete(save=False)
         raise ActionError(str(exc)) from exc
-    if not dataset.columns:
-        dataset.file.delete(save=False)
-        raise ActionError(f"{name} has no columns: the first row must name them (e.g. text,label).")
     dataset.save()
     return dataset
+
+
+def dialect_of(dataset: Dataset) -> importing.Dialect:
+    return importing.Dialect(encoding=dataset.encoding or "utf-8", delimiter=dataset.delimiter or ",",
+                             sheet=dataset.sheet)
+
+
+def _read_columns(dataset: Dataset) -> None:
+    try:
+        dataset.columns = importing.read_columns(dataset.file.path, dataset.file_format, display_name=dataset.name,
+                                                 max_columns=settings.IMPORT_MAX_COLUMNS, dialect=dialect_of(dataset))
+    except ImportFormatError as exc:
+        raise ActionError(str(exc)) from exc
+    if not dataset.columns:
+        raise ActionError(f"{dataset.name} has no columns: the first row must name them (e.g. text,label).")
+
+
+@transaction.atomic
+def change_dialect(dataset: Dataset, *, encoding: str, delimiter: str, sheet: str = "") -> Dataset:
+    """Read a draft's file another way (encoding, delimiter, sheet): its columns are read again."""
+    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+    _require_draft(dataset)
+    if delimiter and delimiter not in importing.DELIMITERS:
+        raise ActionError(f"Choose a delimiter among: {', '.join(importing.DELIMITERS.values())}.")
+    if sheet and sheet not in dataset.sniffed.get("sheets", []):
+        raise ActionError(f"{dataset.name} has no sheet {sheet!r}; its sheets are: "
+                          f"{', '.join(dataset.sniffed.get('sheets', []))}.")
+    dataset.encoding, dataset.delimiter, dataset.sheet = encoding, delimiter, sheet
+    _read_columns(dataset)
+    dataset.save()
+    return dataset
+
+
+def preview(dataset: Dataset, rows: int = 10) -> tuple[list[str], list[list[str]]]:
+    """The draft's header and first rows as the import will read them (ActionError if it cannot)."""
+    try:
+        return importing.preview(dataset.file.path, dataset.file_format, dialect_of(dataset), rows=rows,
+                                 display_name=dataset.name, max_columns=settings.IMPORT_MAX_COLUMNS)
+    except ImportFormatError as exc:
+        raise ActionError(str(exc)) from exc
+
+
+LABEL_SCAN_ROWS = 200_000
+
+
+def scan_labels(dataset: Dataset, label_column: str, *, text_column: str = "", limit: int = LABEL_SCAN_ROWS
+                ) -> tuple[dict[str, int], bool]:
+    """({label in the file: rows}, whether the whole file was read) for the label panel of the upload page."""
+    counts: dict[str, int] = {}
+    if not label_column or label_column not in dataset.columns:
+        return counts, True
+    project = dataset.project
+    text_column = text_column if text_column in dataset.columns else label_column
+    rows = importing.iter_rows(
+        dataset.file.path, dataset.file_format,
+        ColumnMap(text=text_column, label=label_column, metadata=()), known_labels=None,
+        multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
+        max_columns=settings.IMPORT_MAX_COLUMNS, dialect=dialect_of(dataset),
+    )
+    complete = True
+    try:
+        for n, item in enumerate(rows):
+            if n >= limit:
+                complete = False
+                break
+            if isinstance(item, ParsedRow):
+                for name in item.labels:
+                    counts[name] = counts.get(name, 0) + 1
+    except ImportFormatError as exc:
+        raise ActionError(str(exc)) from exc
+    finally:
+        rows.close()  # type: ignore[attr-defined]
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))), complete
 
 
 def guess_column(columns: Sequence[str], candidates: Sequence[str]) -> str:
@@ -84,13 +166,34 @@ def guess_column(columns: Sequence[str], candidates: Sequence[str]) -> str:
     return ""
 
 
-@transaction.atomic
-def configure_import(dataset: Dataset, *, text_column: str, label_column: str = "", id_column: str = "",
-                     add_unknown_labels: bool = False) -> Dataset:
-    """Check and record a draft dataset's column mapping, making it ready to import."""
-    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+TEXT_NAMES = ("text", "content", "body", "sentence", "question", "utterance", "description")
+LABEL_NAMES = ("label", "labels", "category", "class", "intent", "gold", "target", "tag", "tags")
+ID_NAMES = ("id", "external_id", "uid")
+
+
+def default_hidden_columns(columns: Sequence[str], *, label_column: str) -> list[str]:
+    """Columns hidden from annotators unless the manager says otherwise: a column that looks like a
+    label (named label, category, class…) but is not used as the label would show the answer."""
+    return [c for c in columns if c.casefold() in LABEL_NAMES and c != label_column]
+
+
+def _require_draft(dataset: Dataset) -> None:
     if dataset.status != DatasetStatus.DRAFT:
         raise ActionError(f"{dataset.name} is already {dataset.get_status_display().lower()}.")
+
+
+@transaction.atomic
+def configure_import(dataset: Dataset, *, text_column: str, label_column: str = "", id_column: str = "",
+                     add_unknown_labels: bool = False, hidden_columns: Sequence[str] | None = None,
+                     dropped_columns: Sequence[str] = (), label_mapping: dict[str, str] | None = None) -> Dataset:
+    """Check and record a draft dataset's column mapping, making it ready to import.
+
+    `hidden_columns` are kept as metadata but not shown to annotators (None: the label-like columns not
+    used as the label); `dropped_columns` are not kept. `label_mapping` maps a label of the file to a
+    label of the taxonomy, created at import if it does not exist.
+    """
+    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+    _require_draft(dataset)
     for role, column in (("text", text_column), ("label", label_column), ("id", id_column)):
         if column and column not in dataset.columns:
             raise ActionError(f"Column '{column}' (chosen as {role}) is not in {dataset.name}; "
@@ -101,10 +204,51 @@ def configure_import(dataset: Dataset, *, text_column: str, label_column: str = 
     if too_long:
         raise ActionError(f"A column name used for text, label or id may have at most {_COLUMN_NAME_MAX} "
                           "characters; rename the column in the file.")
+    mapped = {c for c in (text_column, label_column, id_column) if c}
+    if hidden_columns is None:
+        hidden_columns = default_hidden_columns(dataset.columns, label_column=label_column)
+    for role, chosen in (("hidden", hidden_columns), ("dropped", dropped_columns)):
+        unknown = [c for c in chosen if c not in dataset.columns]
+        if unknown:
+            raise ActionError(f"Column {unknown[0]!r} (chosen as {role}) is not in {dataset.name}; "
+                              f"its columns are: {', '.join(dataset.columns)}.")
+    hidden = [c for c in dict.fromkeys(hidden_columns) if c not in mapped and c not in dropped_columns]
+    dropped = [c for c in dict.fromkeys(dropped_columns) if c not in mapped]
+    mapping = _check_label_mapping(dataset.project, label_mapping or {}) if label_column else {}
     dataset.text_column, dataset.label_column, dataset.id_column = text_column, label_column, id_column
     dataset.add_unknown_labels = add_unknown_labels
+    dataset.hidden_columns, dataset.dropped_columns, dataset.label_mapping = hidden, dropped, mapping
     dataset.status = DatasetStatus.QUEUED
     dataset.save()
+    return dataset
+
+
+def _check_label_mapping(project: Project, mapping: dict[str, str]) -> dict[str, str]:
+    clean: dict[str, str] = {}
+    labels = {label.name: label for label in project.current_taxonomy().labels.all()}
+    for found, target in mapping.items():
+        found, target = str(found).strip(), str(target).strip()
+        if not found:
+            continue
+        if not target:
+            raise ActionError(f"Say what the label {found!r} of the file becomes: a label of the taxonomy, or "
+                              "a new label.")
+        if len(target) > 100:
+            raise ActionError(f"A label name has at most 100 characters; {target[:40]!r}… is longer.")
+        if target in labels and labels[target].is_deprecated:
+            raise ActionError(f"{found!r} is mapped to {target!r}, which is deprecated; map it to its replacement.")
+        clean[found] = target
+    return clean
+
+
+@transaction.atomic
+def retry_import(dataset: Dataset) -> Dataset:
+    """A failed import goes back to its draft (the file is kept), to be mapped again and re-run."""
+    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+    if not dataset.can_retry:
+        raise ActionError(f"{dataset.name} is {dataset.get_status_display().lower()}; only a failed import "
+                          "can be retried.")
+    dataset.reopen()
     return dataset
 
 
@@ -122,10 +266,10 @@ def start_import(dataset: Dataset, **mapping: Any) -> Dataset:
 
 IMPORT_QUEUE = "imports"
 UNQUEUED_REASON = ("The import could not be queued: the job queue (Redis) is unreachable. Nothing was imported; "
-                   "upload the file again once the queue is back.")
+                   "retry it from this page once the queue is back (the file is kept).")
 STALE_REASON = ("The import stopped: no worker made progress on it for {minutes} minutes (the worker was stopped "
-                "or killed, or no worker listens on the 'imports' queue). Nothing was imported; upload the file "
-                "again.")
+                "or killed, or no worker listens on the 'imports' queue). Nothing was imported; retry it from the "
+                "import's page (the file is kept).")
 UNEXPECTED_REASON = ("The import stopped on an unexpected error ({error}). Nothing was imported; the details are "
                      "in the worker's log.")
 
@@ -208,7 +352,7 @@ def check_stale_imports(project: Project) -> int:
 
 def _column_map(dataset: Dataset) -> ColumnMap:
     return ColumnMap(text=dataset.text_column, label=dataset.label_column or None,
-                     external_id=dataset.id_column or None)
+                     external_id=dataset.id_column or None, dropped=tuple(dataset.dropped_columns))
 
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -249,26 +393,28 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
 
     _mark_alive(dataset.pk)  # picked up: the time it waited in the queue is not held against it
     try:
-        dataset.total_rows = importing.count_rows(path, dataset.file_format)
+        dataset.total_rows = importing.count_rows(path, dataset.file_format, dialect_of(dataset))
         dataset.save(update_fields=["total_rows"])
         dataset.mark_started(DatasetStatus.VALIDATING)
         report(0, dataset.total_rows, DatasetStatus.VALIDATING)
-        errors, error_count, valid, unknown = _validate(dataset, project, report)
+        check = _validate(dataset, project, report)
     except ImportFormatError as exc:
         dataset.mark_failed([_file_error(dataset, str(exc))])
         return dataset
-    if error_count:
-        dataset.mark_failed(errors, error_count=error_count)
+    dataset.labels_found = check.labels_found
+    if check.error_count:
+        dataset.mark_failed(check.errors, error_count=check.error_count, groups=check.groups())
         return dataset
-    if valid == 0:
+    if check.valid == 0:
         dataset.mark_failed([_file_error(dataset, "The file has no data rows.")])
         return dataset
-    dataset.total_rows = valid
+    dataset.total_rows = check.valid
     dataset.mark_started(DatasetStatus.IMPORTING)
     try:
         with transaction.atomic():
-            imported, labelled = _insert(dataset, project, unknown, report)
-            dataset.mark_done(imported=imported, duplicates=valid - imported, labelled=labelled, total=valid)
+            imported, labelled = _insert(dataset, project, check.new_labels, report)
+            dataset.mark_done(imported=imported, duplicates=check.valid - imported, labelled=labelled,
+                              total=check.valid)
     except (ImportFormatError, ActionError, IntegrityError) as exc:
         # The file changed between the passes, or a label clash: nothing was kept.
         dataset.refresh_from_db()
@@ -276,40 +422,91 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
     return dataset
 
 
-def _validate(dataset: Dataset, project: Project, report: ProgressCallback
-              ) -> tuple[list[dict[str, Any]], int, int, list[str]]:
+ERROR_GROUP_ROWS = 5
+LABELS_FOUND_MAX = 1000
+# Quoted names and numbers vary from row to row; what is left says what kind of problem it is.
+_VARYING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\d[\d,.]*")
+
+
+def error_kind(reason: str) -> str:
+    """A row error's reason without its particulars (label names, counts, line numbers), to group by."""
+    return _VARYING.sub("…", reason)
+
+
+@dataclass
+class _Check:
+    """What the check pass found."""
+
+    dataset_name: str
+    valid: int = 0
+    error_count: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    # error kind -> {reason (the first), count, rows: [{row, reason}] (the first few)}
+    by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels_found: dict[str, int] = field(default_factory=dict)
+    new_labels: list[str] = field(default_factory=list)
+
+    def error(self, row: int | None, reason: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < Dataset.MAX_STORED_ERRORS:
+            self.errors.append({"file": self.dataset_name, "row": row, "reason": reason})
+        group = self.by_kind.get(kind := error_kind(reason))
+        if group is None:
+            if len(self.by_kind) >= Dataset.MAX_STORED_ERRORS:
+                kind = "…"
+                group = self.by_kind.setdefault(kind, {"reason": "other problems", "count": 0, "rows": []})
+            else:
+                group = self.by_kind[kind] = {"reason": reason, "count": 0, "rows": []}
+        group["count"] += 1
+        if len(group["rows"]) < ERROR_GROUP_ROWS:
+            group["rows"].append({"row": row, "reason": reason})
+
+    def groups(self) -> list[dict[str, Any]]:
+        return sorted(self.by_kind.values(), key=lambda group: -group["count"])
+
+
+def _validate(dataset: Dataset, project: Project, report: ProgressCallback) -> _Check:
     taxonomy = project.current_taxonomy()
     labels = {label.name: label for label in taxonomy.labels.all()}
+    mapping: dict[str, str] = dataset.label_mapping or {}
     check_labels = bool(dataset.label_column) and not dataset.add_unknown_labels
-    errors: list[dict[str, Any]] = []
-    error_count = valid = 0
-    unknown: dict[str, None] = {}
+    # A label of the file is known when the taxonomy has it (not deprecated) or the mapping says what it becomes.
+    known = {name for name, label in labels.items() if not label.is_deprecated} | set(mapping)
+    check = _Check(dataset_name=dataset.name)
+    found = check.labels_found
+    new_labels: dict[str, None] = {}
     rows = importing.iter_rows(
-        dataset.file.path, dataset.file_format, _column_map(dataset),
-        known_labels=[name for name, label in labels.items() if not label.is_deprecated] if check_labels else None,
+        dataset.file.path, dataset.file_format, _column_map(dataset), known_labels=None,
         multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
-        max_columns=settings.IMPORT_MAX_COLUMNS,
+        max_columns=settings.IMPORT_MAX_COLUMNS, dialect=dialect_of(dataset),
     )
-
-    def error(row: int, reason: str) -> None:
-        nonlocal error_count
-        error_count += 1
-        if len(errors) < Dataset.MAX_STORED_ERRORS:
-            errors.append({"file": dataset.name, "row": row, "reason": reason})
-
     for n, item in enumerate(rows, start=1):
         if isinstance(item, RowError):
-            error(item.row, item.reason)
+            check.error(item.row, item.reason)
         else:
-            valid += 1
-            for name in item.labels:
-                if name not in labels:
-                    unknown.setdefault(name)
-                elif labels[name].is_deprecated and not check_labels:
-                    error(item.row, f"label '{name}' is deprecated; use its replacement or un-deprecate it")
+            check.valid += 1
+            if item.labels:
+                for name in item.labels:
+                    if name in found:
+                        found[name] += 1
+                    elif len(found) < LABELS_FOUND_MAX:
+                        found[name] = 1
+                if check_labels and not known.issuperset(item.labels):
+                    reason = importing.unknown_label_reason(item.labels, known, multi_label=project.is_multi_label)
+                    check.error(item.row, reason or "unknown label")
+                    continue
+                for name in item.labels:
+                    target = mapping.get(name, name)
+                    if target not in labels:
+                        new_labels.setdefault(target)
+                    elif labels[target].is_deprecated:
+                        check.error(item.row, f"label '{target}' is deprecated; use its replacement or "
+                                              "un-deprecate it")
         if n % PROGRESS_EVERY == 0:
             report(n, dataset.total_rows, DatasetStatus.VALIDATING)
-    return errors, error_count, valid, list(unknown)
+    check.labels_found = dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+    check.new_labels = list(new_labels)
+    return check
 
 
 def _insert(dataset: Dataset, project: Project, unknown: list[str], report: ProgressCallback) -> tuple[int, int]:
@@ -318,10 +515,13 @@ def _insert(dataset: Dataset, project: Project, unknown: list[str], report: Prog
                                     user=dataset.created_by)
     taxonomy = project.current_taxonomy()
     key_of = {label.name: label.key for label in taxonomy.labels.all()}
+    # A label of the file mapped to another name takes that label's key.
+    key_of.update({found: key_of[target] for found, target in (dataset.label_mapping or {}).items()
+                   if target in key_of})
     rows = importing.iter_rows(
         dataset.file.path, dataset.file_format, _column_map(dataset), known_labels=None,
         multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
-        max_columns=settings.IMPORT_MAX_COLUMNS,
+        max_columns=settings.IMPORT_MAX_COLUMNS, dialect=dialect_of(dataset),
     )
     if connection.vendor == "postgresql":
         return _insert_by_copy(dataset, project, taxonomy, key_of, rows, report)
@@ -367,8 +567,8 @@ def _insert_by_copy(dataset: Dataset, project: Project, taxonomy: Any, key_of: d
                 if isinstance(item, RowError):
                     raise ActionError(f"row {item.row}: {item.reason} (the file changed during the import)")
                 done += 1
-                copy.write_row((done, item.text, dumps(item.metadata), item.external_id, item.content_hash,
-                                dumps([key_of[name] for name in item.labels]) if item.labels else None))
+                keys = dumps(list(dict.fromkeys(key_of[name] for name in item.labels))) if item.labels else None
+                copy.write_row((done, item.text, dumps(item.metadata), item.external_id, item.content_hash, keys))
                 if done % PROGRESS_EVERY == 0:
                     report(done, dataset.total_rows, DatasetStatus.IMPORTING)
         raw.execute(f"ANALYZE {table}")
@@ -413,7 +613,8 @@ def _insert_in_batches(dataset: Dataset, project: Project, taxonomy: Any, key_of
         if with_labels:
             ids = dict(Example.objects.filter(project=project, dataset=dataset, content_hash__in=list(with_labels))
                        .values_list("content_hash", "id"))
-            labels = {ids[h]: [key_of[name] for name in row.labels] for h, row in with_labels.items() if h in ids}
+            labels = {ids[h]: list(dict.fromkeys(key_of[name] for name in row.labels))
+                      for h, row in with_labels.items() if h in ids}
             # The annotation layer records these as imported annotations, in this transaction.
             events.examples_imported.send(sender=Dataset, dataset=dataset, taxonomy=taxonomy, labels=labels,
                                           annotator=dataset.created_by)
@@ -428,7 +629,8 @@ def _insert_in_batches(dataset: Dataset, project: Project, taxonomy: Any, key_of
 
 
 def import_records(project: Project, *, records: Sequence[dict[str, Any]], user: Any,
-                   add_unknown_labels: bool = False, source: str = DatasetSource.API) -> Dataset:
+                   add_unknown_labels: bool = False, source: str = DatasetSource.API,
+                   hidden_metadata: Sequence[str] = ()) -> Dataset:
     """Import JSON records pushed over the API, through the same checks as a file; all or nothing."""
     if not records:
         raise ActionError('No examples given: send {"examples": [{"text": "..."}, ...]}.')
@@ -456,7 +658,8 @@ def import_records(project: Project, *, records: Sequence[dict[str, Any]], user:
     dataset = Dataset(project=project, name=f"api-push-{len(records)}-rows.jsonl", file_format="jsonl",
                       source=source, created_by=user, columns=["text", "label", "external_id"],
                       text_column="text", label_column="label" if has_labels else "", id_column="external_id",
-                      add_unknown_labels=add_unknown_labels, status=DatasetStatus.QUEUED)
+                      add_unknown_labels=add_unknown_labels, status=DatasetStatus.QUEUED,
+                      hidden_columns=list(dict.fromkeys(hidden_metadata)))
     dataset.file.save(dataset.name, ContentFile(("\n".join(lines) + "\n").encode("utf-8")), save=False)
     dataset.save()
     # A push is small and bounded, so it is imported inside the request: the

@@ -1,6 +1,7 @@
 """Teams, projects, versioned taxonomies, datasets and examples."""
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -223,6 +224,19 @@ class Dataset(models.Model):
     label_column = models.CharField(max_length=200, blank=True)
     id_column = models.CharField(max_length=200, blank=True)
     add_unknown_labels = models.BooleanField(default=False)
+    # How the file is read (sniffed at upload, changeable on the upload page until the import starts).
+    encoding = models.CharField(max_length=40, blank=True, help_text="Text encoding (a Python codec name).")
+    delimiter = models.CharField(max_length=4, blank=True, help_text="Delimiter of a CSV / TSV file.")
+    sheet = models.CharField(max_length=255, blank=True, help_text="Sheet of a workbook; blank = the first.")
+    sniffed = models.JSONField(default=dict, blank=True,
+                               help_text="What the upload found: {encoding, encoding_reason, delimiter, sheets}.")
+    # Columns that are neither text, label nor id: kept as metadata but not shown to annotators, or not kept.
+    hidden_columns = models.JSONField(default=list, blank=True)
+    dropped_columns = models.JSONField(default=list, blank=True)
+    label_mapping = models.JSONField(default=dict, blank=True,
+                                     help_text="{label in the file: label in the taxonomy (created if new)}.")
+    labels_found = models.JSONField(default=dict, blank=True,
+                                    help_text="{label in the file: rows}, from the last check of the file.")
     status = models.CharField(max_length=12, choices=DatasetStatus.choices, default=DatasetStatus.DRAFT)
     total_rows = models.PositiveIntegerField(default=0)
     imported_count = models.PositiveIntegerField(default=0)
@@ -230,6 +244,8 @@ class Dataset(models.Model):
     labelled_count = models.PositiveIntegerField(default=0)
     error_count = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="Up to 1,000 {file, row, reason} entries.")
+    error_groups = models.JSONField(default=list, blank=True,
+                                    help_text="The errors by reason: {reason, count, rows (the first few)}.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -282,25 +298,45 @@ class Dataset(models.Model):
         self.started_at = self.started_at or timezone.now()
         self.save(update_fields=["status", "started_at"])
 
-    def mark_failed(self, errors: list[dict[str, Any]], *, error_count: int | None = None) -> None:
+    def mark_failed(self, errors: list[dict[str, Any]], *, error_count: int | None = None,
+                    groups: list[dict[str, Any]] | None = None) -> None:
         self.status = DatasetStatus.FAILED
         self.errors = errors[: self.MAX_STORED_ERRORS]
         self.error_count = error_count if error_count is not None else len(errors)
+        self.error_groups = groups or []
         self.imported_count = self.duplicate_count = self.labelled_count = 0
         self.finished_at = timezone.now()
-        self.save(update_fields=["status", "errors", "error_count", "imported_count", "duplicate_count",
-                                 "labelled_count", "finished_at"])
+        self.save(update_fields=["status", "errors", "error_count", "error_groups", "imported_count",
+                                 "duplicate_count", "labelled_count", "labels_found", "finished_at"])
+        cache.delete(self.progress_key)
+
+    @property
+    def can_retry(self) -> bool:
+        """A failed import whose file is still stored can be mapped again and retried without re-uploading."""
+        return self.status == DatasetStatus.FAILED and bool(self.file)
+
+    def reopen(self) -> None:
+        """Failed → draft: the stored file waits for a changed mapping (nothing was imported)."""
+        self.status = DatasetStatus.DRAFT
+        self.errors, self.error_groups, self.error_count = [], [], 0
+        self.started_at = self.finished_at = None
+        self.save(update_fields=["status", "errors", "error_groups", "error_count", "started_at", "finished_at"])
         cache.delete(self.progress_key)
 
     def mark_done(self, *, imported: int, duplicates: int, labelled: int, total: int) -> None:
         self.status = DatasetStatus.DONE
         self.imported_count, self.duplicate_count, self.labelled_count = imported, duplicates, labelled
         self.total_rows = total
-        self.errors, self.error_count = [], 0
+        self.errors, self.error_count, self.error_groups = [], 0, []
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "imported_count", "duplicate_count", "labelled_count", "total_rows",
-                                 "errors", "error_count", "finished_at"])
+                                 "errors", "error_count", "error_groups", "labels_found", "finished_at"])
         cache.delete(self.progress_key)
+
+
+# What serving writes on an example it routes from the prediction API (serving/predictions.py): for
+# tracing, not for the annotator, who would otherwise see it as the item's metadata.
+ROUTING_METADATA_KEYS = frozenset({"source", "prediction_id", "route"})
 
 
 class ExampleQuerySet(models.QuerySet["Example"]):
@@ -333,6 +369,25 @@ class Example(models.Model):
 
     def __str__(self) -> str:
         return self.text[:80]
+
+    def metadata_for_annotators(self) -> dict[str, Any]:
+        """The metadata an annotator may see: without the columns its import kept hidden (client names,
+        internal ids, a gold label not chosen as the label), and, for an example that came from no import
+        (a routed prediction), without the routing's own keys."""
+        metadata = self.metadata or {}
+        if not metadata:
+            return {}
+        hidden = ROUTING_METADATA_KEYS if self.dataset_id is None else _hidden_columns(self.dataset_id)
+        return {key: value for key, value in metadata.items() if key not in hidden}
+
+
+@functools.lru_cache(maxsize=4096)
+def _hidden_columns(dataset_id: int) -> frozenset[str]:
+    # Remembered per process: a dataset's hidden columns are fixed before its first example is
+    # inserted (only a draft's mapping changes; a failed import, which is reopened, has no examples),
+    # so the labelling page reads them once per dataset, not once per item.
+    hidden = Dataset.objects.filter(pk=dataset_id).values_list("hidden_columns", flat=True).first()
+    return frozenset(hidden or ())
 
 
 class PersonalToken(models.Model):

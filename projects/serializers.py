@@ -66,9 +66,10 @@ class DatasetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Dataset
-        fields = ["id", "name", "source", "status", "file_format", "text_column", "label_column", "id_column",
-                  "total_rows", "imported_count", "duplicate_count", "labelled_count", "error_count", "errors",
-                  "progress", "created_at", "finished_at"]
+        fields = ["id", "name", "source", "status", "file_format", "encoding", "delimiter", "sheet", "text_column",
+                  "label_column", "id_column", "hidden_columns", "dropped_columns", "label_mapping", "total_rows",
+                  "imported_count", "duplicate_count", "labelled_count", "error_count", "errors", "error_groups",
+                  "labels_found", "progress", "created_at", "finished_at"]
 
     def get_progress(self, dataset: Dataset) -> dict[str, Any]:
         return dataset.progress()
@@ -88,6 +89,9 @@ class ExampleInSerializer(serializers.Serializer):
 class BulkImportSerializer(serializers.Serializer):
     examples = ExampleInSerializer(many=True)
     add_unknown_labels = serializers.BooleanField(default=False)
+    hidden_metadata = serializers.ListField(child=serializers.CharField(max_length=200), required=False,
+                                            default=list,
+                                            help_text="Metadata keys kept but never shown to annotators.")
 
     def validate_examples(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not value:
@@ -100,8 +104,23 @@ class BulkImportSerializer(serializers.Serializer):
 
 
 class FileImportSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="CSV, JSONL or JSON (array of objects).")
+    file = serializers.FileField(help_text="CSV or other delimited text, Excel .xlsx, JSONL or JSON (array of "
+                                           "objects).")
     text_column = serializers.CharField(default="text")
     label_column = serializers.CharField(required=False, allow_blank=True, default="")
     id_column = serializers.CharField(required=False, allow_blank=True, default="")
-    add_unknown_labels = serializers.BooleanField(default=False)
+    add_unknown_labels = serializers.BooleanField(default=False,
+                                                  help_text="Create the labels of the file that the taxonomy lacks.")
+    encoding = serializers.CharField(required=False, allow_blank=True, default="", max_length=40,
+                                     help_text="Text encoding (e.g. utf-8, cp1252, utf-16); default: detected.")
+    delimiter = serializers.ChoiceField(choices=[("", "detect"), (",", ","), (";", ";"), ("\t", "tab"), ("|", "|")],
+                                        required=False, allow_blank=True, default="",
+                                        help_text="Delimiter of a CSV/TSV file; default: detected.")
+    sheet = serializers.CharField(required=False, allow_blank=True, default="", max_length=255,
+                                  help_text="Sheet of an .xlsx workbook; default: the first.")
+    hidden_columns = serializers.ListField(
+        child=serializers.CharField(), required=False, default=None, allow_null=True,
+        help_text="Columns kept as metadata but never shown to annotators; default: label-like columns not "
+                  "used as the label.")
+    dropped_columns = serializers.ListField(child=serializers.CharField(), required=False, default=list,
+                                            help_text="Columns not kept.")

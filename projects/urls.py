@@ -11,4 +11,5 @@ urlpatterns = [
     path("projects/<int:pk>/taxonomy/labels/", views.taxonomy_add_label, name="add-label"),
     path("projects/<int:pk>/datasets/new/", views.dataset_upload, name="upload"),
     path("projects/<int:pk>/datasets/<int:dataset_pk>/", views.dataset_detail, name="dataset"),
+    path("projects/<int:pk>/datasets/<int:dataset_pk>/retry/", views.dataset_retry, name="dataset-retry"),
 ]

@@ -150,30 +150,21 @@ def dataset_upload(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 def dataset_detail(request: AuthenticatedHttpRequest, pk: int, dataset_pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk)
     dataset = get_object_or_404(Dataset, pk=dataset_pk, project=project)
-    form = None
     if dataset.status == DatasetStatus.DRAFT:
-        project = get_project_for_user(request, pk, role=Role.MANAGER)
-        initial = {
-            "text_column": imports.guess_column(dataset.columns, ["text", "content", "body", "sentence"]),
-            "label_column": imports.guess_column(dataset.columns, ["label", "labels", "category", "class"]),
-            "id_column": imports.guess_column(dataset.columns, ["id", "external_id", "uid"]),
-        }
-        form = ColumnMapForm(request.POST or None, dataset=dataset, initial=initial)
-        if request.method == "POST" and form.is_valid():
-            try:
-                imports.start_import(dataset, **form.cleaned_data)
-            except ActionError as exc:
-                form.add_error(None, str(exc))
-            else:
-                return redirect("projects:dataset", project.pk, dataset.pk)
-    elif request.method == "POST":
+        get_project_for_user(request, pk, role=Role.MANAGER)
+        return _dataset_draft(request, project, dataset)
+    if request.method == "POST":
         messages.info(request, f"{dataset.name} is already {dataset.get_status_display().lower()}.")
         return redirect("projects:dataset", project.pk, dataset.pk)
-    elif dataset.is_running:
+    if dataset.is_running:
         # The progress page polls: it is where an import whose worker died is noticed and ended.
         imports.check_stale_imports(project)
         dataset.refresh_from_db()
-    context = {"project": project, "dataset": dataset, "form": form, "progress": dataset.progress()}
+    taxonomy_names = set(project.current_taxonomy().labels.values_list("name", flat=True))
+    missing_labels = {name: count for name, count in dataset.labels_found.items()
+                      if name not in taxonomy_names and name not in dataset.label_mapping}
+    context = {"project": project, "dataset": dataset, "form": None, "progress": dataset.progress(),
+               "is_manager": project.role_of(request.user) == Role.MANAGER, "missing_labels": missing_labels}
     if request.htmx and request.htmx.target == "dataset-status":
         response = render(request, "projects/partials/dataset-status.html", context)
         if not dataset.is_running:
@@ -181,6 +172,84 @@ def dataset_detail(request: AuthenticatedHttpRequest, pk: int, dataset_pk: int) 
             response["HX-Refresh"] = "true"
         return response
     return render(request, "projects/dataset_detail.html", context)
+
+
+def _dataset_draft(request: AuthenticatedHttpRequest, project: Project, dataset: Dataset) -> HttpResponse:
+    """The upload's second step: a preview of the rows as read, the reading options, the column roles and
+    what each label of the file becomes; "Update preview" re-reads the stored file, "Import" starts."""
+    data = request.POST if request.method == "POST" else None
+    error = ""
+    status = 200
+    if data is not None:
+        current = {"encoding": dataset.encoding, "delimiter": dataset.delimiter, "sheet": dataset.sheet}
+        wanted = {key: data.get(key, value) for key, value in current.items()}
+        if wanted != current:
+            try:
+                dataset = imports.change_dialect(dataset, **wanted)
+            except ActionError as exc:
+                error, status = str(exc), exc.status
+                dataset.refresh_from_db()
+    initial = {
+        "encoding": dataset.encoding, "delimiter": dataset.delimiter, "sheet": dataset.sheet,
+        "text_column": dataset.text_column or imports.guess_column(dataset.columns, imports.TEXT_NAMES),
+        "label_column": dataset.label_column or imports.guess_column(dataset.columns, imports.LABEL_NAMES),
+        "id_column": dataset.id_column or imports.guess_column(dataset.columns, imports.ID_NAMES),
+        "add_unknown_labels": dataset.add_unknown_labels,
+    }
+    for i, column in enumerate(dataset.columns):
+        if column in dataset.hidden_columns:
+            initial[f"role_{i}"] = "hidden"
+        elif column in dataset.dropped_columns:
+            initial[f"role_{i}"] = "dropped"
+    label_column = str((data.get("label_column", "") if data is not None else initial["label_column"]) or "")
+    text_column = str((data.get("text_column", "") if data is not None else initial["text_column"]) or "")
+    labels_found: dict[str, int] = {}
+    labels_complete = True
+    header: list[str] = []
+    rows: list[list[str]] = []
+    try:
+        header, rows = imports.preview(dataset)
+        labels_found, labels_complete = imports.scan_labels(dataset, label_column, text_column=text_column)
+    except ActionError as exc:
+        error, status = str(exc), exc.status
+    taxonomy_labels = [label.name for label in project.current_taxonomy().labels.all() if not label.is_deprecated]
+    form = ColumnMapForm(data, dataset=dataset, initial=initial, labels_found=labels_found,
+                         taxonomy_labels=taxonomy_labels)
+    wants_import = data is not None and data.get("action", "import") == "import" and not error
+    if wants_import and form.is_valid():
+        try:
+            imports.start_import(dataset, **form.mapping())
+        except ActionError as exc:
+            form.add_error(None, str(exc))
+            status = exc.status
+        else:
+            return redirect("projects:dataset", project.pk, dataset.pk)
+    context = {
+        "project": project, "dataset": dataset, "form": form, "header": header, "rows": rows, "error": error,
+        "labels_found": labels_found, "labels_complete": labels_complete, "label_scan_rows": imports.LABEL_SCAN_ROWS,
+        "taxonomy_labels": taxonomy_labels, "label_column": label_column,
+    }
+    return render(request, "projects/dataset_detail.html", context, status=status)
+
+
+@require_POST
+@login_required
+def dataset_retry(request: AuthenticatedHttpRequest, pk: int, dataset_pk: int) -> HttpResponse:
+    """A failed import back to its mapping, without uploading again; with `create_labels`, the labels of the
+    file that the taxonomy lacks are created and the import runs again at once."""
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    dataset = get_object_or_404(Dataset, pk=dataset_pk, project=project)
+    try:
+        dataset = imports.retry_import(dataset)
+        if request.POST.get("create_labels"):
+            imports.start_import(dataset, text_column=dataset.text_column, label_column=dataset.label_column,
+                                 id_column=dataset.id_column, add_unknown_labels=True,
+                                 hidden_columns=dataset.hidden_columns, dropped_columns=dataset.dropped_columns,
+                                 label_mapping=dataset.label_mapping)
+            messages.success(request, "The missing labels will be created; the import runs again.")
+    except ActionError as exc:
+        messages.error(request, str(exc))
+    return redirect("projects:dataset", project.pk, dataset.pk)
 
 
 @require_http_methods(["GET", "POST"])

@@ -40,4 +40,4 @@ def test_a_worker_killed_mid_import_leaves_no_rows_and_the_import_ends_failed(
     assert "no worker made progress on it" in dataset.errors[0]["reason"]
     assert Example.objects.filter(project=project).count() == 0
     page = client.get(reverse("projects:dataset", args=[project.pk, dataset.pk]))
-    assert page.status_code == 200 and b"upload the file" in page.content
+    assert page.status_code == 200 and b"retry it" in page.content

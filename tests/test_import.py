@@ -110,8 +110,9 @@ BAD_FILES = [
      "empty", 3),
     ("over-long text", "rows.csv", b"text\nshort\n" + b"x" * 20001 + b"\n", {}, "20,001", 3),
     # Far enough into the file that the upload's header read does not see it.
+    # The upload guesses Windows-1252 for this file; the user insisted on UTF-8.
     ("undecodable bytes", "rows.csv", b"text\n" + b"".join(b"row %d\n" % i for i in range(5000)) + b"bad \xff\xfe\n",
-     {}, "UTF-8", None),
+     {"encoding": "utf-8"}, "UTF-8", None),
     ("malformed JSON line", "rows.jsonl", b'{"text": "fine"}\n{"text": "broken"\n{"text": "also fine"}\n', {},
      "", 2),
     ("wrong number of fields", "rows.csv", b"text,label\nfine,Yes\ntoo,many,fields\n", {"label_column": "label"},
@@ -159,17 +160,19 @@ def test_it_refuses_files_over_the_size_limit(project, alice, settings, login):
     assert not Dataset.objects.filter(project=project).exists()
 
 
-def test_it_refuses_undecodable_bytes_at_upload_when_the_header_is_bad(project, alice, login):
+def test_it_reads_a_latin1_upload_instead_of_refusing_it(project, alice, login):
     response = upload(login(alice), project, "latin1.csv", "text\ncaf\xe9\n".encode("latin-1"))
-    assert response.status_code == 400
-    assert "latin1.csv" in response.text and "UTF-8" in response.text
-    assert not Dataset.objects.filter(project=project).exists()
+    assert response.status_code == 302
+    dataset = Dataset.objects.get(project=project)
+    assert dataset.encoding == "cp1252" and dataset.sniffed["encoding_reason"] == "guessed by charset-normalizer"
+    page = login(alice).get(reverse("projects:dataset", args=[project.pk, dataset.pk])).text
+    assert "café" in page
 
 
 def test_it_refuses_unknown_file_types(project, alice, login):
-    response = upload(login(alice), project, "rows.xlsx", b"PK\x03\x04")
+    response = upload(login(alice), project, "rows.xls", b"\xd0\xcf\x11\xe0")
     assert response.status_code == 400
-    assert "rows.xlsx" in response.text
+    assert "rows.xls" in response.text and "save the workbook as .xlsx" in response.text
     assert not Dataset.objects.filter(project=project).exists()
 
 

@@ -82,19 +82,20 @@ def one_error(results: list[ParsedRow | RowError]) -> RowError:
 
 @pytest.mark.parametrize(
     ("filename", "fmt"),
-    [("a.csv", "csv"), ("B.CSV", "csv"), ("a.jsonl", "jsonl"), ("a.ndjson", "jsonl"), ("x.y.json", "json")],
+    [("a.csv", "csv"), ("B.CSV", "csv"), ("a.tsv", "csv"), ("a.txt", "csv"), ("a.xlsx", "xlsx"),
+     ("a.jsonl", "jsonl"), ("a.ndjson", "jsonl"), ("x.y.json", "json")],
 )
 def test_it_detects_the_format_from_the_extension(filename: str, fmt: str) -> None:
     assert detect_format(filename) == fmt
 
 
-@pytest.mark.parametrize("filename", ["data.tsv", "data.xlsx", "data"])
+@pytest.mark.parametrize("filename", ["data.xls", "data.ods", "data"])
 def test_it_rejects_other_extensions_listing_the_accepted_ones(filename: str) -> None:
     with pytest.raises(ImportFormatError) as caught:
         detect_format(filename)
     message = str(caught.value)
     assert filename in message
-    for extension in (".csv", ".jsonl", ".ndjson", ".json"):
+    for extension in (".csv", ".tsv", ".xlsx", ".jsonl", ".ndjson", ".json"):
         assert extension in message
 
 

@@ -1,4 +1,4 @@
-"""Import a CSV / JSONL / JSON file into a project from the command line, with a progress bar."""
+"""Import a CSV / TSV / Excel .xlsx / JSONL / JSON file into a project from the command line, with a progress bar."""
 from __future__ import annotations
 
 import sys
@@ -14,6 +14,13 @@ from labelhub.errors import ActionError
 from projects import imports
 from projects.models import Dataset, DatasetSource, DatasetStatus, Project
 
+DELIMITER_NAMES = {"": "", ",": ",", "comma": ",", ";": ";", "semicolon": ";", "tab": "\t", "\t": "\t",
+                   "|": "|", "pipe": "|"}
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
 
 class Command(BaseCommand):
     help = ("Import examples from a file. Checks every row first; if any row is bad nothing is imported and "
@@ -25,7 +32,18 @@ class Command(BaseCommand):
         parser.add_argument("--text-column", default="text")
         parser.add_argument("--label-column", default="")
         parser.add_argument("--id-column", default="")
-        parser.add_argument("--add-unknown-labels", action="store_true")
+        parser.add_argument("--add-unknown-labels", "--create-labels", dest="add_unknown_labels",
+                            action="store_true",
+                            help="Create the labels of the file that the taxonomy lacks (else such a row is an error).")
+        parser.add_argument("--delimiter", default="", choices=list(DELIMITER_NAMES),
+                            help="Delimiter of a CSV/TSV file (default: detected).")
+        parser.add_argument("--encoding", default="",
+                            help="Text encoding, e.g. utf-8, cp1252, utf-16 (default: detected).")
+        parser.add_argument("--sheet", default="", help="Sheet of an .xlsx workbook (default: the first).")
+        parser.add_argument("--hidden-columns", default="",
+                            help="Comma-separated columns kept as metadata but never shown to annotators "
+                                 "(default: label-like columns not used as the label).")
+        parser.add_argument("--drop-columns", default="", help="Comma-separated columns not to keep.")
         parser.add_argument("--user", default="", help="Username recorded as the importer (and annotator of labels).")
         parser.add_argument("--background", action="store_true",
                             help="Queue the import for a worker and follow its progress instead of running it here.")
@@ -47,10 +65,17 @@ class Command(BaseCommand):
             with path.open("rb") as handle:
                 upload = File(handle, name=path.name)
                 upload.size = path.stat().st_size
-                dataset = imports.create_dataset_from_upload(project, upload=upload, user=user,  # type: ignore[arg-type]
-                                                             source=DatasetSource.CLI)
-            mapping = {"text_column": options["text_column"], "label_column": options["label_column"],
-                       "id_column": options["id_column"], "add_unknown_labels": options["add_unknown_labels"]}
+                dataset = imports.create_dataset_from_upload(
+                    project, upload=upload, user=user, source=DatasetSource.CLI,  # type: ignore[arg-type]
+                    encoding=options["encoding"], delimiter=DELIMITER_NAMES.get(options["delimiter"], ""),
+                    sheet=options["sheet"])
+            self.stderr.write(self._reading(dataset))
+            mapping: dict[str, Any] = {
+                "text_column": options["text_column"], "label_column": options["label_column"],
+                "id_column": options["id_column"], "add_unknown_labels": options["add_unknown_labels"],
+                "dropped_columns": _names(options["drop_columns"])}
+            if options["hidden_columns"]:
+                mapping["hidden_columns"] = _names(options["hidden_columns"])
             if options["background"]:
                 dataset = imports.start_import(dataset, **mapping)
                 dataset = self._follow(dataset)
@@ -61,6 +86,14 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         sys.stderr.write("\n")
         self._report(dataset)
+
+    def _reading(self, dataset: Dataset) -> str:
+        if dataset.file_format == "xlsx":
+            return f"Reading sheet {dataset.sheet!r} of {dataset.name}."
+        how = f"Reading {dataset.name} as {dataset.encoding}"
+        if dataset.file_format == "csv":
+            how += f", {'tab' if dataset.delimiter == chr(9) else repr(dataset.delimiter)}-separated"
+        return how + f" (columns: {', '.join(dataset.columns)})."
 
     def _bar(self, done: int, total: int, phase: str) -> None:
         total = max(total, 1)
@@ -87,4 +120,15 @@ class Command(BaseCommand):
         for error in dataset.errors:
             row = f"row {error['row']}: " if error.get("row") else ""
             self.stderr.write(f"{error['file']}: {row}{error['reason']}")
+        if len(dataset.error_groups) > 0:
+            self.stderr.write("Problems by kind:")
+            for group in dataset.error_groups:
+                rows = ", ".join(str(r["row"]) for r in group["rows"]) + (", …" if group["count"] > len(group["rows"])
+                                                                            else "")
+                self.stderr.write(f"  {group['count']:,} row(s), e.g. rows {rows}: {group['reason']}")
+        taxonomy = set(dataset.project.current_taxonomy().labels.values_list("name", flat=True))
+        missing = {name: n for name, n in dataset.labels_found.items() if name not in taxonomy}
+        if missing:
+            self.stderr.write("Labels of the file that the taxonomy lacks (--create-labels creates them): "
+                              + ", ".join(f"{name} ({n:,} rows)" for name, n in missing.items()))
         raise CommandError(f"Nothing was imported: {dataset.error_count:,} problem(s) in {dataset.name}.")
