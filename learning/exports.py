@@ -18,10 +18,11 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import IO, Any, cast
 
 import yaml
-from django.db import connection
+from django.db import connection, reset_queries
 from django.db.models import Exists, OuterRef
 
 from annotation.models import Annotation, ExampleScore
@@ -163,6 +164,11 @@ class ExportPlan:
     name_of: dict[str, str]  # label key -> name, for the version's active labels
     metadata_keys: list[str]
 
+    @cached_property
+    def class_index(self) -> dict[str, int]:
+        """Label name -> class index (the Hugging Face formats' label values)."""
+        return {name: i for i, name in enumerate(self.label_names)}
+
     @property
     def multi_label(self) -> bool:
         return self.project.is_multi_label
@@ -294,6 +300,8 @@ def iter_items(plan: ExportPlan) -> Iterator[Item]:
         if not batch:
             return
         last = batch[-1][0]
+        # With DEBUG on, Django keeps every query's SQL (each names a chunk's ids): a long export would grow.
+        reset_queries()
         ids = [row[0] for row in batch]
         annotations: dict[int, list[Any]] = {}
         for row in (Annotation.objects.filter(example_id__in=ids).order_by("example_id", "-created_at", "-id")
@@ -460,7 +468,7 @@ def hf_features(plan: ExportPlan) -> dict[str, Any]:
 
 
 def _hf_record(plan: ExportPlan, item: Item, answer: Answer | None) -> dict[str, Any]:
-    index = {name: i for i, name in enumerate(plan.label_names)}
+    index = plan.class_index
     record = _record(plan, item, answer)
     labels = answer.labels if answer else None
     # Unlabelled: -1 (the datasets convention for a missing ClassLabel), or null for a list.
@@ -539,10 +547,16 @@ def write_hf_parquet(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]
 
 def write_spacy(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
     import spacy
+    import srsly  # type: ignore[import-untyped]
     from spacy.tokens import DocBin
 
     nlp = spacy.blank("en")
-    docs = DocBin(store_user_data=True)
+    # Each doc's user data (id, metadata, prediction) is packed here with one reused msgpack packer and
+    # handed to the DocBin as its `user_data` list, which it writes when `store_user_data` is on: DocBin.add
+    # packs it with srsly.msgpack_dumps, which builds a packer per call and took 0.8 ms per doc (12x the rest).
+    docs = DocBin(store_user_data=False)
+    packer = srsly.msgpack.Packer(use_bin_type=True)
+    user_data: list[bytes | None] = []
     for item, answer in _rows(plan, items):
         doc = nlp.make_doc(item.text)
         if answer is not None:
@@ -556,6 +570,9 @@ def write_spacy(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
             doc.user_data["prediction"] = item.prediction
             doc.user_data["confidence"] = item.confidence
         docs.add(doc)
+        user_data.append(packer.pack(doc.user_data))
+    docs.store_user_data = True
+    docs.user_data = user_data
     yield docs.to_bytes()
 
 
