@@ -7,6 +7,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from annotation import progress
 from annotation.models import Annotation, AnnotationSource
 from projects import events as project_events
 from projects.models import Dataset, TaxonomyVersion
@@ -39,6 +40,13 @@ def record_imported_labels(*, dataset: Dataset, taxonomy: TaxonomyVersion, label
     )
 
 
+def count_again_after_import(*, dataset: Dataset, **_: Any) -> None:
+    """New examples (and their imported labels) move the labelling header's counts."""
+    progress.counts_changed(dataset.project_id)
+
+
 def connect() -> None:
     project_events.examples_imported.connect(record_imported_labels, sender=Dataset,
                                              dispatch_uid="annotation.record_imported_labels")
+    project_events.dataset_imported.connect(count_again_after_import, sender=Dataset,
+                                            dispatch_uid="annotation.count_again_after_import")

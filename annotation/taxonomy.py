@@ -7,10 +7,11 @@ the learning layer retrains on the current version without this module knowing i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from annotation.models import Annotation, Relabel
 from labelhub.errors import ActionError
@@ -26,17 +27,45 @@ from projects.taxonomy import (
 )
 
 
-@transaction.atomic
-def merge_labels(project: Project, *, into: str, merged: Sequence[str], user: Any,
-                 expected_number: int | None = None) -> TaxonomyVersion:
-    """Merge labels into one (A + B → A): their annotations move to A and they are retired."""
-    current = project.current_taxonomy()
+@dataclass(frozen=True)
+class MergePreview:
+    """What a merge would do, for the confirmation a manager answers before it rewrites annotations."""
+
+    target: Label
+    sources: list[Label]
+    annotations: int  # annotations whose label keys change
+    items: int  # examples they label
+
+
+def _merge_labels_checked(current: TaxonomyVersion, into: str, merged: Sequence[str]) -> tuple[Label, list[Label]]:
     target = label_in(current, into)
     sources = [label_in(current, key) for key in dict.fromkeys(merged) if key != into]
     if not sources:
         raise ActionError("Choose at least one other label to merge into this one.")
     if target.is_deprecated:
         raise ActionError(f"'{target.name}' is deprecated; restore it before merging into it.")
+    return target, sources
+
+
+def merge_preview(project: Project, *, into: str, merged: Sequence[str]) -> MergePreview:
+    """How many annotations (and items) merging `merged` into `into` would rewrite; changes nothing."""
+    target, sources = _merge_labels_checked(project.current_taxonomy(), into, merged)
+    keys = {label.key for label in sources}
+    rows = _annotations_with_any(project, keys).values_list("example_id", "label_keys")
+    annotations, items = 0, set()
+    for example_id, label_keys in rows.iterator(chunk_size=10000):
+        if keys.intersection(label_keys):
+            annotations += 1
+            items.add(example_id)
+    return MergePreview(target=target, sources=sources, annotations=annotations, items=len(items))
+
+
+@transaction.atomic
+def merge_labels(project: Project, *, into: str, merged: Sequence[str], user: Any,
+                 expected_number: int | None = None) -> TaxonomyVersion:
+    """Merge labels into one (A + B → A): their annotations move to A and they are retired."""
+    current = project.current_taxonomy()
+    target, sources = _merge_labels_checked(current, into, merged)
     source_keys = {label.key for label in sources}
     moved = _rewrite_annotation_keys(project, {key: into for key in source_keys})
     changelog = [f"Merged {', '.join(repr(s.name) for s in sources)} into '{target.name}' "
@@ -51,14 +80,21 @@ def merge_labels(project: Project, *, into: str, merged: Sequence[str], user: An
     return new
 
 
-def _rewrite_annotation_keys(project: Project, mapping: dict[str, str]) -> int:
-    """Replace label keys in every annotation of the project; returns how many annotations changed."""
-    annotations = Annotation.objects.in_project(project).only("id", "label_keys")
+def _annotations_with_any(project: Project, keys: set[str]) -> QuerySet[Annotation]:
+    """The project's annotations that carry any of `keys`; where the database has no JSON containment
+    (SQLite) all of them, so callers check the keys of each row themselves."""
+    annotations = Annotation.objects.in_project(project)
     if connection.features.supports_json_field_contains:
         query = Q()
-        for key in mapping:
+        for key in keys:
             query |= Q(label_keys__contains=[key])
         annotations = annotations.filter(query)
+    return annotations
+
+
+def _rewrite_annotation_keys(project: Project, mapping: dict[str, str]) -> int:
+    """Replace label keys in every annotation of the project; returns how many annotations changed."""
+    annotations = _annotations_with_any(project, set(mapping)).only("id", "label_keys")
     changed: list[Annotation] = []
     total = 0
     for annotation in annotations.iterator(chunk_size=5000):

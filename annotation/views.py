@@ -31,6 +31,7 @@ from annotation.models import (
     Flag,
     Relabel,
 )
+from annotation.taxonomy import MergePreview, merge_preview
 from labelhub.errors import ActionError
 from projects import taxonomy as project_taxonomy
 from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_project_for_user
@@ -264,25 +265,34 @@ def taxonomy_edit_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespo
     taxonomy = project.current_taxonomy()
     form = LabelEditForm(request.POST, keys=[(lab.key, lab.name) for lab in taxonomy.labels.all()])
     status, error, done = 200, "", ""
+    merge_confirm: MergePreview | None = None
     if form.is_valid():
         try:
-            done = _apply_label_op(project, form.cleaned_data, request.user)
+            if form.cleaned_data["op"] == "merge" and request.POST.get("confirm") != "1":
+                # A merge rewrites annotations and cannot be undone: first say how many, and ask.
+                merge_confirm = merge_preview(project, into=form.cleaned_data["key"],
+                                              merged=form.cleaned_data["merged"])
+            else:
+                done = _apply_label_op(project, form.cleaned_data, request.user)
         except ActionError as exc:
             error = str(exc)
             status = exc.status
     else:
         error = "; ".join(f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items())
         status = 400
+    extra = {"merge_confirm": merge_confirm, "expected_version": form.data.get("expected_version")}
     if request.htmx:
         # htmx does not swap 4xx answers by default; the editor shows the message instead.
         context = taxonomy_editor_context(project)
-        context.update(edit_error=error, edit_done=done, edit_key=form.data.get("key"))
+        context.update(edit_error=error, edit_done=done, edit_key=form.data.get("key"), **extra)
         response = render(request, "projects/partials/taxonomy-editor.html", context)
-        response["HX-Trigger"] = "taxonomy-changed"
+        if merge_confirm is None:
+            response["HX-Trigger"] = "taxonomy-changed"
         return response
-    if error:
-        messages.error(request, error)
-        context = {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project)}
+    if error or merge_confirm:
+        if error:
+            messages.error(request, error)
+        context = {"form": ProjectSettingsForm(instance=project), **taxonomy_editor_context(project), **extra}
         return render(request, "projects/project_settings.html", context, status=status)
     messages.success(request, done)
     return redirect("projects:settings", project.pk)

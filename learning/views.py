@@ -10,9 +10,10 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from django.views.decorators.vary import vary_on_headers
 
+from annotation import progress
 from annotation.models import Annotation
 from learning.actions import embedding_progress, embedding_state, model_status_key
-from learning.models import Metrics, ModelVersion, TrainingRun
+from learning.models import Metrics, ModelVersion, RunStatus, TrainingRun
 from projects.access import AuthenticatedHttpRequest, get_project_for_user
 from projects.models import Example, Project
 
@@ -65,17 +66,47 @@ def model_panel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 
 
 def model_status(project: Project) -> dict[str, Any]:
-    """The newest model version and how many labels ago it was trained, cached a few seconds."""
+    """The newest model version and how many labels ago it was trained; without one, why there is none yet.
+
+    The version is cached (dropped when a new one lands); the labelled count is the labelling header's
+    own (annotation.progress), true after every label.
+    """
     key = model_status_key(project.pk)
     status = cache.get(key)
     if status is None:
-        latest = (ModelVersion.objects.filter(project=project).order_by("-number")
-                  .values("number", "n_labels", "created_at").first())
-        labelled = Annotation.objects.in_project(project).labelled_count() if latest else 0
-        status = {"model": latest,
-                  "labels_since_model": max(labelled - latest["n_labels"], 0) if latest else None}
+        status = {"model": ModelVersion.objects.filter(project=project).order_by("-number")
+                  .values("number", "n_labels", "created_at").first()}
         cache.set(key, status, STATUS_SECONDS)
-    return status
+    model = status["model"]
+    if model is None:
+        return {"model": None, "labels_since_model": None, "waiting": why_no_model(project)}
+    labelled = progress.project_counts(project)["labelled"]
+    return {"model": model, "labels_since_model": max(labelled - model["n_labels"], 0)}
+
+
+# How many annotations are read to tell which labels were given before the first model (it is early days).
+_EARLY_LABELS = 5000
+
+
+def why_no_model(project: Project) -> dict[str, Any]:
+    """{'reason': 'training' | 'labels' | 'failed' | 'next-label', ...}: what the first model waits for."""
+    run = (TrainingRun.objects.filter(project=project).order_by("-requested_at", "-id")
+           .values("status", "error").first())
+    if run is not None and run["status"] in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return {"reason": "training", "running": run["status"] == RunStatus.RUNNING}
+    given: set[str] = set()
+    labelled = 0
+    for keys in Annotation.objects.in_project(project).values_list("label_keys", flat=True)[:_EARLY_LABELS]:
+        given.update(keys)
+        labelled += 1
+    needed = 1 if project.is_multi_label else 2
+    if len(given) < needed or labelled < 2:
+        names = dict(project.current_taxonomy().labels.values_list("key", "name"))
+        return {"reason": "labels", "labelled": labelled, "needed": needed,
+                "given": sorted(names.get(k, k) for k in given)}
+    if run is not None and run["status"] == RunStatus.FAILED:
+        return {"reason": "failed", "error": run["error"]}
+    return {"reason": "next-label"}
 
 
 @require_GET

@@ -186,8 +186,12 @@ def test_the_editor_renames_merges_splits_and_deprecates(project, alice, hx, htm
     response = client.post(url, {"key": no.key, "op": "split", "into": "Distinguishes\nAffirms",
                                  "expected_version": 2}, **extra)
     assert project.current_taxonomy().number == 3
-    response = client.post(url, {"key": label(project, "Affirms").key, "op": "merge",
-                                 "merged": [label(project, "Distinguishes").key], "expected_version": 3}, **extra)
+    merge = {"key": label(project, "Affirms").key, "op": "merge", "merged": [label(project, "Distinguishes").key],
+             "expected_version": 3}
+    response = client.post(url, merge, **extra)  # first the confirmation, which changes nothing
+    assert response.status_code == 200 and b'id="merge-confirm"' in response.content
+    assert not label(project, "Distinguishes").is_deprecated
+    response = client.post(url, {**merge, "confirm": "1"}, **extra)
     assert label(project, "Distinguishes").is_deprecated
     response = client.post(url, {"key": yes.key, "op": "deprecate", "expected_version": 3}, **extra)
     assert response.status_code in (400, 409) if not hx else b"changed while you were editing" in response.content
