@@ -6,12 +6,13 @@ response, so it is on screen as soon as the label is saved.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.humanize.templatetags.humanize import intcomma
-from django.core.cache import cache
+from django.db import connection
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -20,12 +21,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from annotation import actions, taxonomy
+from annotation import actions, progress, taxonomy
 from annotation.actions import Item
 from annotation.models import (
     Annotation,
     Assignment,
-    AssignmentStatus,
     Comment,
     ExampleScore,
     Flag,
@@ -38,55 +38,55 @@ from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_project
 from projects.forms import LabelEditForm, ProjectSettingsForm, taxonomy_editor_context
 from projects.models import Example, Project, Role, TaxonomyVersion
 
-# The header's project-wide counts: exact to within this many seconds.
-STATS_SECONDS = 20
+# What the page shows beside an item, in one statement: the header's own and re-review counts (read
+# fresh: they change with every label), the model's suggestion, and whether the item has comments or a
+# flag of this annotator's (the comments are read only when there are some).
+_ASSIGNMENT, _RELABEL, _COMMENT, _FLAG, _SCORE = (model._meta.db_table for model in
+                                                   (Assignment, Relabel, Comment, Flag, ExampleScore))
+_ITEM_FIGURES = f"""
+SELECT (SELECT count(*) FROM {_ASSIGNMENT} WHERE project_id = %(project)s AND annotator_id = %(user)s
+        AND status = 'submitted'),
+       (SELECT count(*) FROM {_RELABEL} WHERE project_id = %(project)s AND done_at IS NULL),
+       (SELECT count(*) FROM {_COMMENT} WHERE example_id = %(example)s),
+       (SELECT reason FROM {_FLAG} WHERE example_id = %(example)s AND raised_by_id = %(user)s
+        AND resolved_at IS NULL ORDER BY id LIMIT 1),
+       (SELECT predicted_keys FROM {_SCORE} WHERE example_id = %(example)s AND model_version_number IS NOT NULL),
+       (SELECT confidence FROM {_SCORE} WHERE example_id = %(example)s AND model_version_number IS NOT NULL)
+"""
 
 
-def project_progress(project: Project) -> dict[str, Any]:
-    """Project-wide counts for the labelling page's header, cached a few seconds (they move with every label)."""
-    key = f"labelhub:label-progress:{project.pk}"
-    stats = cache.get(key)
-    if stats is None:
-        stats = {
-            "examples": Example.objects.in_project(project).count(),
-            "labelled": Annotation.objects.in_project(project).labelled_count(),
-            "relabel_open": Relabel.objects.filter(project=project).open().count(),
-        }
-        cache.set(key, stats, STATS_SECONDS)
-    return stats
-
-
-def _suggestion(example: Example, taxonomy_labels: dict[str, Any]) -> dict[str, Any] | None:
-    score = ExampleScore.objects.filter(example=example, model_version_number__isnull=False).first()
-    if score is None or not score.predicted_keys:
-        return None
-    active = [key for key in score.predicted_keys if key in taxonomy_labels
-              and not taxonomy_labels[key].is_deprecated]
+def _suggestion(predicted: Any, confidence: float | None, by_key: dict[str, Any]) -> dict[str, Any] | None:
+    keys = json.loads(predicted) if isinstance(predicted, str | bytes) else predicted
+    active = [key for key in keys or [] if key in by_key and not by_key[key].is_deprecated]
     if not active:
         return None
-    return {"keys": active, "names": [taxonomy_labels[k].name for k in active], "confidence": score.confidence}
+    return {"keys": active, "names": [by_key[k].name for k in active], "confidence": confidence}
 
 
 def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Item | None, *, error: str = "",
                   notice: str = "", taxonomy: TaxonomyVersion | None = None) -> dict[str, Any]:
     taxonomy = taxonomy or project.current_taxonomy()
-    labels = list(taxonomy.labels.all())
+    labels = progress.labels_of(taxonomy)
     by_key = {label.key: label for label in labels}
+    example = item.example if item is not None else None
+    with connection.cursor() as cursor:
+        cursor.execute(_ITEM_FIGURES, {"project": project.pk, "user": request.user.pk,
+                                       "example": example.pk if example is not None else None})
+        my_count, relabel_open, n_comments, flag_reason, predicted, confidence = cursor.fetchone()
     context: dict[str, Any] = {
         "project": project, "item": item, "taxonomy": taxonomy,
         "labels": [label for label in labels if not label.is_deprecated],
-        "progress": project_progress(project),
-        "my_count": Assignment.objects.filter(project=project, annotator=request.user,
-                                              status=AssignmentStatus.SUBMITTED).count(),
+        "progress": {**progress.project_counts(project), "relabel_open": relabel_open},
+        "my_count": my_count,
         "error": error, "notice": notice,
         "is_manager": ProjectAccess(project=project, role=project.user_role).is_manager,
     }
-    if item is not None:
-        example = item.example
+    if example is not None:
+        assert item is not None
         context.update(
-            suggestion=_suggestion(example, by_key),
-            comments=list(Comment.objects.filter(example=example).select_related("author")),
-            open_flag=Flag.objects.filter(example=example, raised_by=request.user, resolved_at__isnull=True).first(),
+            suggestion=_suggestion(predicted, confidence, by_key),
+            comments=list(Comment.objects.filter(example=example).select_related("author")) if n_comments else [],
+            open_flag={"reason": flag_reason} if flag_reason is not None else None,
             metadata=sorted((example.metadata or {}).items()),
             previous=_previous_labels(example, by_key) if item.relabel is not None else None,
         )
