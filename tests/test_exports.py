@@ -495,3 +495,12 @@ def test_api_keys_read_the_taxonomy_history_but_do_not_export(trained, alice):
     assert client.get(reverse("api-taxonomy-history", args=[trained.pk])).status_code == 200
     assert client.get(reverse("api-export", args=[trained.pk]), {"format": "csv"}).status_code in {401, 403}
     assert client.get(reverse("api-model-download", args=[trained.pk, 1])).status_code in {401, 403}
+
+
+def test_the_model_versions_page_links_managers_to_the_model_downloads(trained, alice, bob, login):
+    url = reverse("serving:versions", args=[trained.pk])
+    export = reverse("learning:export", args=[trained.pk])
+    assert f'{export}#models' in login(alice).get(url).text
+    assert export not in login(bob).get(url).text
+    page = login(alice).get(export).text
+    assert reverse("learning:export-model", args=[trained.pk, 1]) in page
