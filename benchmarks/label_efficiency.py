@@ -124,6 +124,10 @@ def run_dataset(
     budget: int,
     seed_size: int,
     batch_size: int,
+    report_every: int = 1,
+    tag: str = "",
+    results_dir: Path = RESULTS,
+    reference_target: float | None = None,
 ) -> dict:
     code = code_fingerprint()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -134,6 +138,7 @@ def run_dataset(
     y_train = np.array([index[c] for c in train_labels])
     y_test = np.array([index[c] for c, k in zip(test_labels, keep, strict=True) if k])
     started = time.perf_counter()
+    traces: dict[tuple[str, int], list[dict]] = {}
 
     def progress(strategy: str, seed: int, n_labels: int, point: dict) -> None:
         if n_labels % 200 < batch_size or n_labels >= min(budget, len(y_train)):
@@ -156,8 +161,15 @@ def run_dataset(
         repeats=repeats,
         label_names=classes,
         progress=progress,
+        report_every=report_every,
+        traces=traces,
     )
     result["config"]["dataset"] = name
+    result["config"]["report_every"] = report_every
+    # Which pool rows each update picked, and the model's prior precision and calibration then
+    # (benchmarks/issue12_analysis.py reads them: class coverage, outlier share, lambda).
+    result["traces"] = {f"{strategy}/{seed}": steps for (strategy, seed), steps in traces.items()}
+    result["y_train"] = y_train.tolist()
     result["config"]["code"] = code
     result["config"]["started_at"] = started_at
     result["config"]["pool_cap"] = MAX_TRAIN
@@ -178,15 +190,16 @@ def run_dataset(
             batch_size=batch_size,
             budget=budget,
             repeats=repeats,
-            reference_target=ours_random.get("target_macro_f1"),
+            reference_target=ours_random.get("target_macro_f1", reference_target),
             progress=progress,
         )
     result["config"]["seconds"] = time.perf_counter() - started
+    stem = f"label_efficiency-{name}{f'-{tag}' if tag else ''}"
     OUT.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (OUT / f"label_efficiency-{name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"label_efficiency-{name}.json").write_text(json.dumps(summary(result), indent=1) + "\n")
-    plot(result, RESULTS / f"label_efficiency-{name}.png", title=name)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{stem}.json").write_text(json.dumps(result))
+    (results_dir / f"{stem}.json").write_text(json.dumps(summary(result), indent=1) + "\n")
+    plot(result, results_dir / f"{stem}.png", title=name)
     return result
 
 
@@ -310,7 +323,12 @@ def ceilings(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DATASETS)
-    parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    parser.add_argument("--strategies", nargs="*", default=STRATEGIES,
+                        help="LabelHub strategies (none: small-text only)")
+    parser.add_argument(
+        "--reference-target", type=float,
+        help="LabelHub random's macro-F1 at the budget from an earlier run, for small-text-only runs",
+    )
     parser.add_argument(
         "--smalltext-strategies",
         nargs="*",
@@ -321,6 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--seed-size", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument(
+        "--report-every", type=int, default=1,
+        help="run the quality report (cross-validation + calibration) at every n-th update and the last only",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the output files, so variant runs keep apart")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the summaries and PNGs go")
     parser.add_argument("--encode-only", action="store_true", help="fill the embedding cache and stop")
     args = parser.parse_args(argv)
     if args.encode_only:
@@ -341,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
             budget=args.budget,
             seed_size=args.seed_size,
             batch_size=args.batch_size,
+            report_every=args.report_every,
+            tag=args.tag,
+            results_dir=args.results_dir,
+            reference_target=args.reference_target,
         )
         print(table({name: results[name]}), flush=True)
         print(ceilings({name: results[name]}), flush=True)
@@ -349,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     print(ceilings(results))
     # Named after the sets so one-set-at-a-time runs do not overwrite each other's table.
-    (OUT / f"label_efficiency-{'-'.join(results)}.md").write_text(table(results) + "\n\n" + ceilings(results) + "\n")
+    stem = f"label_efficiency-{'-'.join(results)}{f'-{args.tag}' if args.tag else ''}"
+    (OUT / f"{stem}.md").write_text(table(results) + "\n\n" + ceilings(results) + "\n")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ STRATEGIES: dict[str, Strategy] = {
         "bald_density_diversity", True, True, _bald_score,
         density=True, title="BALD × density + diversity (recommended)",
     ),
+    "margin_density_diversity": Strategy(
+        "margin_density_diversity", False, True, lambda p, s, r, ml: margin(p, multi_label=ml),
+        density=True, title="Margin × density + diversity",
+    ),
     "bald_diversity": Strategy("bald_diversity", True, True, _bald_score, title="BALD + diversity"),
     "bald": Strategy("bald", True, False, _bald_score, title="BALD"),
     "entropy": Strategy("entropy", False, False, lambda p, s, r, ml: entropy(p, multi_label=ml), title="Entropy"),

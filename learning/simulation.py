@@ -93,6 +93,8 @@ def run_strategy(
     multi_label: bool = False,
     n_samples: int | None = None,
     progress: ProgressCallback | None = None,
+    report_every: int = 1,
+    trace: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, float]]:
     """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``.
 
@@ -101,6 +103,14 @@ def run_strategy(
     (cross-validation and calibration), which the app runs after, off that path. The test
     figures are those of the model once its report has calibrated it, and that calibration
     carries over to the next model, as in the app when the report lands between two updates.
+
+    ``report_every`` > 1 runs the report only at every ``report_every``-th update and the last
+    (the app, too, skips reports when updates come faster than they do: one report waits per
+    project, on the newest version); the models in between keep the last calibration. It
+    changes no pick of random, and the others only through the calibration the pool is scored
+    with. ``trace``, if given, receives one dict per update (labels, the model's prior precision,
+    temperature and variance scale, and the pool rows picked), for the benchmarks' ablations;
+    the curve points do not change.
     """
     rng = np.random.default_rng(seed)
     n = X_train.shape[0]
@@ -112,9 +122,16 @@ def run_strategy(
         labelled = acquisition.select_seed(X_train, min(seed_size, budget), rng)
     is_labelled = np.zeros(n, dtype=bool)
     is_labelled[labelled] = True
+    # As the app does (learning.store.density_of): the density of every example among all of
+    # them, computed once, each pool scored with its own rows' values.
+    density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
+               if spec.density else None)
     order = list(labelled)
     points: list[dict[str, float]] = []
     previous: bayes.Posterior | None = None
+    updates = 0
+    if trace is not None:
+        trace.append({"n_labels": len(order), "chosen": [int(i) for i in labelled], "seed_batch": True})
     while True:
         started = time.perf_counter()
         idx = np.array(order)
@@ -135,11 +152,14 @@ def run_strategy(
             else:
                 # The app scores with score_pool's own default sample count; only an explicit
                 # n_samples departs from it.
+                pool_density = None if density is None else density[pool]
                 if n_samples is None:
-                    scored = acquisition.score_pool(posterior, X_train[pool], strategy=strategy, rng=rng)
+                    scored = acquisition.score_pool(posterior, X_train[pool], strategy=strategy, rng=rng,
+                                                    density=pool_density)
                 else:
                     scored = acquisition.score_pool(
-                        posterior, X_train[pool], strategy=strategy, n_samples=n_samples, rng=rng
+                        posterior, X_train[pool], strategy=strategy, n_samples=n_samples, rng=rng,
+                        density=pool_density,
                     )
                 picked = acquisition.select_batch(
                     strategy,
@@ -153,9 +173,11 @@ def run_strategy(
         update_seconds = time.perf_counter() - started
         report_started = time.perf_counter()
         if posterior is not None:
-            posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label,
-                                seed=report_seed)
+            if updates % max(1, report_every) == 0 or remaining <= 0:
+                posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
+                                    multi_label=multi_label, seed=report_seed)
             previous = posterior
+        updates += 1
         report_seconds = time.perf_counter() - report_started
         if multi_label:
             fallback = (y_train[idx].sum(axis=0) + 1.0) / (len(idx) + 2.0)
@@ -167,6 +189,12 @@ def run_strategy(
         points.append(point)
         if progress is not None:
             progress(strategy, seed, len(order), point)
+        if trace is not None:
+            step: dict[str, Any] = {"n_labels": len(order), "chosen": [int(i) for i in chosen]}
+            if posterior is not None:
+                step.update(prior_precision=float(posterior.prior_precision),
+                            temperature=float(posterior.temperature), variance_scale=float(posterior.variance_scale))
+            trace.append(step)
         if remaining <= 0:
             break
         is_labelled[chosen] = True  # the simulated annotator answers with the gold label
@@ -226,10 +254,14 @@ def simulate(
     multi_label: bool = False,
     label_names: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    report_every: int = 1,
+    traces: dict[tuple[str, int], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Learning curves for each strategy and repeat, in the harness's JSON shape.
 
     Repeat r uses seed r for every strategy, so strategies are compared on the same seeds.
+    ``report_every`` and ``traces`` (filled with each (strategy, seed)'s trace) are
+    ``run_strategy``'s; the JSON is the same shape with or without them.
     """
     for name in strategies:
         acquisition.get_strategy(name)  # fail before hours of work, not after
@@ -258,7 +290,8 @@ def simulate(
         run_repeats(result, strategies, repeats, lambda name, seed: run_strategy(
             name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, n_classes=n_classes,
             seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, multi_label=multi_label,
-            progress=progress,
+            progress=progress, report_every=report_every,
+            trace=None if traces is None else traces.setdefault((name, seed), []),
         ))
     summarise(result)
     return result

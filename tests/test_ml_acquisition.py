@@ -56,7 +56,7 @@ def test_it_ranks_uncertainty_scores_sensibly() -> None:
 
 def test_it_knows_every_strategy_name() -> None:
     assert set(acquisition.STRATEGIES) == {"random", "least_confidence", "margin", "entropy", "bald", "bald_diversity",
-                                           "bald_density_diversity"}
+                                           "bald_density_diversity", "margin_density_diversity"}
     assert acquisition.DEFAULT_STRATEGY == "bald_density_diversity"
 
 
@@ -285,6 +285,27 @@ def test_it_keeps_multilabel_bald_of_many_labels_between_zero_and_entropy() -> N
     assert np.all(np.isfinite(scored.scores)) and np.all(scored.scores >= 0)
     assert np.all(scored.scores <= acquisition.entropy(scored.proba, multi_label=True) + 1e-5)
     assert np.abs(post.predict_proba(pool) - scored.proba).max() < 1e-3
+
+
+def test_density_weighted_margin_is_margin_times_density_and_goes_to_the_crowded_boundary_first():
+    rng = np.random.default_rng(8)
+    X = np.vstack([rng.normal(size=(60, 6)) + 3, rng.normal(size=(60, 6)) - 3])
+    y = np.array([0] * 60 + [1] * 60)
+    posterior = bayes.fit(X, y, n_classes=2)
+    # A crowd of items on the boundary, and one far outlier that is just as undecided.
+    crowd = rng.normal(size=(80, 6)) * 0.3
+    outlier = np.zeros((1, 6))
+    outlier[0, :3], outlier[0, 3:] = 40.0, -40.0
+    pool = np.vstack([crowd, outlier])
+    weighted = acquisition.score_pool(posterior, pool, strategy="margin_density_diversity",
+                                      rng=np.random.default_rng(5))
+    plain = acquisition.margin(weighted.proba)
+    density = acquisition.information_density(pool)
+    np.testing.assert_allclose(weighted.scores, plain * density, rtol=1e-6, atol=1e-12)
+    assert plain[-1] > np.median(plain[:-1])
+    picked = acquisition.select_batch("margin_density_diversity", scores=weighted.scores, embeddings=pool,
+                                      batch_size=5, rng=np.random.default_rng(0))
+    assert len(pool) - 1 not in picked.tolist()
 
 
 @settings(max_examples=100, deadline=None)
