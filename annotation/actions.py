@@ -333,7 +333,7 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         # Its first label: the header's labelled count moves by one (after the commit).
         project_id = project.pk
         transaction.on_commit(lambda: progress.example_labelled(project_id))
-    _after_labels(project, [item.example.pk])
+    _after_labels(project, [item.example.pk], counted=True)
     return annotation
 
 
@@ -345,10 +345,12 @@ VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id
 _UNQUEUE = f"DELETE FROM {ExampleScore._meta.db_table} WHERE example_id = %s"
 
 
-def _after_labels(project: Project, example_ids: list[int]) -> None:
-    """Announce the labels once they are committed (the learning layer retrains, serving answers callers)."""
+def _after_labels(project: Project, example_ids: list[int], *, counted: bool = False) -> None:
+    """Announce the labels once they are committed (the learning layer retrains, serving answers callers).
+    `counted`: the labelling header's counts were moved already (annotation.progress); else they are counted again."""
     transaction.on_commit(
-        lambda: events.labels_given.send(sender=Annotation, project=project, example_ids=example_ids))
+        lambda: events.labels_given.send(sender=Annotation, project=project, example_ids=example_ids,
+                                         counted=counted))
 
 
 @transaction.atomic
@@ -389,8 +391,6 @@ def undo_last(project: Project, *, user: Any) -> Item:
     assignment.expires_at = _lease_until()
     assignment.save()
     _after_labels(project, [assignment.example_id])
-    project_id = project.pk
-    transaction.on_commit(lambda: progress.counts_changed(project_id))
     return Item(example=assignment.example, assignment=assignment)
 
 

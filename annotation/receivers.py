@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from annotation import progress
+from annotation import events, progress
 from annotation.models import Annotation, AnnotationSource
 from projects import events as project_events
-from projects.models import Dataset, TaxonomyVersion
+from projects.models import Dataset, Example, Project, TaxonomyVersion
 
 # An example already labelled by this annotator under this version keeps its annotation, as
 # bulk_create(ignore_conflicts=True) did.
@@ -45,7 +45,21 @@ def count_again_after_import(*, dataset: Dataset, **_: Any) -> None:
     progress.counts_changed(dataset.project_id)
 
 
+def count_again_after_labels(*, project: Project, counted: bool = False, **_: Any) -> None:
+    """Labels given or taken back elsewhere than a submit on the labelling page (undo, bulk "label as")."""
+    if not counted:
+        progress.counts_changed(project.pk)
+
+
+def count_again_after_deletion(*, project: Project, **_: Any) -> None:
+    transaction.on_commit(lambda: progress.counts_changed(project.pk))
+
+
 def connect() -> None:
+    events.labels_given.connect(count_again_after_labels, sender=Annotation,
+                                dispatch_uid="annotation.count_again_after_labels")
+    events.examples_deleted.connect(count_again_after_deletion, sender=Example,
+                                    dispatch_uid="annotation.count_again_after_deletion")
     project_events.examples_imported.connect(record_imported_labels, sender=Dataset,
                                              dispatch_uid="annotation.record_imported_labels")
     project_events.dataset_imported.connect(count_again_after_import, sender=Dataset,

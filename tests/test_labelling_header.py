@@ -73,6 +73,22 @@ def test_the_project_count_moves_with_every_label(project, bob, alice, login, ht
     assert Annotation.objects.values("example").distinct().count() == 28
 
 
+def test_the_counts_follow_bulk_labels_and_deletions_from_the_examples_page(project, alice, bob, login, make_pool,
+                                                                           active_keys):
+    from annotation import bulk
+    from projects.models import Example
+
+    examples = make_pool(project, 12)
+    client = login(bob)
+    page = reverse("annotation:label", args=[project.pk])
+    assert "Project: 0 / 12" in header(client.get(page).content.decode())
+    bulk.label_as(project, examples=Example.objects.filter(pk__in=[e.pk for e in examples[:5]]), expected=5,
+                  user=alice, label_key=active_keys(project)[0])
+    assert "Project: 5 / 12" in header(client.get(page).content.decode())
+    bulk.delete_examples(project, examples=Example.objects.filter(pk__in=[e.pk for e in examples[3:8]]), expected=5)
+    assert "Project: 3 / 7" in header(client.get(page).content.decode())
+
+
 def test_a_project_opened_before_its_import_shows_the_imported_items(project, alice, bob, login):
     client = login(bob)
     assert "Project: 0 / 0" in header(client.get(reverse("annotation:label", args=[project.pk])).content.decode())
