@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.http import QueryDict
 
 from projects import importing, imports
 from projects.models import Dataset, Project, TaskType, Team
@@ -151,6 +152,17 @@ class ColumnMapForm(forms.Form):
                 initial = CREATE_LABEL
             self.fields[name] = forms.ChoiceField(choices=choices, required=False, label=found, initial=initial)
             self.label_fields.append((name, found, count))
+        if self.is_bound:
+            # A role or label the posted page did not show yet (the columns or the label column changed
+            # with this post) takes its default, in the form shown and in the import.
+            missing = [(name, self.fields[name].initial) for name in self.fields
+                       if name.startswith(("role_", "label_")) and name != "label_column" and name not in self.data]
+            if missing:
+                data = QueryDict(mutable=True)
+                data.update(self.data)
+                for name, initial in missing:
+                    data[name] = initial or ""
+                self.data = data
 
     def _value(self, name: str) -> str:
         if self.is_bound:
@@ -167,11 +179,10 @@ class ColumnMapForm(forms.Form):
         """The cleaned choices as `imports.configure_import` takes them."""
         data = self.cleaned_data
         mapped = {data["text_column"], data.get("label_column") or "", data.get("id_column") or ""}
-        roles = {column: data.get(name) or self.fields[name].initial for name, column in self.role_fields}
+        roles = {column: data.get(name) or ROLE_SHOWN for name, column in self.role_fields}
         label_mapping = {}
         for name, found, _ in self.label_fields:
-            # A label the form did not show (the label column changed with the post) keeps its default.
-            target = (data.get(name) or "") if name in self.data else (self.fields[name].initial or "")
+            target = data.get(name) or ""
             if target == CREATE_LABEL:
                 label_mapping[found] = found
             elif target:

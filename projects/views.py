@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -177,7 +177,7 @@ def dataset_detail(request: AuthenticatedHttpRequest, pk: int, dataset_pk: int) 
 def _dataset_draft(request: AuthenticatedHttpRequest, project: Project, dataset: Dataset) -> HttpResponse:
     """The upload's second step: a preview of the rows as read, the reading options, the column roles and
     what each label of the file becomes; "Update preview" re-reads the stored file, "Import" starts."""
-    data = request.POST if request.method == "POST" else None
+    data: QueryDict | None = request.POST if request.method == "POST" else None
     error = ""
     status = 200
     if data is not None:
@@ -189,6 +189,13 @@ def _dataset_draft(request: AuthenticatedHttpRequest, project: Project, dataset:
             except ActionError as exc:
                 error, status = str(exc), exc.status
                 dataset.refresh_from_db()
+            else:
+                # Read another way, the file has other columns: a choice they lack (or none) is guessed again.
+                data = data.copy()
+                for field, names in (("text_column", imports.TEXT_NAMES), ("label_column", imports.LABEL_NAMES),
+                                     ("id_column", imports.ID_NAMES)):
+                    if data.get(field, "") not in dataset.columns:
+                        data[field] = imports.guess_column(dataset.columns, names)
     initial = {
         "encoding": dataset.encoding, "delimiter": dataset.delimiter, "sheet": dataset.sheet,
         "text_column": dataset.text_column or imports.guess_column(dataset.columns, imports.TEXT_NAMES),
