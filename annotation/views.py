@@ -87,7 +87,7 @@ def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Ite
             suggestion=_suggestion(predicted, confidence, by_key),
             comments=list(Comment.objects.filter(example=example).select_related("author")) if n_comments else [],
             open_flag={"reason": flag_reason} if flag_reason is not None else None,
-            metadata=sorted((example.metadata or {}).items()),
+            metadata=sorted(example.metadata_for_annotators().items()),
             previous=_previous_labels(example, by_key) if item.relabel is not None else None,
         )
     return context
