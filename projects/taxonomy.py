@@ -40,7 +40,7 @@ def parse_label_lines(text: str) -> list[LabelSpec]:
 
 
 # Keys the labelling page keeps for itself (skip, undo, flag, comment, help, submit).
-RESERVED_SHORTCUTS = frozenset("sufc?")
+RESERVED_SHORTCUTS = frozenset("sufcgjk?")
 
 
 def default_shortcut(position: int) -> str:

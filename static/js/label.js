@@ -31,6 +31,37 @@
     if (field) field.focus();
   }
 
+  const PANELS = { "?": "help-dialog", "g": "guide-dialog" };
+
+  function openPanel() {
+    return Object.values(PANELS).map((id) => document.getElementById(id)).find((d) => d && d.open) || null;
+  }
+
+  function togglePanel(id) {
+    const dialog = document.getElementById(id);
+    if (!dialog) return;
+    const wasOpen = dialog.open;
+    const other = openPanel();
+    if (other) other.close();
+    if (!wasOpen) dialog.showModal();
+  }
+
+  const LINE = 48; // pixels per j / k press: about two lines of the item's text
+
+  // Scroll `box` for a reading key; true when the key was one (and the box can scroll).
+  function scrollKey(event, box) {
+    if (!box || box.scrollHeight <= box.clientHeight) return false;
+    const page = Math.max(box.clientHeight - LINE, LINE);
+    const step = {
+      j: LINE, ArrowDown: LINE, k: -LINE, ArrowUp: -LINE,
+      PageDown: page, PageUp: -page,
+      Home: -box.scrollHeight, End: box.scrollHeight,
+    }[event.key];
+    if (step === undefined) return false;
+    box.scrollBy({ top: step, behavior: "auto" });
+    return true;
+  }
+
   function clickAction(name) {
     const button = item() && item().querySelector(`[data-action="${name}"]`);
     if (button && !busy()) {
@@ -48,13 +79,19 @@
       return;
     }
     if (event.ctrlKey) return;
-    const dialog = document.getElementById("help-dialog");
-    if (event.key === "?") {
-      if (dialog.open) dialog.close(); else dialog.showModal();
+    // `?` the keys, `g` the guidelines and every label's description: each key opens its panel or closes it.
+    const panel = PANELS[event.key];
+    if (panel && !labelFor(event.key)) {
+      togglePanel(panel);
       event.preventDefault();
       return;
     }
-    if (dialog && dialog.open) return;
+    const open = openPanel();
+    if (open) {
+      // A panel's own text scrolls with the same keys as the item's.
+      if (scrollKey(event, open.querySelector(".panel-body") || open)) event.preventDefault();
+      return;
+    }
     const label = labelFor(event.key);
     if (label) {
       event.preventDefault();
@@ -67,6 +104,10 @@
       }
       return;
     }
+    // Long documents: j / k (or the arrows) move the text a few lines, PageDown / PageUp a screen, Home /
+    // End to either end. A label whose own key is j or k keeps it (checked above).
+    const text = item() && item().querySelector(".item-text");
+    if (text && scrollKey(event, text)) { event.preventDefault(); return; }
     switch (event.key) {
       case "Enter": {
         event.preventDefault();
@@ -87,7 +128,8 @@
     if (!action || action.type === "submit") return;
     if (action.dataset.action === "flag") openForm("flag");
     if (action.dataset.action === "comment") openForm("comment");
-    if (action.dataset.action === "help") document.getElementById("help-dialog").showModal();
+    if (action.dataset.action === "help") togglePanel("help-dialog");
+    if (action.dataset.action === "guide") togglePanel("guide-dialog");
   });
 
   // A request that failed leaves the same item on screen: allow another try.
