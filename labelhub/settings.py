@@ -186,6 +186,8 @@ AXES_HTTP_RESPONSE_CODE = 429
 # Only failures are logged; a row for every successful login would grow without bound.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_CLIENT_IP_CALLABLE = "labelhub.security.client_ip"
+# Password-reset requests an hour from one address and for one e-mail address (0: no limit).
+PASSWORD_RESET_LIMIT = int(os.environ.get("LABELHUB_PASSWORD_RESET_LIMIT", "5"))
 # No banner on every manage.py command; lock-outs are still logged (as warnings).
 AXES_VERBOSE = False
 

@@ -11,6 +11,8 @@ from django.urls import include, path
 from django_rq import urls as rq_urls
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from labelhub.security import PasswordResetLimitedView
+
 # django-rq's job pages (staff only) carry inline <style> blocks: allowed there only. Their one inline
 # script stays refused: it calls a jQuery plugin that Django's admin no longer has (it fails with or
 # without the CSP; admin/js/actions.js starts the action bar by itself). A job's result rows link by
@@ -44,7 +46,7 @@ urlpatterns = [
     path("accounts/", include("projects.account_urls")),
     path("accounts/password/change/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
-    path("accounts/password/reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("accounts/password/reset/", PasswordResetLimitedView.as_view(), name="password_reset"),
     path("accounts/password/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("accounts/reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
          name="password_reset_confirm"),
