@@ -35,7 +35,7 @@ def taxonomy_history_response(project: Project) -> HttpResponse:
 
 def model_response(project: Project, number: int) -> HttpResponse:
     version = (ModelVersion.objects.filter(project=project, number=number)
-               .select_related("project", "taxonomy_version").first())
+               .select_related("project", "taxonomy_version").first()) if number <= exports.MAX_NUMBER else None
     if version is None:
         raise Http404(f"This project has no model version {number}.")
     return attachment(HttpResponse(exports.model_archive(version), content_type="application/zip"),

@@ -32,6 +32,7 @@ from projects.models import Example, Project, TaxonomyVersion
 from projects.taxonomy import taxonomy_diff
 
 CHUNK = 2000
+MAX_NUMBER = 2**31 - 1  # version numbers are PostgreSQL integers
 FLUSH_BYTES = 256 * 1024
 
 
@@ -115,6 +116,8 @@ def parse_options(params: Mapping[str, Any], *, getlist: Callable[[str], list[st
             version = int(raw_version)
         except ValueError:
             raise ActionError(f"taxonomy_version={raw_version!r} is not a version number.") from None
+        if not 1 <= version <= MAX_NUMBER:
+            raise ActionError(f"taxonomy_version={raw_version!r} is not a version number (they start at 1).")
     values = getlist("metadata") if getlist else ([params["metadata"]] if params.get("metadata") is not None else [])
     metadata: tuple[str, ...] | None = None
     if values:

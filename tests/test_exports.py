@@ -315,6 +315,8 @@ def test_predictions_come_with_confidence_and_model_version(trained):
     ({"format": "csv", "annotations": "best"}, "Unknown annotations choice 'best'"),
     ({"format": "csv", "labelled_only": "maybe"}, "labelled_only='maybe' is not a yes/no value"),
     ({"format": "csv", "taxonomy_version": "two"}, "taxonomy_version='two' is not a version number"),
+    ({"format": "csv", "taxonomy_version": "99999999999"}, "taxonomy_version='99999999999' is not a version number"),
+    ({"format": "csv", "taxonomy_version": "0"}, "taxonomy_version='0' is not a version number"),
 ])
 def test_bad_options_are_refused_with_the_reason(options, message):
     with pytest.raises(Exception, match=message.replace("(", "\\(").replace(")", "\\)")):
@@ -434,6 +436,7 @@ def test_a_model_version_downloads_as_posterior_and_manifest(trained, alice, log
     assert posterior.mean.shape == (17, 2)
     assert api_client(alice).get(reverse("api-model-download", args=[trained.pk, 1])).status_code == 200
     assert login(alice).get(reverse("learning:export-model", args=[trained.pk, 2])).status_code == 404
+    assert login(alice).get(reverse("learning:export-model", args=[trained.pk, 2**40])).status_code == 404
 
 
 # --- Who may export -------------------------------------------------------------------------------------------------
