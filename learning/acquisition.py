@@ -173,15 +173,19 @@ def score_pool(
     sd_scale = np.float32(math.sqrt(posterior.variance_scale) / posterior.temperature)
     for start in range(0, n, chunk_size):
         chunk = X[start : start + chunk_size]
-        mean, var = moments(chunk)  # (K, B) each
-        p = _proba_class_major(posterior, mean, var)
+        moment_chunk = moments(chunk)  # (K, B) each
         stop = start + len(chunk)
-        proba[start:stop] = p.T
-        if is_bald:
-            assert eps is not None
-            scores[start:stop] = _bald_of_moments(mean, var, p, proba[start:stop], eps, inv_t, sd_scale, top,
-                                                  multi_label=posterior.multi_label)
-        else:
+        # The product runs on the whole chunk; the elementwise work after it on cache-sized blocks.
+        for lo in range(0, len(chunk), BALD_BLOCK):
+            mean, var = (np.ascontiguousarray(a[:, lo : lo + BALD_BLOCK]) for a in moment_chunk)
+            p = _proba_class_major(posterior, mean, var)
+            rows = proba[start + lo : start + lo + mean.shape[1]]
+            rows[...] = p.T
+            if is_bald:
+                assert eps is not None
+                scores[start + lo : start + lo + len(rows)] = _bald_of_moments(
+                    mean, var, p, rows, eps, inv_t, sd_scale, top, multi_label=posterior.multi_label)
+        if not is_bald:
             scores[start:stop] = spec.score(proba[start:stop], None, rng, posterior.multi_label)
     if spec.density:
         # `density` may come precomputed (the app caches it per project); it depends only on X.
