@@ -6,7 +6,7 @@ from typing import Any
 from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import include, path
 from django_rq import urls as rq_urls
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
@@ -23,13 +23,13 @@ rq_styles = csp_update({"style-src": ["'unsafe-inline'"]})
 INLINE_HANDLER = re.compile(rb"""\son[a-z]+=(?:"[^"]*"|'[^']*')""")
 
 
-def rq_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def rq_page(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     styled = rq_styles(view)
 
     @wraps(view)
-    def page(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def page(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         response = styled(request, *args, **kwargs)
-        if not response.streaming and response.get("Content-Type", "").startswith("text/html"):
+        if isinstance(response, HttpResponse) and response.get("Content-Type", "").startswith("text/html"):
             response.content = INLINE_HANDLER.sub(b"", response.content)
         return response
 
