@@ -109,7 +109,9 @@ def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
     return server
 
 
-def request(port: int, project_id: int, key: str, texts: list[str]) -> tuple[float, int]:
+def request(port: int, project_id: int, key: str, texts: list[str],
+            app: list[float] | None = None) -> tuple[float, int]:
+    """Seconds until the answer was read, and its status; `app` gets the server's own time (Server-Timing)."""
     body = json.dumps({"texts": texts})
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -118,6 +120,10 @@ def request(port: int, project_id: int, key: str, texts: list[str]) -> tuple[flo
     response = conn.getresponse()
     response.read()
     conn.close()
+    if app is not None:
+        timing = response.getheader("Server-Timing") or ""
+        if timing.startswith("app;dur="):
+            app.append(float(timing.split("=", 1)[1]) / 1000)
     return time.perf_counter() - started, response.status
 
 
@@ -198,12 +204,12 @@ def interleaved(port: int, project: Project, key: str, texts: list[str],
 
     torch.set_num_threads(1)
     runs = {backend: forward(project, backend) for backend in BACKENDS}
-    times: dict[str, list[float]] = {"api": [], **{backend: [] for backend in BACKENDS}}
+    times: dict[str, list[float]] = {"api": [], "app": [], **{backend: [] for backend in BACKENDS}}
     cpu = {name: 0.0 for name in times}
     failed = 0
     api_cpu = server_cpu(server)
     for text in texts:
-        seconds, status = request(port, project.pk, key, [text])
+        seconds, status = request(port, project.pk, key, [text], times["app"])
         times["api"].append(seconds)
         failed += status != 200
         for backend, run in runs.items():
@@ -226,6 +232,7 @@ def main() -> None:
     parser.add_argument("--route", action="store_true", help="threshold 1.0: every input is routed to a person")
     args = parser.parse_args()
 
+    print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
     call_command("migrate", verbosity=0)
     project, key, texts = set_up(args.train, 1.0 if args.route else 0.0)
     port = free_port()
@@ -249,13 +256,17 @@ def main() -> None:
     backend = os.environ.get("LABELHUB_ENCODER_BACKEND", "auto")
     print()
     print(f"server: gunicorn, {args.workers} sync workers, DEBUG off, encoder backend {backend}; texts unseen by "
-          f"the model; {'every input routed' if args.route else 'no routing (threshold 0)'}; load average "
-          f"{os.getloadavg()[0]:.1f}")
+          f"the model; {'every input routed' if args.route else 'no routing (threshold 0)'}; "
+          f"/proc/loadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
     print("| load | requests | p50 | p99 | CPU per call | throughput | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     api = single["api"]
     print(f"| API, 1 client, 1 text | {len(api)} | {percentile(api, 50) * ms:.1f} ms | "
           f"{percentile(api, 99) * ms:.1f} ms | {cpu['api'] * ms:.1f} ms | {len(api) / sum(api):.0f} req/s | – |")
+    app = single["app"]
+    if app:
+        print(f"| API, server side (Server-Timing: Django's own time) | {len(app)} | "
+              f"{percentile(app, 50) * ms:.1f} ms | {percentile(app, 99) * ms:.1f} ms | – | – | – |")
     for name in BACKENDS:
         values = single[name]
         print(f"| raw {name} (encoder + posterior, in process, 1 text, interleaved) | {len(values)} | "
