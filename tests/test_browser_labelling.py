@@ -113,6 +113,9 @@ def test_an_annotator_labels_by_keyboard_while_a_manager_edits_the_taxonomy(
     row.locator("summary").click()
     row.locator("select[name=merged]").select_option(label="Unclear")
     row.locator("button[value=merge]").click()
+    # A merge rewrites annotations: the editor asks first, with the count.
+    manager.locator("#merge-confirm").filter(has_text="Merge “Unclear” into “No”?").wait_for()
+    manager.locator("#merge-confirm button[value=merge]").click()
     manager.wait_for_selector("text=Merged 'Unclear' into 'No'")
     manager.locator("details.label-edit[data-label='Overrules'] summary").click()
     manager.screenshot(path=str(shots / "taxonomy-editor.png"), full_page=True)
