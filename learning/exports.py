@@ -1,10 +1,10 @@
 """Data out: a project's examples and labels in six formats, its taxonomy history, a model version.
 
-One reader (`iter_items`) walks the project's examples in id order, a chunk at a time (keyset
-pagination: each chunk is one short query, no cursor held open across the download), fetches the
-chunk's annotations and the model's current suggestions, and yields one `Item` per example; the
-writers turn items into bytes as they come. Memory stays flat in the number of examples for every
-format but spaCy's (a `DocBin` is one msgpack blob, built in memory).
+One reader (`iter_items`) walks the project's examples in id order with one query read a chunk at a
+time (a server-side cursor on PostgreSQL), fetches each chunk's annotations and the model's current
+suggestions, and yields one `Item` per example; the writers turn items into bytes as they come.
+Memory stays flat in the number of examples for every format but spaCy's (a `DocBin` is one
+msgpack blob, built in memory).
 
 It lives in the learning layer because an export can carry the model's predictions and the export
 page offers each model version as a download; everything else it reads is from the layers below.
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from itertools import islice
 from typing import IO, Any, cast
 
 import yaml
@@ -296,13 +297,13 @@ def iter_items(plan: ExportPlan) -> Iterator[Item]:
     examples = Example.objects.filter(project=plan.project)
     if plan.options.labelled_only:
         examples = examples.filter(Exists(Annotation.objects.filter(example=OuterRef("pk"))))
-    last = 0
+    # One query in id order, read CHUNK rows at a time (a server-side cursor on PostgreSQL). Keyset pages
+    # (id > last LIMIT n) were quadratic: with no (project, id) index each page sorted the project's rows.
+    rows = examples.order_by("id").values_list("id", "external_id", "text", "metadata").iterator(chunk_size=CHUNK)
     while True:
-        batch = list(examples.filter(id__gt=last).order_by("id")
-                     .values_list("id", "external_id", "text", "metadata")[:CHUNK])
+        batch = list(islice(rows, CHUNK))
         if not batch:
             return
-        last = batch[-1][0]
         # With DEBUG on, Django keeps every query's SQL (each names a chunk's ids): a long export would grow.
         reset_queries()
         ids = [row[0] for row in batch]
