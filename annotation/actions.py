@@ -179,34 +179,46 @@ def claim(project: Project, *, user: Any) -> Assignment | None:
         if not ids:
             return None
         for example_id in ids:
-            assignment_id = _try_claim(project, example_id, user)
-            if assignment_id is not None:
-                return Assignment.objects.select_related("example").get(pk=assignment_id)
+            assignment = _try_claim(project, example_id, user)
+            if assignment is not None:
+                # The lease is what was just inserted; the example is read with plain SQL (every item).
+                assignment.example = next(iter(Example.objects.raw(_EXAMPLE, [example_id])))
+                return assignment
     # Every candidate was taken under our feet four times over: rare, and the
     # page asks again.
     return None
 
 
-def _try_claim(project: Project, example_id: int, user: Any) -> int | None:
-    now = timezone.now()
+def _try_claim(project: Project, example_id: int, user: Any) -> Assignment | None:
+    now, until = timezone.now(), _lease_until()
+    slot: int | None = 0
     if project.overlap == 1:
         # Slot 0 or nothing. A lease lost in a database crash only means the item is
         # served again, so this commit need not wait for the disk (PostgreSQL).
         with transaction.atomic(), connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            cursor.execute(_INSERT, [project.pk, example_id, user.pk, 0, now, _lease_until()])
+            cursor.execute(_INSERT, [project.pk, example_id, user.pk, 0, now, until])
             row = cursor.fetchone()
-        return row[0] if row else None
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_SLOTS, [example_id])
-        taken = {row[0] for row in cursor.fetchall()}
-        free = next((s for s in range(project.overlap) if s not in taken), None)
-        if free is None:
-            return None
-        cursor.execute(_INSERT, [project.pk, example_id, user.pk, free, now, _lease_until()])
-        row = cursor.fetchone()
-    return row[0] if row else None
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_SLOTS, [example_id])
+            taken = {row[0] for row in cursor.fetchall()}
+            slot = next((s for s in range(project.overlap) if s not in taken), None)
+            if slot is None:
+                return None
+            cursor.execute(_INSERT, [project.pk, example_id, user.pk, slot, now, until])
+            row = cursor.fetchone()
+    if not row:
+        return None
+    return Assignment.from_db(connection.alias, _ASSIGNMENT_FIELDS, [
+        row[0], project.pk, example_id, user.pk, slot, AssignmentStatus.LEASED.value, now, until, None])
+
+
+_ASSIGNMENT_FIELDS = ["id", "project_id", "example_id", "annotator_id", "slot", "status", "leased_at", "expires_at",
+                      "finished_at"]
+assert _ASSIGNMENT_FIELDS == [f.attname for f in Assignment._meta.concrete_fields]
+_EXAMPLE = f"SELECT * FROM {Example._meta.db_table} WHERE id = %s"
 
 
 @transaction.atomic
