@@ -60,6 +60,10 @@ def learning_summary(project: Project) -> dict[str, Any]:
 def model_panel(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk)
     context = {"project": project, **learning_summary(project)}
+    # The panel says why there is no model yet: embeddings still being made (or stalled), a first
+    # training under way, a failed one, or too few labels.
+    context["embedding"] = embedding_state(project, examples=context["examples"])
+    context["waiting"] = why_no_model(project) if context["newest"] is None else None
     if request.htmx:
         return render(request, "learning/partials/project-model.html", context)
     return render(request, "learning/model.html", context)

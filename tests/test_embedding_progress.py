@@ -24,7 +24,12 @@ def test_it_shows_embedding_progress_on_the_labelling_header_project_dashboard_a
     assert "trains on your labels when it finishes" in status.text
     region = login(bob).get(reverse("learning:embedding-status", args=[project.pk]), **htmx)
     assert "Embedding 2,048 / 5,381" in region.text and 'hx-trigger="every 2s"' in region.text
-    assert "Embedding 2,048 / 5,381" in login(bob).get(reverse("learning:model", args=[project.pk]), **htmx).text
+    panel = login(bob).get(reverse("learning:model", args=[project.pk]), **htmx).text
+    assert "No model yet: it trains as soon as the examples are embedded (Embedding 2,048 / 5,381)" in " ".join(
+        panel.split())
+    assert 'hx-trigger="every 5s, embedding-finished from:body"' in panel  # it refreshes when embedding ends
+    full = login(bob).get(reverse("learning:model", args=[project.pk])).text
+    assert "Embedding 2,048 / 5,381</b> — suggestions start after it" in full  # the live region, on its own
     assert "Embedding 2,048 / 5,381" in login(alice).get(reverse("learning:dashboard", args=[project.pk])).text
     body = api_client(alice).get(reverse("api-model-summary", args=[project.pk])).json()
     assert body["embedding"] == {"done": 2048, "total": 5381}
