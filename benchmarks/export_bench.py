@@ -82,7 +82,7 @@ def fill(project: Project, user: User, rows: int) -> None:
             f"INSERT INTO {Example._meta.db_table} (project_id, text, metadata, external_id, content_hash, created_at) "
             "SELECT %s, 'row ' || g || ' the court ' "
             "|| (ARRAY['overrules', 'affirms', 'remands', 'reverses'])[1 + g %% 4]"
-            " || ' the holding in case ' || (g * 7919 %% 100000) || ' on appeal from the district court', "
+            " || ' the holding in case ' || (g::bigint * 7919 %% 100000) || ' on appeal from the district court', "
             "jsonb_build_object('court', 'court-' || (g %% 50), 'year', 1950 + g %% 70, 'docket', 'D-' || g), "
             "'row-' || g, md5(g::text), now() FROM generate_series(1, %s) AS g",
             [project.pk, rows])
@@ -110,9 +110,9 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     user, _ = User.objects.get_or_create(username="export-bench")
     team, _ = Team.objects.get_or_create(name="export-bench")
-    for old in team.projects.filter(name="bench"):
+    for old in team.projects.all():  # left by an interrupted run
         drop(old)
-    project = taxonomy.create_project(team, name="bench", task_type="single_label", created_by=user,
+    project = taxonomy.create_project(team, name=f"bench-{os.getpid()}", task_type="single_label", created_by=user,
                                       labels=[taxonomy.LabelSpec("Yes"), taxonomy.LabelSpec("No")])
     try:
         t0 = time.perf_counter()

@@ -507,3 +507,9 @@ def test_the_model_versions_page_links_managers_to_the_model_downloads(trained, 
     assert export not in login(bob).get(url).text
     page = login(alice).get(export).text
     assert reverse("learning:export-model", args=[trained.pk, 1]) in page
+
+
+def test_the_export_url_without_its_trailing_slash_redirects_with_the_query(project, labelled, alice, api_client):
+    response = api_client(alice).get(f"/api/v1/projects/{project.pk}/export?format=jsonl&labelled_only=true")
+    assert response.status_code == 301
+    assert response["Location"] == f"/api/v1/projects/{project.pk}/export/?format=jsonl&labelled_only=true"
