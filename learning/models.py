@@ -170,3 +170,29 @@ class ModelVersion(models.Model):
     @property
     def report(self) -> Metrics:
         return Metrics(self.metrics or {})
+
+
+class ProjectionSetting(models.Model):
+    """A project's "when to stop" rule for the learning-curve projection (`learning.feasibility`): labelling is
+    worth stopping when 100 more labels are expected to add less macro-F1 than this. Kept on the learning side
+    (the projection is the learning layer's), one row per project, made on first change."""
+
+    DEFAULT_STOP_GAIN_POINTS = 0.5
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, primary_key=True,
+                                   related_name="projection_setting")
+    stop_gain_points = models.FloatField(
+        default=DEFAULT_STOP_GAIN_POINTS,
+        help_text="Macro-F1 points (of 100) that 100 more labels must add for labelling to be worth going on.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(stop_gain_points__gte=0) & Q(stop_gain_points__lte=100),
+                                   name="stop_gain_points_between_0_and_100"),
+        ]
+
+    @classmethod
+    def stop_gain_points_of(cls, project: Project) -> float:
+        value = cls.objects.filter(project=project).values_list("stop_gain_points", flat=True).first()
+        return cls.DEFAULT_STOP_GAIN_POINTS if value is None else float(value)

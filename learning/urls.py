@@ -1,6 +1,6 @@
 from django.urls import path
 
-from learning import activity, dashboard, export_views, views
+from learning import activity, dashboard, export_views, projection, views
 
 app_name = "learning"
 urlpatterns = [
@@ -8,6 +8,7 @@ urlpatterns = [
     path("projects/<int:pk>/model/status/", views.model_status_badge, name="model-status"),
     path("projects/<int:pk>/embedding/", views.embedding_status, name="embedding-status"),
     path("projects/<int:pk>/dashboard/", dashboard.dashboard, name="dashboard"),
+    path("projects/<int:pk>/dashboard/projection/", projection.projection_panel, name="projection"),
     path("projects/<int:pk>/counters/", dashboard.project_counters, name="project-counters"),
     path("projects/<int:pk>/activity/", activity.activity_panel, name="activity"),
     path("projects/<int:pk>/export/", export_views.export_page, name="export"),
