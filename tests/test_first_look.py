@@ -236,6 +236,25 @@ def test_it_saves_every_label_of_five_annotators_while_the_model_updates(first_l
           f"slowest response {max(a.slowest for a in annotators):.2f} s")
 
 
+def test_the_admin_login_it_prints_opens_the_job_pages(first_look: FirstLook) -> None:
+    """`make run` prints the demo's size with its reason and an admin login; with that login the job pages
+    documented in the README (/admin/jobs/) answer."""
+    log = first_look.log.read_text(errors="replace")
+    assert re.search(r"Demo project: 1,311 examples, 24 labelled \(1,920 rows in legal_overruling.csv; 609 repeat", log)
+    login_line = re.search(r"Log in as (\S+) / (\S+)", log)
+    assert login_line, log[-3000:]
+    session = requests.Session()
+    session.trust_env = False
+    session.get(f"{first_look.base}/accounts/login/", timeout=30)
+    response = session.post(f"{first_look.base}/accounts/login/", timeout=30, allow_redirects=False, data={
+        "username": login_line.group(1), "password": login_line.group(2),
+        "csrfmiddlewaretoken": session.cookies["csrftoken"]})
+    assert response.status_code == 302
+    for path in ("/admin/jobs/", "/admin/jobs/queues/0/"):
+        page = session.get(f"{first_look.base}{path}", timeout=30)
+        assert page.status_code == 200 and "default" in page.text, (path, page.status_code)
+
+
 def test_it_keeps_queued_jobs_when_make_runs_redis_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from redis import Redis
     from rq import Queue
