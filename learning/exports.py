@@ -34,6 +34,9 @@ from projects.taxonomy import taxonomy_diff
 
 CHUNK = 2000
 MAX_NUMBER = 2**31 - 1  # version numbers are PostgreSQL integers
+# A spaCy DocBin is built in memory, about 10 KB per doc (benchmarks/README.md): past this many
+# examples the export is refused rather than let a web worker run out of memory.
+SPACY_MAX_DOCS = 200_000
 FLUSH_BYTES = 256 * 1024
 
 
@@ -239,6 +242,15 @@ def plan_export(project: Project, options: ExportOptions) -> ExportPlan:
             raise ActionError(f"No example has the metadata key(s) {', '.join(map(repr, unknown))}; "
                               f"the keys are: {', '.join(known) or 'none'}.")
         chosen = list(options.metadata)
+    if options.format == "spacy":
+        examples = Example.objects.filter(project=project)
+        if options.labelled_only:
+            examples = examples.filter(Exists(Annotation.objects.filter(example=OuterRef("pk"))))
+        count = examples.count()
+        if count > SPACY_MAX_DOCS:
+            raise ActionError(f"A spaCy DocBin is built in memory (about 10 KB per example): {count:,} examples are "
+                              f"more than the {SPACY_MAX_DOCS:,} it takes. Export the labelled examples only, or "
+                              f"use another format (they stream).")
     return ExportPlan(project=project, options=options, version=version,
                       label_names=[label.name for label in active],
                       name_of={label.key: label.name for label in active}, metadata_keys=chosen)

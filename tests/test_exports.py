@@ -188,6 +188,13 @@ def test_spacy_docbin_has_the_cats_of_each_labelled_doc(project, labelled):
     assert docs[0].user_data["metadata"] == {"court": "9th Cir.", "year": 1999}
 
 
+def test_a_spacy_export_too_large_to_build_in_memory_is_refused(project, labelled, monkeypatch):
+    monkeypatch.setattr(exports, "SPACY_MAX_DOCS", 3)
+    with pytest.raises(Exception, match="4 examples are more than the 3 it takes. Export the labelled examples only"):
+        _export(project, format="spacy")
+    assert _export(project, format="spacy", labelled_only="true")  # 2 labelled: within the limit
+
+
 def test_label_studio_tasks_have_choices_results(project, labelled, bob):
     Membership.objects.filter(user=bob).update(role=Role.ANNOTATOR)
     _label(project, bob, labelled[0], "No")
