@@ -51,6 +51,27 @@ def test_it_puts_similar_sentences_closer_than_unrelated_ones(encoder: Encoder) 
     assert a @ b > a @ c + 0.2
 
 
+def test_it_pads_no_text_much_beyond_its_length_on_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts of mixed lengths (a request's batch) are grouped by length, so little compute goes to padding,
+    and each text's vector is the one it gets alone."""
+    encoder = get_encoder(backend="torch", threads=1)
+    texts = ["ok", "a short one", "a sentence of middling length about a court", "word " * 120, "word " * 60] * 3
+    widths: list[tuple[int, int]] = []
+    forward = encoder._forward
+
+    def recording(batch: dict[str, np.ndarray]) -> np.ndarray:
+        lengths = batch["attention_mask"].sum(axis=1)
+        widths.append((int(lengths.min()), int(lengths.max())))
+        return forward(batch)
+
+    monkeypatch.setattr(encoder, "_forward", recording)
+    together = encoder.encode(texts)
+    assert all(shortest >= encoder.pad_ratio * longest for shortest, longest in widths), widths
+    assert len(widths) < len(texts)  # texts of one length still share a batch
+    alone = np.stack([encoder.encode([t])[0] for t in texts[:5]])
+    assert np.allclose(together[:5], alone, atol=1e-5)
+
+
 def test_it_loads_once_per_process() -> None:
     assert get_encoder(backend="torch") is get_encoder(backend="torch")
 
