@@ -178,3 +178,36 @@ def test_versions_of_another_label_set_are_left_out(project, alice, login, htmx)
     record_curve(project, CURVE[7:], start=8)
     body = login(alice).get(reverse("learning:projection", args=[project.pk]), **htmx).content.decode()
     assert "No projection yet: 4 model versions" in sentence(body) and "(this curve has 3)" in body
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_projection_is_drawn_on_the_dashboard_in_a_browser(live_server, browser, project, alice, settings):
+    import os
+    from pathlib import Path
+
+    shots = Path(os.environ.get("LABELHUB_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    record_curve(project, [(n, round(f + rng.normal(0, 0.01), 4)) for n, f in CURVE])
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "alice-password-123")
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}{reverse('learning:dashboard', args=[project.pk])}")
+    page.wait_for_selector("#projection-sentence")
+    page.wait_for_function("() => { const c = document.querySelector('canvas[data-chart=feasibility]');"
+                           " return c && window.Chart && Chart.getChart(c) !== undefined; }")
+    assert "At 2× labels (1,200) expect macro-F1" in page.inner_text("#projection-sentence")
+    page.fill("input[name=stop_gain_points]", "5")
+    page.click("#feasibility button[type=submit]")
+    page.wait_for_function("() => document.querySelector('#projection-sentence').innerText.includes('your 5-point')")
+    assert "consider stopping" in page.inner_text("#projection-sentence")
+    page.locator("#feasibility").screenshot(path=str(shots / "dashboard-projection.png"))
+    assert not errors, errors
