@@ -103,6 +103,24 @@ def analyse(path: Path) -> list[dict]:
                    outlier=float(np.mean(outlier)) if outlier else None,
                    lam={n: float(np.median(v)) for n, v in lam.items()})
         rows.append(row)
+    for strategy, entry in result.get("smalltext", {}).get("strategies", {}).items():
+        runs = entry["runs"]
+        n_labels = np.array([p["n_labels"] for p in runs[0]["points"]])
+        curves = np.array([[p["macro_f1"] for p in run["points"]] for run in runs])
+        eces = np.array([run["points"][-1]["ece"] for run in runs])
+        reach = entry["summary"]["labels_to_reach_reference"]
+        rows.append({
+            "set": name, "K": k, "strategy": f"small-text {strategy}", "repeats": len(runs), "reach": reach,
+            "reach_per_seed": [_reach(n_labels, c, target) if target is not None else None for c in curves],
+            "ratio": reach / config["budget"] if reach else None,
+            "final": float(curves[:, -1].mean()), "final_lo": float(curves[:, -1].min()),
+            "final_hi": float(curves[:, -1].max()), "ece": float(eces.mean()), "ece_lo": float(eces.min()),
+            "ece_hi": float(eces.max()), "seen": {}, "top_share": None, "thin": None, "outlier": None, "lam": {},
+            "acc5": [_at(run["points"], 5 * k, "accuracy") for run in runs],
+            "acc10": [_at(run["points"], 10 * k, "accuracy") for run in runs],
+            "f1_5": [_at(run["points"], 5 * k, "macro_f1") for run in runs],
+            "f1_10": [_at(run["points"], 10 * k, "macro_f1") for run in runs],
+        })
     return rows
 
 
@@ -121,6 +139,8 @@ def main(paths: list[str]) -> None:
           "| classes < 5 of first 500 | least-typical-tenth share of picks | λ at 100 / 500 / 1000 |")
     print("|---|---|---|---:|---:|---:|---|")
     for r in rows:
+        if not r["seen"]:
+            continue
         seen = " / ".join(f"{v:.1f}" for v in r["seen"].values())
         lam = " / ".join(f"{v:.0f}" for v in r["lam"].values())
         print(f"| {r['set']} | {r['strategy']} | {seen} | {r['top_share'] or 0:.2f} | {r['thin'] or 0:.1f} "

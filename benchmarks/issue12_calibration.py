@@ -76,6 +76,8 @@ def run(path: Path, budget: int | None = None) -> list[dict]:
     rows = []
     for key, steps in result["traces"].items():
         strategy, seed = key.split("/")
+        if ONLY and strategy not in ONLY:
+            continue
         order = np.array([i for s in steps for i in s["chosen"]][:budget], dtype=np.int64)
         lam = [s["prior_precision"] for s in steps if "prior_precision" in s][-1]
         X, y = x_train[order], y_train[order]
@@ -100,6 +102,8 @@ def run(path: Path, budget: int | None = None) -> list[dict]:
                     "T": tt, "c": cc, "ece": metrics.expected_calibration_error(p, y_test),
                     "nll": -float(np.mean(np.log(np.clip(p[np.arange(len(y_test)), y_test], 1e-12, None)))),
                     "acc": metrics.accuracy(y_test, p.argmax(axis=1)),
+                    # > 0: over-confident on the test split, < 0: under-confident.
+                    "gap": float(p.max(axis=1).mean() - metrics.accuracy(y_test, p.argmax(axis=1))),
                 }
         p = _proba(mu_t, var_t, *[out["report"][v] for v in ("T", "c")])
         draws = [metrics.expected_calibration_error(p, np.array([rng.choice(k, p=row) for row in p]))
@@ -110,17 +114,25 @@ def run(path: Path, budget: int | None = None) -> list[dict]:
     return rows
 
 
+ONLY: set[str] = set()
+
+
 def main(paths: list[str]) -> None:
-    rows = [r for p in paths for r in run(Path(p))]
+    # --only=a,b restricts the strategies (the refits cost minutes on many-label sets).
+    for arg in [p for p in paths if p.startswith("--only=")]:
+        ONLY.update(arg.split("=", 1)[1].split(","))
+    rows = [r for p in paths if not p.startswith("--") for r in run(Path(p))]
     names = ["report", "T only", "none", "c only", "10 folds"]
-    print("| set | strategy | " + " | ".join(f"ECE {n}" for n in names) + " | ECE floor | NLL report / T only |")
-    print("|---|---|" + "---:|" * (len(names) + 2))
+    print("| set | strategy | " + " | ".join(f"ECE {n}" for n in names)
+          + " | ECE floor | confidence − accuracy (report) | NLL report / T only |")
+    print("|---|---|" + "---:|" * (len(names) + 3))
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["set"], r["strategy"]), []).append(r)
     for (name, strategy), rs in groups.items():
         cells = [f"{np.mean([r[n]['ece'] for r in rs]):.3f}" for n in names]
         print(f"| {name} | {strategy} | " + " | ".join(cells) + f" | {np.mean([r['floor'] for r in rs]):.3f} | "
+              f"{np.mean([r['report']['gap'] for r in rs]):+.3f} | "
               f"{np.mean([r['report']['nll'] for r in rs]):.3f} / {np.mean([r['T only']['nll'] for r in rs]):.3f} |")
 
 
