@@ -6,7 +6,10 @@
 Creates (and drops) a throwaway project in the database DATABASE_URL names. Prints rows/s
 for the two passes, the peak RSS of this process beside its RSS before the import (flat
 memory means the peak does not grow with the file: run with --rows 100000 to compare),
-and the ratio to the floor: one plain csv.reader pass over the same file.
+and the ratio to the floor: one plain csv.reader pass over the same file. On a shared machine
+wall time moves with the load, so it also prints the CPU seconds of this process and of the
+PostgreSQL backend that served the import (a local server: psutil reads its process), the rows
+per CPU second of both together, and the load average before and after.
 """
 from __future__ import annotations
 
@@ -76,6 +79,29 @@ class PeakRss:
         self._thread.join()
 
 
+def _backend_process() -> psutil.Process | None:
+    """The PostgreSQL backend serving this connection, when the server runs on this machine."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _cpu(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
 def drop(project: Project) -> None:
     # Raw deletes: the ORM's cascade would load a million rows into memory.
     Annotation.objects.filter(example__project=project)._raw_delete(using="default")
@@ -125,10 +151,15 @@ def main() -> None:
             phases[phase] = now - last["t"]
 
         rss_before = psutil.Process().memory_info().rss
+        backend = _backend_process()
+        load_before = os.getloadavg()
+        cpu0, backend0 = time.process_time(), _cpu(backend)
         t0 = time.perf_counter()
         with PeakRss() as rss:
             dataset = imports.run_import(dataset.pk, progress=progress)
         total_s = time.perf_counter() - t0
+        cpu_s, backend_s = time.process_time() - cpu0, _cpu(backend) - backend0
+        load_after = os.getloadavg()
         assert dataset.status == DatasetStatus.DONE, dataset.errors[:3]
         print(f"database: {connection.vendor}")
         print(f"imported {dataset.imported_count:,} examples, {dataset.labelled_count:,} labelled, "
@@ -137,6 +168,11 @@ def main() -> None:
               f"(check pass ~{phases.get('validating', 0):.1f}s, insert pass ~{phases.get('importing', 0):.1f}s)")
         print(f"floor: plain csv.reader pass {floor_s:.2f}s = {floor_rows / floor_s:,.0f} rows/s; "
               f"import takes {total_s / floor_s:.1f}x the floor")
+        print(f"CPU: this process {cpu_s:.1f}s, PostgreSQL backend {backend_s:.1f}s "
+              f"= {args.rows / max(cpu_s + backend_s, 1e-9):,.0f} rows per CPU second "
+              f"({args.rows / max(cpu_s, 1e-9):,.0f} per CPU second of Python alone)")
+        print(f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+              f"on {os.cpu_count()} cores")
         print(f"RSS before import {rss_before / 2**20:,.0f} MiB, peak during import {rss.peak / 2**20:,.0f} MiB "
               f"(+{(rss.peak - rss_before) / 2**20:,.0f} MiB for a {size_mb:,.0f} MB file)")
         drop(project)

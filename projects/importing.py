@@ -28,11 +28,11 @@ import re
 import unicodedata
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Collection, Generator, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple
 
 StrPath = str | os.PathLike[str]
 
@@ -139,8 +139,9 @@ class Sniffed:
     sheets: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ParsedRow:
+# Named tuples, not dataclasses: one is made per row, and a tuple is made in C (a frozen dataclass's
+# __init__ was a tenth of the import's Python time).
+class ParsedRow(NamedTuple):
     row: int
     text: str
     labels: tuple[str, ...]
@@ -149,8 +150,7 @@ class ParsedRow:
     content_hash: str
 
 
-@dataclass(frozen=True)
-class RowError:
+class RowError(NamedTuple):
     row: int
     reason: str
 
@@ -195,8 +195,12 @@ def detect_format(filename: str) -> str:
 
 def content_hash(text: str) -> str:
     """sha256 hex of the text, NFC-normalised with whitespace collapsed, for duplicate detection."""
-    canonical = " ".join(unicodedata.normalize("NFC", text).split())
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # ASCII is NFC already; isascii() is a fast scan where normalize() is a slower one.
+    canonical = " ".join((text if text.isascii() else unicodedata.normalize("NFC", text)).split())
+    return _sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_sha256 = hashlib.sha256
 
 
 # --- dialect: encoding, delimiter, sheet ----------------------------------------
@@ -342,7 +346,7 @@ def preview(
     """(header, first rows) as the import will read them, each cell as text, for the upload page."""
     name = _display_name(path, display_name)
     if fmt in ("csv", "xlsx"):
-        with _table(path, fmt, name, dialect) as (records, _):
+        with _table(path, fmt, name, dialect) as records:
             header = _read_csv_header(records, name, max_columns=max_columns)
             body = [[_cell_text(cell) for cell in record] for record in itertools.islice(records, rows * 2) if record]
         return header, body[:rows]
@@ -373,7 +377,7 @@ def read_columns(
     """
     name = _display_name(path, display_name)
     if fmt in ("csv", "xlsx"):
-        with _table(path, fmt, name, dialect) as (records, _):
+        with _table(path, fmt, name, dialect) as records:
             header = _read_csv_header(records, name, max_columns=max_columns)
         columns = list(dict.fromkeys(column for column in header if column))
     else:
@@ -520,30 +524,35 @@ def _describe_bad_utf8(path: StrPath, name: str) -> str:
     return f"{name!r} is not valid UTF-8. {_RESAVE_HINT}"
 
 
+class _SheetRows:
+    """A workbook sheet's rows as lists of JSON-able cells, counting them in `line_num` as csv.reader does."""
+
+    def __init__(self, sheet: Any) -> None:
+        self._rows = sheet.iter_rows(values_only=True)
+        self.line_num = 0
+
+    def __iter__(self) -> _SheetRows:
+        return self
+
+    def __next__(self) -> list[object]:
+        values = next(self._rows)
+        self.line_num += 1
+        return [_xlsx_value(value) for value in values]
+
+
 @contextmanager
-def _table(path: StrPath, fmt: str, name: str, dialect: Dialect
-           ) -> Iterator[tuple[Iterator[list[object]], Callable[[], int]]]:
-    """(records, the current record's last line) of a delimited file or a workbook's sheet."""
+def _table(path: StrPath, fmt: str, name: str, dialect: Dialect) -> Iterator[Any]:
+    """The records of a delimited file (a csv.reader) or a workbook's sheet; each has `line_num`."""
     if fmt == "xlsx":
         with _open_workbook(path, name) as workbook:
-            sheet = _sheet(workbook, dialect.sheet, name)
-            counter = itertools.count(1)
-            position = [0]
-
-            def records() -> Iterator[list[object]]:
-                for values in sheet.iter_rows(values_only=True):
-                    position[0] = next(counter)
-                    yield [_xlsx_value(value) for value in values]
-
-            yield records(), lambda: position[0]
+            yield _SheetRows(_sheet(workbook, dialect.sheet, name))
         return
     _raise_csv_field_limit()
     delimiter = dialect.delimiter or ","
     if len(delimiter) != 1:
         raise ImportFormatError(f"{name!r}: the delimiter must be one character, not {delimiter!r}")
     with _open_text(path, name, dialect.encoding) as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        yield reader, lambda: reader.line_num  # type: ignore[misc]
+        yield csv.reader(f, delimiter=delimiter)
 
 
 @contextmanager
@@ -629,7 +638,7 @@ def _iter_table_rows(path: StrPath, fmt: str, name: str, rules: _RowRules, *, ma
                      dialect: Dialect) -> Iterator[ParsedRow | RowError]:
     columns = rules.columns
     workbook = fmt == "xlsx"
-    with _table(path, fmt, name, dialect) as (reader, line_num):
+    with _table(path, fmt, name, dialect) as reader:
         header = _read_csv_header(reader, name, max_columns=max_columns)
         mapped = [c for c in (columns.text, columns.label, columns.external_id) if c is not None]
         if columns.metadata is None:
@@ -644,15 +653,16 @@ def _iter_table_rows(path: StrPath, fmt: str, name: str, rules: _RowRules, *, ma
         id_at = None if columns.external_id is None else position[columns.external_id]
         metadata_at = [(column, position[column]) for column in metadata_columns]
         width = len(header)
+        build = _build_row
 
         # Rows are numbered as a spreadsheet shows them (header = row 1), which
         # matches the line number unless a quoted text spans several lines.
         row_number = 1
-        last_line = line_num()
+        last_line = reader.line_num
         try:
             for cells in reader:
                 row_number += 1
-                first_line, last_line = last_line + 1, line_num()
+                first_line, last_line = last_line + 1, reader.line_num
                 if workbook:
                     cells = _fit_workbook_row(cells, width)
                 if not cells:
@@ -663,18 +673,24 @@ def _iter_table_rows(path: StrPath, fmt: str, name: str, rules: _RowRules, *, ma
                     )
                     continue
                 text = cells[text_at]
-                yield _build_row(
+                if workbook:
+                    # An empty cell means "no value", not the value "".
+                    metadata = {column: value for column, at in metadata_at
+                                if not isinstance(value := cells[at], str) or value.strip()}
+                    if not isinstance(text, str):
+                        text = _cell_text(text)
+                else:
+                    metadata = {column: value for column, at in metadata_at if (value := cells[at]).strip()}
+                yield build(
                     row_number,
-                    text=text if isinstance(text, str) else _cell_text(text),
+                    text=text,
                     label=_MISSING if label_at is None else cells[label_at],
                     external_id=_MISSING if id_at is None else cells[id_at],
-                    # An empty cell means "no value", not the value "".
-                    metadata={column: value for column, at in metadata_at
-                              if not isinstance(value := cells[at], str) or value.strip()},
+                    metadata=metadata,
                     rules=rules,
                 )
         except csv.Error as exc:
-            raise ImportFormatError(f"{name!r} cannot be read as CSV at line {line_num()}: {exc}") from exc
+            raise ImportFormatError(f"{name!r} cannot be read as CSV at line {reader.line_num}: {exc}") from exc
 
 
 def _fit_workbook_row(cells: list[object], width: int) -> list[object]:
@@ -951,15 +967,9 @@ def _build_row(
         clean_text = _clean_text(text, rules)
         labels = _clean_labels(label, rules)
         clean_id = _clean_external_id(external_id, rules)
-        _check_metadata(metadata)
-        return ParsedRow(
-            row=row,
-            text=clean_text,
-            labels=labels,
-            external_id=clean_id,
-            metadata=metadata,
-            content_hash=content_hash(clean_text),
-        )
+        if metadata:
+            _check_metadata(metadata)
+        return ParsedRow(row, clean_text, labels, clean_id, metadata, content_hash(clean_text))
     except _Invalid as exc:
         return RowError(row, str(exc))
 
@@ -969,6 +979,8 @@ def _unstorable(value: str) -> str | None:
     surrogate (a JSON escape like \\ud800 without its pair) has no UTF-8 form."""
     if "\x00" in value:
         return "a NUL character (\\u0000)"
+    if value.isascii():
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -982,6 +994,10 @@ def _shown(name: str) -> str:
 
 def _check_metadata(metadata: dict[str, object]) -> None:
     """Refuse metadata the JSON column cannot hold: NUL, lone surrogates, NaN/Infinity, deep nesting."""
+    # The common case, a file's cells: string keys and values, checked without the walk below.
+    if all(type(key) is str and type(value) is str and _unstorable(key) is None and _unstorable(value) is None
+           for key, value in metadata.items()):
+        return
     # A loop with a stack, not recursion: the depth is what is being checked.
     stack: list[tuple[object, int, str]] = [(metadata, 0, "")]
     while stack:
@@ -1034,6 +1050,14 @@ def _clean_labels(value: object, rules: _RowRules) -> tuple[str, ...]:
     # mix labelled and unlabelled rows.
     if value is _MISSING or value is None:
         return ()
+    if type(value) is str and not rules.multi_label:
+        # The common case, one label as text: the checks below without the general machinery.
+        name = value.strip()
+        if not name:
+            return ()
+        if rules.separator not in name and len(name) <= _MAX_LABEL_CHARS and _unstorable(name) is None and (
+                rules.known_labels is None or name in rules.known_labels):
+            return (name,)
     key = rules.columns.label
     if isinstance(value, list):
         parts = [_label_name(item, key, rules) for item in value]

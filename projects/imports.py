@@ -392,6 +392,8 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
             progress(done, total, phase)
 
     _mark_alive(dataset.pk)  # picked up: the time it waited in the queue is not held against it
+    if connection.vendor == "postgresql":
+        return _import_in_one_pass(dataset, project, report)
     try:
         dataset.total_rows = importing.count_rows(path, dataset.file_format, dialect_of(dataset))
         dataset.save(update_fields=["total_rows"])
@@ -420,6 +422,134 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
         dataset.refresh_from_db()
         dataset.mark_failed([_file_error(dataset, str(exc))])
     return dataset
+
+
+class _Refused(Exception):
+    """The file has bad rows (or none): the transaction rolls back, and the check says why."""
+
+    def __init__(self, check: _Check) -> None:
+        super().__init__(f"{check.error_count} bad rows")
+        self.check = check
+
+
+def _import_in_one_pass(dataset: Dataset, project: Project, report: ProgressCallback) -> Dataset:
+    """PostgreSQL: check every row and COPY it into a staging table in the same pass, inside the import's
+    transaction; a bad row stops the copying, the checks go on to the end for the report, and the
+    transaction rolls back, so nothing is imported. One parse of the file instead of two."""
+    try:
+        dataset.total_rows = importing.count_rows(dataset.file.path, dataset.file_format, dialect_of(dataset))
+        dataset.save(update_fields=["total_rows"])
+        dataset.mark_started(DatasetStatus.IMPORTING)
+        report(0, dataset.total_rows, DatasetStatus.VALIDATING)
+        with transaction.atomic():
+            check, imported, labelled = _check_and_copy(dataset, project, report)
+            dataset.labels_found = check.labels_found
+            dataset.mark_done(imported=imported, duplicates=check.valid - imported, labelled=labelled,
+                              total=check.valid)
+    except _Refused as refused:
+        check = refused.check
+        dataset.labels_found = check.labels_found
+        if check.error_count:
+            dataset.mark_failed(check.errors, error_count=check.error_count, groups=check.groups())
+        else:
+            dataset.mark_failed([_file_error(dataset, "The file has no data rows.")])
+    except (ImportFormatError, ActionError, IntegrityError) as exc:
+        # A file-level problem part-way through (bytes the encoding cannot read), or a label clash.
+        dataset.mark_failed([_file_error(dataset, str(exc))])
+    return dataset
+
+
+# One row of the staging table, in the order the file has it; labels as a JSON list of names in the file.
+_STAGING_NAMES = ("CREATE TEMPORARY TABLE {table} (ord bigint NOT NULL, text text NOT NULL, "
+                  "metadata jsonb NOT NULL, external_id varchar(255) NOT NULL, content_hash varchar(64) NOT NULL, "
+                  "label_names text) ON COMMIT DROP")
+
+
+def _check_and_copy(dataset: Dataset, project: Project, report: ProgressCallback) -> tuple[_Check, int, int]:
+    taxonomy = project.current_taxonomy()
+    labels = {label.name: label for label in taxonomy.labels.all()}
+    mapping: dict[str, str] = dataset.label_mapping or {}
+    check_labels = bool(dataset.label_column) and not dataset.add_unknown_labels
+    known = {name for name, label in labels.items() if not label.is_deprecated} | set(mapping)
+    multi_label = project.is_multi_label
+    check = _Check(dataset_name=dataset.name)
+    found = check.labels_found
+    new_labels: dict[str, None] = {}
+    rows = importing.iter_rows(
+        dataset.file.path, dataset.file_format, _column_map(dataset), known_labels=None,
+        multi_label=multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
+        max_columns=settings.IMPORT_MAX_COLUMNS, dialect=dialect_of(dataset),
+    )
+    table = f"labelhub_import_{dataset.pk}"
+    dumps = json.dumps
+    total = dataset.total_rows
+    with connection.cursor() as cursor:
+        raw = cursor.cursor  # psycopg's own cursor: Django's wrapper has no copy()
+        raw.execute(_STAGING_NAMES.format(table=table))
+        with raw.copy(f"COPY {table} (ord, text, metadata, external_id, content_hash, label_names) "
+                      "FROM STDIN") as copy:
+            write = copy.write_row
+            for n, item in enumerate(rows, start=1):
+                if n % PROGRESS_EVERY == 0:
+                    report(n, total, DatasetStatus.VALIDATING)
+                if isinstance(item, RowError):
+                    check.error(item.row, item.reason)
+                    continue
+                check.valid += 1
+                names = item.labels
+                names_json = None
+                if names:
+                    for name in names:
+                        if name in found:
+                            found[name] += 1
+                        elif len(found) < LABELS_FOUND_MAX:
+                            found[name] = 1
+                    if check_labels and not known.issuperset(names):
+                        reason = importing.unknown_label_reason(names, known, multi_label=multi_label)
+                        check.error(item.row, reason or "unknown label")
+                        continue
+                    for name in names:
+                        target = mapping.get(name, name)
+                        if target not in labels:
+                            new_labels.setdefault(target)
+                        elif labels[target].is_deprecated:
+                            check.error(item.row, f"label '{target}' is deprecated; use its replacement or "
+                                                  "un-deprecate it")
+                    names_json = dumps(names)
+                if not check.error_count:  # after the first bad row nothing more is copied, only checked
+                    write((n, item.text, dumps(item.metadata) if item.metadata else "{}", item.external_id,
+                           item.content_hash, names_json))
+        check.labels_found = dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+        if check.error_count or not check.valid:
+            raise _Refused(check)
+        report(0, total, DatasetStatus.IMPORTING)
+        if new_labels:
+            taxonomy_actions.add_labels(project, labels=[LabelSpec(name=name) for name in new_labels],
+                                        user=dataset.created_by)
+            taxonomy = project.current_taxonomy()
+        key_of = {label.name: label.key for label in taxonomy.labels.all()}
+        key_of.update({found_name: key_of[target] for found_name, target in mapping.items() if target in key_of})
+        raw.execute(f"ANALYZE {table}")
+        raw.execute(_FROM_STAGING.format(table=table), [project.pk, dataset.pk, timezone.now()])
+        imported = raw.rowcount
+        report(total // 2, total, DatasetStatus.IMPORTING)
+        labelled = 0
+        # A named (server-side) cursor: the labelled rows come in batches, not all at once.
+        with connection.connection.cursor(name=f"{table}_labelled") as labelled_rows:
+            labelled_rows.itersize = ANNOUNCE_BATCH
+            labelled_rows.execute(_LABELLED_NAMES.format(table=table), [project.pk, dataset.pk])
+            loads = json.loads
+            while batch := labelled_rows.fetchmany(ANNOUNCE_BATCH):
+                batch_labels = {example_id: list(dict.fromkeys(key_of[name] for name in loads(names)))
+                                for example_id, names in batch}
+                # The annotation layer records these as imported annotations, in this transaction.
+                events.examples_imported.send(sender=Dataset, dataset=dataset, taxonomy=taxonomy,
+                                              labels=batch_labels, annotator=dataset.created_by)
+                labelled += len(batch_labels)
+        raw.execute(f"DROP TABLE {table}")
+        report(total, total, DatasetStatus.IMPORTING)
+    reset_queries()
+    return check, imported, labelled
 
 
 ERROR_GROUP_ROWS = 5
@@ -523,14 +653,9 @@ def _insert(dataset: Dataset, project: Project, unknown: list[str], report: Prog
         multi_label=project.is_multi_label, max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name,
         max_columns=settings.IMPORT_MAX_COLUMNS, dialect=dialect_of(dataset),
     )
-    if connection.vendor == "postgresql":
-        return _insert_by_copy(dataset, project, taxonomy, key_of, rows, report)
     return _insert_in_batches(dataset, project, taxonomy, key_of, rows, report)
 
 
-# One row of the staging table, in the order the file has it; labels as a JSON list of label keys.
-_STAGING = ("CREATE TEMPORARY TABLE {table} (ord bigint NOT NULL, text text NOT NULL, metadata jsonb NOT NULL, "
-            "external_id varchar(255) NOT NULL, content_hash varchar(64) NOT NULL, label_keys text) ON COMMIT DROP")
 # The first row of each text wins, as it did with batched inserts; duplicates (in the file or already
 # in the project) are skipped by the unique (project, content_hash) constraint.
 _FROM_STAGING = """
@@ -539,56 +664,13 @@ SELECT %s, %s, text, metadata, external_id, content_hash, %s FROM {table} ORDER 
 ON CONFLICT DO NOTHING
 """
 # The examples this import created that came with labels: the first labelled row of each text.
-_LABELLED = """
-SELECT e.id, s.label_keys FROM projects_example e
-JOIN (SELECT DISTINCT ON (content_hash) content_hash, label_keys FROM {table}
-      WHERE label_keys IS NOT NULL ORDER BY content_hash, ord) s ON s.content_hash = e.content_hash
+_LABELLED_NAMES = """
+SELECT e.id, s.label_names FROM projects_example e
+JOIN (SELECT DISTINCT ON (content_hash) content_hash, label_names FROM {table}
+      WHERE label_names IS NOT NULL ORDER BY content_hash, ord) s ON s.content_hash = e.content_hash
 WHERE e.project_id = %s AND e.dataset_id = %s
 """
 ANNOUNCE_BATCH = 10_000
-
-
-def _insert_by_copy(dataset: Dataset, project: Project, taxonomy: Any, key_of: dict[str, str],
-                    rows: Any, report: ProgressCallback) -> tuple[int, int]:
-    """PostgreSQL: COPY the rows into a temporary table, then one INSERT … SELECT into the examples.
-
-    Rows go in as a stream (memory stays flat whatever the file's size), and the per-row cost is the
-    COPY protocol's, not an INSERT's.
-    """
-    table = f"labelhub_import_{dataset.pk}"
-    dumps = json.dumps
-    done = 0
-    with connection.cursor() as cursor:
-        raw = cursor.cursor  # psycopg's own cursor: Django's wrapper has no copy()
-        raw.execute(_STAGING.format(table=table))
-        with raw.copy(f"COPY {table} (ord, text, metadata, external_id, content_hash, label_keys) "
-                      "FROM STDIN") as copy:
-            for item in rows:
-                if isinstance(item, RowError):
-                    raise ActionError(f"row {item.row}: {item.reason} (the file changed during the import)")
-                done += 1
-                keys = dumps(list(dict.fromkeys(key_of[name] for name in item.labels))) if item.labels else None
-                copy.write_row((done, item.text, dumps(item.metadata), item.external_id, item.content_hash, keys))
-                if done % PROGRESS_EVERY == 0:
-                    report(done, dataset.total_rows, DatasetStatus.IMPORTING)
-        raw.execute(f"ANALYZE {table}")
-        raw.execute(_FROM_STAGING.format(table=table), [project.pk, dataset.pk, timezone.now()])
-        imported = raw.rowcount
-        report(done, dataset.total_rows, DatasetStatus.IMPORTING)
-        labelled = 0
-        # A named (server-side) cursor: the labelled rows come in batches, not all at once.
-        with connection.connection.cursor(name=f"{table}_labelled") as labelled_rows:
-            labelled_rows.itersize = ANNOUNCE_BATCH
-            labelled_rows.execute(_LABELLED.format(table=table), [project.pk, dataset.pk])
-            while batch := labelled_rows.fetchmany(ANNOUNCE_BATCH):
-                labels = {example_id: json.loads(keys) for example_id, keys in batch}
-                # The annotation layer records these as imported annotations, in this transaction.
-                events.examples_imported.send(sender=Dataset, dataset=dataset, taxonomy=taxonomy, labels=labels,
-                                              annotator=dataset.created_by)
-                labelled += len(labels)
-        raw.execute(f"DROP TABLE {table}")
-    reset_queries()
-    return imported, labelled
 
 
 def _insert_in_batches(dataset: Dataset, project: Project, taxonomy: Any, key_of: dict[str, str],

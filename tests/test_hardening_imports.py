@@ -103,7 +103,8 @@ def test_an_unexpected_error_fails_the_import_with_a_reason_and_announces_the_en
     def crash(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(imports, "_insert", crash)
+    monkeypatch.setattr(imports, "_insert", crash)  # the insert pass (SQLite)
+    monkeypatch.setattr(imports, "_check_and_copy", crash)  # the one pass that checks and copies (PostgreSQL)
     dataset = imports.run_import(dataset.pk)
     dataset.refresh_from_db()
     assert dataset.status == DatasetStatus.FAILED and dataset.finished_at is not None
