@@ -118,9 +118,10 @@ def why_no_model(project: Project) -> dict[str, Any]:
 def model_status_badge(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """The labelling page header's model line (loaded by htmx after each item)."""
     project = get_project_for_user(request, pk)
-    # Progress is read fresh (one cache read): the line polls itself every 2 s while embedding runs.
+    # Progress is read fresh (a cache read; the database at most every 30 s, when no job reports progress, to
+    # tell a lost embedding job): the line polls itself while embedding runs.
     return render(request, "learning/partials/model-status.html",
-                  {"project": project, "embedding": embedding_progress(project), **model_status(project)})
+                  {"project": project, "embedding": embedding_state(project), **model_status(project)})
 
 
 @require_GET

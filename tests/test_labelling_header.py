@@ -116,8 +116,8 @@ def test_the_re_review_count_drops_when_the_item_is_labelled_again(project, alic
     assert "re-review" not in header(body)
 
 
-def test_the_model_line_counts_the_labels_given_since_the_model(project, bob, login, htmx, make_pool, active_keys):
-    make_pool(project, 10)
+def test_the_model_line_counts_the_labels_given_since_the_model(project, bob, login, htmx, add_examples, active_keys):
+    add_examples(project, [f"clause {i}" for i in range(10)])
     client = login(bob)
     label_items(client, project, active_keys(project)[0], 2, htmx)
     ModelVersion.objects.create(project=project, number=1, taxonomy_version=project.current_taxonomy(),
@@ -147,13 +147,13 @@ def test_a_submit_and_the_next_item_take_a_bounded_number_of_statements(project,
     assert max(counts[1:]) <= STATEMENTS_PER_SUBMIT, "\n".join(q["sql"][:150] for q in queries.captured_queries)
 
 
-def test_the_model_line_says_why_there_is_no_model_yet(project, alice, bob, login, htmx, make_pool, active_keys):
+def test_the_model_line_says_why_there_is_no_model_yet(project, alice, bob, login, htmx, add_examples, active_keys):
     from django.core.cache import cache
 
     from learning import actions as learning_actions
-    from learning.models import RunStatus, TrainingRun
+    from learning.models import EmbeddingChunk, RunStatus, TrainingRun
 
-    make_pool(project, 10)
+    add_examples(project, [f"clause {i}" for i in range(10)])
     client = login(bob)
     status = reverse("learning:model-status", args=[project.pk])
     assert text(client.get(status).content.decode()) == "No model yet: it trains once items of two labels are labelled"
@@ -166,6 +166,14 @@ def test_the_model_line_says_why_there_is_no_model_yet(project, alice, bob, logi
     line = client.get(status).content.decode()
     assert "Embedding 2,048 / 5,381 — suggestions start after it" in text(line) and 'every 2s' in line
     cache.delete(learning_actions.embed_progress_key(project.pk))
+    # Examples without vectors and no job reporting progress (it was lost): the line says so.
+    chunks = list(EmbeddingChunk.objects.filter(project=project))
+    EmbeddingChunk.objects.filter(project=project).delete()
+    cache.clear()
+    line = client.get(status).content.decode()
+    assert "Embedding 0 / 10" in text(line) and "queued again" in text(line) and "every 10s" in line
+    EmbeddingChunk.objects.bulk_create(chunks)
+    cache.clear()
 
     label_items(client, project, active_keys(project)[1], 1, htmx)
     run = TrainingRun.objects.create(project=project, reason="new labels")
