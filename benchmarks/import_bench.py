@@ -4,8 +4,9 @@
         .venv/bin/python benchmarks/import_bench.py [--rows 1000000]
 
 Creates (and drops) a throwaway project in the database DATABASE_URL names. Prints rows/s
-for the two passes, the peak RSS of this process beside its RSS before the import (flat
-memory means the peak does not grow with the file: run with --rows 100000 to compare),
+for the two phases (check + COPY, then staging table -> examples and annotations), the peak
+RSS of this process beside its RSS before the import (flat memory means the peak does not
+grow with the file: run with --rows 100000 to compare),
 and the ratio to the floor: one plain csv.reader pass over the same file. On a shared machine
 wall time moves with the load, so it also prints the CPU seconds of this process and of the
 PostgreSQL backend that served the import (a local server: psutil reads its process), the rows
@@ -165,7 +166,8 @@ def main() -> None:
         print(f"imported {dataset.imported_count:,} examples, {dataset.labelled_count:,} labelled, "
               f"{dataset.duplicate_count:,} duplicates")
         print(f"total: {total_s:.1f}s = {args.rows / total_s:,.0f} rows/s "
-              f"(check pass ~{phases.get('validating', 0):.1f}s, insert pass ~{phases.get('importing', 0):.1f}s)")
+              f"(check + COPY ~{phases.get('validating', 0):.1f}s, "
+              f"staging -> examples + annotations ~{phases.get('importing', 0):.1f}s)")
         print(f"floor: plain csv.reader pass {floor_s:.2f}s = {floor_rows / floor_s:,.0f} rows/s; "
               f"import takes {total_s / floor_s:.1f}x the floor")
         print(f"CPU: this process {cpu_s:.1f}s, PostgreSQL backend {backend_s:.1f}s "
