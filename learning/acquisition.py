@@ -209,8 +209,8 @@ def _proba_class_major(posterior: Posterior, mean: np.ndarray, var: np.ndarray) 
 
 
 def _top_indices(values: np.ndarray, top: int) -> np.ndarray:
-    """(top, B) indices of each row's ``top`` largest entries of item-major ``values`` (B, K), in class
-    order; the same sets as ``np.argpartition(-values, top - 1, axis=1)[:, :top]`` (any of tied values).
+    """(top, B) indices of each row's ``top`` largest entries of item-major ``values`` (B, K), largest
+    first; the same sets as ``np.argpartition(-values, top - 1, axis=1)[:, :top]`` (any of tied values).
 
     Each row's ``top``-th largest value from ``np.partition`` (several times faster than
     ``argpartition`` on rows of a few hundred floats), then the entries at or above it; a row
@@ -221,14 +221,20 @@ def _top_indices(values: np.ndarray, top: int) -> np.ndarray:
     threshold = np.partition(values, k - top, axis=1)[:, k - top]
     items, classes = np.nonzero(values >= threshold[:, None])
     if len(classes) == b * top:
-        return classes.reshape(b, top).T
-    counts = np.bincount(items, minlength=b)
-    idx = np.empty((b, top), dtype=np.intp)
-    exact = counts == top
-    idx[exact] = classes[exact[items]].reshape(-1, top)
-    tied = ~exact
-    idx[tied] = np.argpartition(-values[tied], top - 1, axis=1)[:, :top]
-    return idx.T
+        idx = classes.reshape(b, top)
+    else:
+        counts = np.bincount(items, minlength=b)
+        idx = np.empty((b, top), dtype=np.intp)
+        exact = counts == top
+        idx[exact] = classes[exact[items]].reshape(-1, top)
+        tied = ~exact
+        idx[tied] = np.argpartition(-values[tied], top - 1, axis=1)[:, :top]
+    # Most probable first: the caller gives slot j the same normal draws for every item (common
+    # random numbers), so each item's most probable class must sit in the same slot; in class
+    # order BALD's ranking of the pool was far noisier (top-100 overlap with a 1,024-sample
+    # estimate 29 of 100 on trec's 50 fine labels, against 60 in probability order).
+    order = np.argsort(-np.take_along_axis(values, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1).T
 
 
 # Items per block of the elementwise work after a chunk's product: the (classes x samples x

@@ -322,6 +322,8 @@ def test_it_picks_each_items_most_probable_classes_even_with_ties(seed: int, k: 
     for row in range(50):
         chosen = idx[:, row]
         assert len(set(chosen.tolist())) == top
+        # Most probable first: BALD gives slot j the same normal draws for every item.
+        assert np.all(np.diff(values[row, chosen]) <= 0)
         # Nothing left out beats anything taken.
         rest = np.setdiff1d(np.arange(k), chosen)
         assert values[row, chosen].min() >= values[row, rest].max()
