@@ -295,7 +295,7 @@ def test_after_a_deletion_the_next_update_trains_without_the_deleted_examples(tr
     assert scored == {e.pk for e in pool[4:]}
 
 
-# --- In a browser ------------------------------------------------------------------------------------------------------
+# --- In a browser ---
 
 
 @pytest.mark.browser
