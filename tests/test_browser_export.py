@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from annotation.models import Annotation, AnnotationSource
 from projects.importing import content_hash
 from projects.models import Example
+from tests.browser import screenshot_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def screenshot_dir() -> Path:
-    path = Path(os.environ.get("LABELHUB_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def test_a_manager_downloads_an_export_from_the_project_page(live_server, browser, project, alice, tmp_path):

@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from projects.models import Dataset, DatasetStatus, Example
 from projects.taxonomy import create_project
+from tests.browser import screenshot_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 FILE = Path(__file__).resolve().parent / "data" / "imports" / "decisoes_cp1252.csv"
-
-
-def screenshot_dir() -> Path:
-    path = Path(os.environ.get("LABELHUB_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def test_a_manager_previews_fixes_and_imports_an_excel_csv(live_server, browser, worker, wait_for, team, alice):

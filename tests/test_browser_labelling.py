@@ -8,9 +8,7 @@ taxonomy. Screenshots land in $LABELHUB_SCREENSHOTS (default var/screenshots).
 from __future__ import annotations
 
 import csv
-import os
 import re
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -21,15 +19,9 @@ from learning.models import ModelVersion
 from projects.importing import content_hash
 from projects.models import Example, Membership, Role
 from projects.taxonomy import LabelSpec, create_project
+from tests.browser import log_in, screenshot_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-def screenshot_dir() -> Path:
-    path = Path(os.environ.get("LABELHUB_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
 
 
 def demo_truth(n: int) -> dict[str, str]:
@@ -39,14 +31,6 @@ def demo_truth(n: int) -> dict[str, str]:
     yes = [r for r in rows if r["label"] == "Yes"][: n // 2]
     no = [r for r in rows if r["label"] == "No"][: n - n // 2]
     return {r["text"]: r["label"] for r in yes + no}
-
-
-def log_in(page, live_server, username: str) -> None:
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"{username}-password-123")
-    page.click("main button[type=submit]")
-    page.wait_for_url(re.compile(r".*/$"))
 
 
 def current_text(page) -> str:

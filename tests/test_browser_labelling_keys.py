@@ -5,35 +5,17 @@ Screenshots land in $LABELHUB_SCREENSHOTS (default var/screenshots).
 """
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 import pytest
-from django.conf import settings
 
 from annotation.models import Annotation
 from projects.importing import content_hash
 from projects.models import Example
 from projects.taxonomy import LabelSpec, create_project
+from tests.browser import log_in, screenshot_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 GUIDELINES = "Label the holding, not the dicta.\nIf the court only distinguishes a case, it does not overrule it."
-
-
-def screenshot_dir() -> Path:
-    path = Path(os.environ.get("LABELHUB_SCREENSHOTS", settings.BASE_DIR / "var" / "screenshots"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def log_in(page, live_server, username: str) -> None:
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", f"{username}-password-123")
-    page.click("main button[type=submit]")
-    page.wait_for_url(re.compile(r".*/$"))
 
 
 def scroll_top(page) -> float:
