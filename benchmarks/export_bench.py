@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,33 +35,12 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from annotation.models import Annotation, ExampleScore  # noqa: E402
+from benchmarks.import_bench import PeakRss  # noqa: E402
 from learning import exports  # noqa: E402
 from projects import taxonomy  # noqa: E402
 from projects.models import Example, Project, Team  # noqa: E402
 
 STREAMED = ["csv", "jsonl", "hf-jsonl", "hf-parquet", "label-studio"]
-
-
-class PeakRss:
-    """Samples this process's RSS every 50 ms from a thread."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def drop(project: Project) -> None:
