@@ -57,6 +57,11 @@ class Annotation(models.Model):
     taxonomy_version = models.ForeignKey(TaxonomyVersion, on_delete=models.CASCADE, related_name="annotations")
     # Stable label keys (Label.key), so a rename never touches annotations.
     label_keys = models.JSONField(default=list)
+    # Span projects only: [{"start": int, "end": int, "label": key}, ...], character offsets on token
+    # boundaries (Example.tokens), sorted by start, never overlapping. `label_keys` then holds the sorted
+    # distinct keys of these spans, so label queries (counts, merges, with_label) work for both task types.
+    # An empty list with a span-project annotation means "looked at: no entity here".
+    spans = models.JSONField(default=list, blank=True)
     source = models.CharField(max_length=8, choices=AnnotationSource.choices, default=AnnotationSource.UI)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -223,6 +228,9 @@ class ExampleScore(models.Model):
     # Sent to a person by the prediction API's fallback: served before anything else.
     # Not rewritten by a retrain (it is absent from the upsert's update fields).
     is_routed = models.BooleanField(default=False)
+    # Span projects: the model's suggested spans, [{"start", "end", "label", "confidence"}, ...] (char
+    # offsets on token boundaries); the labelling page shows them dashed. Empty for classification.
+    suggested_spans = models.JSONField(default=list, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -287,3 +295,98 @@ def browse_examples(project: Project, *, query: str = "", state: str = "", label
     if state == "uncertain":
         return examples.filter(score__model_version_number__isnull=False).order_by("score__confidence", "id")
     return examples.order_by("id")
+
+
+class ReviewKind(models.TextChoices):
+    MISLABEL = "mislabel", "Likely mislabel"
+    LOW_PRECISION = "low_precision", "Low-precision class"
+    AMBIGUOUS = "ambiguous", "Ambiguous item"
+    CONFLICT = "conflict", "Annotator conflict"
+
+
+class ReviewCandidate(models.Model):
+    """An item the data-quality review puts before a person: written by the learning loop (from
+    out-of-fold probabilities, BALD and entropy, or annotator disagreement), read by the review queue.
+
+    Lives in the annotation layer for the same reason as ExampleScore: the queue owns it. A decision
+    (ReviewDecision) or a new annotation of the example removes the candidate.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="review_candidates")
+    kind = models.CharField(max_length=16, choices=ReviewKind.choices)
+    # Rank within the kind, higher first (e.g. how confidently the model contradicts the given label).
+    score = models.FloatField(default=0.0)
+    given_keys = models.JSONField(default=list)
+    model_keys = models.JSONField(default=list)
+    model_confidence = models.FloatField(null=True, blank=True)
+    # Why it was flagged, in words a reviewer reads ("the model gives 'refund' 0.93; the threshold for
+    # 'billing' is 0.61").
+    reason = models.CharField(max_length=500, blank=True)
+    # Span projects: the spans in question ({"start", "end", "label", "model_label", "confidence"}).
+    spans = models.JSONField(default=list, blank=True)
+    model_version_number = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-score", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["example", "kind"], name="one_review_candidate_per_example_per_kind"),
+        ]
+        indexes = [models.Index(fields=["project", "kind", "-score"], name="review_candidate_queue")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.example_id}"
+
+
+class ReviewAction(models.TextChoices):
+    KEEP = "keep", "Kept the label"
+    CHANGE = "change", "Changed the label"
+    RELABEL = "relabel", "Sent back for relabelling"
+    COMMENT = "comment", "Opened a discussion"
+    ADJUDICATE = "adjudicate", "Chose the final label"
+
+
+class ReviewDecision(models.Model):
+    """Every decision taken in the review queue or on the adjudication page: who, when, what was
+    there before and what is there now. Append-only: the audit trail of data-quality work."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="review_decisions")
+    kind = models.CharField(max_length=16, choices=ReviewKind.choices)
+    action = models.CharField(max_length=16, choices=ReviewAction.choices)
+    previous_keys = models.JSONField(default=list)
+    new_keys = models.JSONField(default=list)
+    note = models.TextField(blank=True, max_length=5000)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-decided_at", "-id"]
+        indexes = [models.Index(fields=["project", "-decided_at"], name="review_decision_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.example_id}: {self.previous_keys} → {self.new_keys}"
+
+
+class Adjudication(models.Model):
+    """The final label of an item several people labelled, chosen by a manager (or reviewer).
+
+    The training target of an example with several annotations is: its adjudication first, else the
+    unanimous label, else the majority; an unresolved tie is left out of training and shown as a conflict.
+    """
+
+    example = models.OneToOneField(Example, primary_key=True, on_delete=models.CASCADE, related_name="adjudication")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    taxonomy_version = models.ForeignKey(TaxonomyVersion, on_delete=models.CASCADE, related_name="+")
+    label_keys = models.JSONField(default=list)
+    # Span projects: the adjudicated spans, in Annotation.spans' shape.
+    spans = models.JSONField(default=list, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "-decided_at"], name="adjudication_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.example_id}: {', '.join(self.label_keys)}"

@@ -90,6 +90,11 @@ class Project(models.Model):
         max_length=32, default="bald_density_diversity", choices=strategy_choices,
         help_text="How the next items to label are chosen once a model exists.",
     )
+    language = models.CharField(
+        max_length=8, default="en",
+        help_text="Language of the texts (a spaCy language code such as en, pt, de): span projects "
+                  "split their texts into tokens with this language's rule-based tokenizer.",
+    )
     overlap = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(10)],
         help_text="How many annotators label each item (more than one measures agreement).",
@@ -116,6 +121,10 @@ class Project(models.Model):
     @property
     def is_multi_label(self) -> bool:
         return self.task_type == TaskType.MULTI_LABEL
+
+    @property
+    def is_span(self) -> bool:
+        return self.task_type == TaskType.SPAN
 
     def current_taxonomy(self) -> TaxonomyVersion:
         version = self.taxonomy_versions.order_by("-number").first()
@@ -355,6 +364,10 @@ class Example(models.Model):
     text = models.TextField()
     metadata = models.JSONField(default=dict, blank=True)
     external_id = models.CharField(max_length=255, blank=True)
+    # Span projects only: the text's tokens as [[start, end], ...] character offsets, computed once at
+    # import (spaCy's rule-based tokenizer for the project's language) or taken from a pre-tokenized import.
+    # Spans are snapped to these boundaries. Null for classification projects.
+    tokens = models.JSONField(null=True, blank=True)
     content_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(default=timezone.now)
 
