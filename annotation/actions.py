@@ -326,6 +326,7 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
         cursor.execute(_INSERT_ANNOTATION, [
             item.example.pk, user.pk, taxonomy.pk,
             Annotation._meta.get_field("label_keys").get_db_prep_save(keys, connection),
+            Annotation._meta.get_field("spans").get_db_prep_save([], connection),
             AnnotationSource.UI.value, now])
         row = cursor.fetchone()
     created = row is not None
@@ -351,8 +352,9 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
 
 _ANSWERS = f"SELECT count(*) FROM {Annotation._meta.db_table} WHERE example_id = %s"
 _INSERT_ANNOTATION = f"""
-INSERT INTO {Annotation._meta.db_table} (example_id, annotator_id, taxonomy_version_id, label_keys, source, created_at)
-VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id
+INSERT INTO {Annotation._meta.db_table}
+    (example_id, annotator_id, taxonomy_version_id, label_keys, spans, source, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id
 """
 _UNQUEUE = f"DELETE FROM {ExampleScore._meta.db_table} WHERE example_id = %s"
 
