@@ -1,0 +1,227 @@
+"""Likely mislabels: labelled items whose given label the model contradicts with confidence.
+
+Plain module (numpy only plus learning.bayes/metrics/quality), so the review queue, the
+benchmark against cleanlab (benchmarks/mislabel_bench.py) and the tests share one
+implementation.
+
+Why confident learning and not "lowest probability of the given label": a hard class has low
+self-confidence everywhere, and a single global cut would fill the queue with its correct items.
+Each class j gets a threshold t_j, the average probability the model gives j on the items
+labelled j (its average self-confidence). An item labelled i is a candidate when another class
+j clears its own threshold (p_j >= t_j) and is the most probable of those that do: the
+"confident joint" C[i, j] counts such items. How many items of class i to flag is the
+calibrated off-diagonal row sum of C (cleanlab's ``prune_by_noise_rate`` estimate); which ones
+are the class's highest-scoring items.
+
+API (stable; the review queue calls it)::
+
+    find_mislabels(proba, given, *, multi_label=False) -> list[Mislabel]
+
+``proba``: (N, K) out-of-fold predicted probabilities (rows sum to one, or independent
+per-label probabilities when ``multi_label``); ``given``: (N,) class indices, or an (N, K)
+0/1 matrix when ``multi_label``. Returns the flagged items, most suspicious first. Each
+``Mislabel`` has the row ``index``, the ``given`` and the model's (``predicted``) label, the
+model's ``probability`` of its label, the per-class ``threshold`` it cleared, a ranking
+``score`` (higher: more likely wrong) and a short ``reason``. Multi-label is per label: a
+``Mislabel`` concerns one ``label`` whose given value (1 = present, 0 = absent) the model
+contradicts; one item can appear once per such label.
+
+``out_of_fold_proba(X, y, ...)`` computes the probabilities the way the quality report does
+(5 folds at the model's prior precision, every fold warm-started from it, then the two-parameter
+calibration fitted on the out-of-fold logits), on every labelled item instead of a subsample.
+``find_mislabels_in(X, given, ...)`` runs both and then a second pass (see ``SECOND_PASS``).
+``label_issue_scores`` gives the ranking of every item, flagged or not (the benchmark's AUPRC).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from learning import bayes, metrics, quality
+
+# Probabilities are clipped away from 0 and 1 before they are compared or divided.
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Mislabel:
+    index: int  # row of ``given``
+    given: int  # single-label: the given class; multi-label: the given value (0/1) of ``label``
+    predicted: int  # single-label: the model's class; multi-label: the value the model expects
+    probability: float  # the model's probability of ``predicted``
+    threshold: float  # the average self-confidence of ``predicted`` that ``probability`` cleared
+    score: float  # ranking key, higher = more likely mislabelled
+    reason: str
+    label: int | None = None  # multi-label: the label concerned; None for single-label
+
+
+@dataclass
+class Analysis:
+    """Everything the ranking computes, for every item (single-label, or one label of a multi-label set)."""
+
+    scores: np.ndarray  # (N,) higher = more likely mislabelled
+    flagged: np.ndarray  # (N,) bool
+    predicted: np.ndarray  # (N,) the class the model puts forward (the confident other class if any)
+    thresholds: np.ndarray  # (K,) average self-confidence per class
+    confident_joint: np.ndarray  # (K, K) given x confident class counts
+
+    def ranking(self) -> np.ndarray:
+        """Every item, flagged first (by score), then the rest (by score)."""
+        return np.lexsort((-self.scores, ~self.flagged))
+
+
+def _check(proba: np.ndarray, given: np.ndarray, multi_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    proba = np.asarray(proba, dtype=np.float64)
+    given = np.asarray(given)
+    if proba.ndim != 2:
+        raise ValueError(f"proba must be a 2-D array (items x classes), got shape {proba.shape}")
+    if not np.isfinite(proba).all():
+        raise ValueError("proba contains NaN or infinity")
+    if multi_label:
+        if given.shape != proba.shape:
+            raise ValueError(f"multi-label given must be a 0/1 matrix of shape {proba.shape}, got {given.shape}")
+        if not np.isin(given, (0, 1)).all():
+            raise ValueError("multi-label given must hold only 0 and 1")
+        return proba, given.astype(np.int64)
+    if given.ndim != 1 or len(given) != len(proba):
+        raise ValueError(f"given must be a vector of {len(proba)} class indices, got shape {given.shape}")
+    if len(given) and (given.min() < 0 or given.max() >= proba.shape[1]):
+        raise ValueError(f"given labels must lie in [0, {proba.shape[1]})")
+    return proba, given.astype(np.int64)
+
+
+def per_class_thresholds(proba: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """t_j = mean p_j over the items labelled j; a class nobody gave gets 1 (never cleared... except at 1)."""
+    k = proba.shape[1]
+    sums = np.bincount(given, weights=proba[np.arange(len(given)), given], minlength=k)
+    counts = np.bincount(given, minlength=k)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+
+
+def analyse(proba: np.ndarray, given: np.ndarray) -> Analysis:
+    """Confident-learning flags and scores of single-label items (see the module docstring).
+
+    Score: the normalized margin of the most probable other class over the given one, each
+    divided by its class threshold (p_j / t_j - p_i / t_i), so a class the model is always
+    unsure of is judged against its own level of confidence.
+    """
+    proba = np.clip(np.asarray(proba, dtype=np.float64), EPS, 1.0)
+    given = np.asarray(given, dtype=np.int64)
+    n, k = proba.shape
+    thresholds = per_class_thresholds(proba, given)
+    rows = np.arange(n)
+    # Confident class: the most probable class among those that clear their threshold.
+    above = proba >= thresholds[None, :] - 1e-12
+    masked = np.where(above, proba, -1.0)
+    confident = masked.argmax(axis=1)
+    has_confident = above.any(axis=1)
+    joint = np.zeros((k, k), dtype=np.int64)
+    np.add.at(joint, (given[has_confident], confident[has_confident]), 1)
+    # Calibrate each row to the number of items labelled with it (cleanlab's calibrate_confident_joint),
+    # then the off-diagonal mass of a row is the number of issues expected in that given class.
+    counts = np.bincount(given, minlength=k).astype(np.float64)
+    row_sums = joint.sum(axis=1).astype(np.float64)
+    calibrated = joint * np.divide(counts, row_sums, out=np.zeros(k), where=row_sums > 0)[:, None]
+    off = calibrated.sum(axis=1) - np.diag(calibrated)
+    n_issues = np.rint(off).astype(np.int64)
+
+    relative = proba / np.maximum(thresholds, EPS)[None, :]
+    others = relative.copy()
+    others[rows, given] = -np.inf
+    best_other = others.argmax(axis=1)
+    scores = others[rows, best_other] - relative[rows, given]
+    predicted = np.where(has_confident & (confident != given), confident, best_other)
+
+    # Candidates: items whose confident class is another one; within each given class the
+    # n_issues highest scores among them are flagged.
+    candidate = has_confident & (confident != given)
+    flagged = np.zeros(n, dtype=bool)
+    for cls in range(k):
+        if n_issues[cls] <= 0:
+            continue
+        members = np.flatnonzero((given == cls) & candidate)
+        if not len(members):
+            continue
+        top = members[np.argsort(-scores[members], kind="stable")[: n_issues[cls]]]
+        flagged[top] = True
+    return Analysis(scores=scores, flagged=flagged, predicted=predicted, thresholds=thresholds,
+                    confident_joint=joint)
+
+
+def label_issue_scores(proba: np.ndarray, given: np.ndarray, *, multi_label: bool = False) -> list[Analysis]:
+    """The analysis of every item: one ``Analysis`` for single-label, one per label for multi-label."""
+    proba, given = _check(proba, given, multi_label)
+    if not multi_label:
+        return [analyse(proba, given)]
+    return [analyse(np.stack([1.0 - proba[:, j], proba[:, j]], axis=1), given[:, j]) for j in range(proba.shape[1])]
+
+
+def _reason(given_name: str, predicted_name: str, probability: float, threshold: float) -> str:
+    return (f"labelled {given_name}, but the model gives {predicted_name} {probability:.0%} "
+            f"(items labelled {predicted_name} average {threshold:.0%})")
+
+
+def find_mislabels(proba: np.ndarray, given: np.ndarray, *, multi_label: bool = False,
+                   label_names: list[str] | None = None) -> list[Mislabel]:
+    """Flagged items, most suspicious first (see the module docstring for the fields)."""
+    proba, given = _check(proba, given, multi_label)
+    k = proba.shape[1]
+    names = label_names if label_names is not None else [str(j) for j in range(k)]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} label names for {k} classes")
+    out: list[Mislabel] = []
+    if not multi_label:
+        result = analyse(proba, given)
+        for i in np.flatnonzero(result.flagged):
+            g, p = int(given[i]), int(result.predicted[i])
+            prob, thr = float(proba[i, p]), float(result.thresholds[p])
+            out.append(Mislabel(index=int(i), given=g, predicted=p, probability=prob, threshold=thr,
+                                score=float(result.scores[i]), reason=_reason(names[g], names[p], prob, thr)))
+    else:
+        for j, result in enumerate(label_issue_scores(proba, given, multi_label=True)):
+            for i in np.flatnonzero(result.flagged):
+                g = int(given[i, j])
+                p = 1 - g
+                prob = float(proba[i, j] if p == 1 else 1.0 - proba[i, j])
+                thr = float(result.thresholds[p])
+                state = ("present", "absent")
+                reason = (f"{names[j]} given as {state[1 - g]}, but the model says {state[1 - p]} "
+                          f"with {prob:.0%} (items given it {state[1 - p]} average {thr:.0%})")
+                out.append(Mislabel(index=int(i), given=g, predicted=p, probability=prob, threshold=thr,
+                                    score=float(result.scores[i]), reason=reason, label=j))
+    out.sort(key=lambda m: -m.score)
+    return out
+
+
+# ---- from embeddings: the app's code path ---------------------------------------------------
+def out_of_fold_proba(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool = False,
+                      posterior: bayes.Posterior | None = None, seed: int = 0,
+                      should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
+    """Calibrated out-of-fold probabilities of every item, as ``quality.evaluate`` computes them.
+
+    Same folds (``quality.FOLDS``), prior precision and warm start as the quality report, but on
+    every labelled item (the report subsamples above ``quality.MAX_EVAL_ITEMS``): each item
+    needs its own held-out prediction to be judged. None if ``should_stop`` interrupted it.
+    """
+    oof = metrics.out_of_fold_logits(
+        X, y, n_classes=n_classes, folds=quality.FOLDS, rng=np.random.default_rng(seed), multi_label=multi_label,
+        prior_precision=None if posterior is None else posterior.prior_precision, warm_start=posterior,
+        should_stop=should_stop,
+    )
+    if oof is None:
+        return None
+    return oof.proba(*metrics.fit_out_of_fold_calibration(oof, y))
+
+
+def find_mislabels_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, multi_label: bool = False,
+                      posterior: bayes.Posterior | None = None, seed: int = 0,
+                      label_names: list[str] | None = None,
+                      proba: np.ndarray | None = None) -> list[Mislabel]:
+    """``find_mislabels`` on the out-of-fold probabilities of ``X`` (given ``proba``: on those)."""
+    if proba is None:
+        proba = out_of_fold_proba(X, given, n_classes=n_classes, multi_label=multi_label, posterior=posterior,
+                                  seed=seed)
+        assert proba is not None  # no should_stop: never interrupted
+    return find_mislabels(proba, given, multi_label=multi_label, label_names=label_names)
