@@ -27,9 +27,9 @@ from rest_framework.exceptions import APIException
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
-from rest_framework.throttling import SimpleRateThrottle
 
 from projects.models import ROLE_RANK, Project, Role, Team
+from projects.throttling import AtomicSlidingWindow
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +150,13 @@ class RateLimitUnavailable(APIException):
     default_code = "rate_limit_unavailable"
 
 
-class CredentialRateThrottle(SimpleRateThrottle):
-    """Requests per project credential (LABELHUB_API_KEY_RATE), counted in the shared cache so every web
-    process on every machine sees the same count. User tokens are not limited here."""
+class CredentialRateThrottle(AtomicSlidingWindow):
+    """Requests per project credential (LABELHUB_API_KEY_RATE), counted in Redis so every web
+    process on every machine sees the same count, exactly under concurrent requests
+    (projects.throttling). User tokens are not limited here."""
 
     scope = "api_key"
+    cache_alias = "throttle"
 
     def get_rate(self) -> str:
         return str(settings.API_KEY_RATE)

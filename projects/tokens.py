@@ -7,6 +7,7 @@ nothing worth timing); the key is shown once, at creation. A token can expire an
 """
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,14 +15,17 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
-from rest_framework.throttling import UserRateThrottle
 
 from labelhub.credentials import hash_key, new_key, presented_key
 from labelhub.errors import ActionError
 from projects.models import PersonalToken
+from projects.throttling import AtomicSlidingWindow
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # rest_framework.views imports this module through its settings
     from rest_framework.views import APIView
@@ -81,12 +85,13 @@ class PersonalTokenSchema(OpenApiAuthenticationExtension):
                 "description": "Personal token: `Token <key>` (created on the API token page); acts as you."}
 
 
-class UserApiThrottle(UserRateThrottle):
+class UserApiThrottle(AtomicSlidingWindow):
     """LABELHUB_USER_API_RATE requests per user, whether by personal token or by session.
 
     Project API keys are left to their own per-key limit (projects.access.CredentialRateThrottle);
-    anonymous requests are refused before a throttle runs. Counted in the default cache: with Redis
-    down it lets requests through rather than refusing every person's script.
+    anonymous requests are refused before a throttle runs. Counted exactly in Redis
+    (projects.throttling); with Redis down it lets requests through rather than refusing every
+    person's script.
     """
 
     scope = "user"
@@ -98,7 +103,11 @@ class UserApiThrottle(UserRateThrottle):
         # Read per request so a settings change (and the tests) take effect at once.
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except (RedisError, OSError) as exc:
+            logger.warning("Per-user API rate limit unavailable, request let through: %r", exc)
+            return True
 
     def get_cache_key(self, request: Request, view: APIView) -> str | None:
         if not (request.user and request.user.is_authenticated):
