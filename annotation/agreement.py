@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Any
 
 import krippendorff
 import numpy as np
@@ -224,7 +225,7 @@ class AgreementReport:
 Answer = tuple[str, ...]
 
 
-def agreement_report(answers: Sequence[Mapping[Hashable, Answer]], *, label_keys: Sequence[str],
+def agreement_report(answers: Sequence[Mapping[Any, Answer]], *, label_keys: Sequence[str],
                      targets: Sequence[Answer | None] | None = None, adjudicated: Sequence[bool] | None = None,
                      resamples: int = BOOTSTRAP, seed: int = 0) -> AgreementReport | None:
     """Every agreement figure of a set of items labelled by several annotators.

@@ -6,17 +6,20 @@ Every figure is aggregated in the database: a handful of small queries at
 """
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Max, Q
 
-from annotation.agreement import Agreement, fleiss
-from annotation.models import Annotation, AnnotationSource, Flag, Relabel
+from annotation import adjudication
+from annotation.agreement import Agreement, AgreementReport, agreement_report, fleiss
+from annotation.models import Adjudication, Annotation, AnnotationSource, Flag, Relabel
 from projects.models import Label, Project, TaxonomyVersion
 
 # A longer pause between two labels of one annotator is a break, not labelling time.
@@ -155,6 +158,64 @@ def project_agreement(project: Project, *, max_items: int = 20000) -> Agreement 
     for example_id, annotator_id, keys in rows.iterator(chunk_size=5000):
         answers.setdefault(example_id, {}).setdefault(annotator_id, tuple(sorted(keys)))
     return fleiss([list(by_annotator.values()) for by_annotator in answers.values()])
+
+
+# The agreement page's figures are cached until an annotation or an adjudication changes.
+AGREEMENT_CACHE_SECONDS = 3600
+
+
+def agreement_details(project: Project, *, max_items: int = 20000) -> dict[str, Any] | None:
+    """The agreement page's figures: overall, per label, per annotator pair and per annotator against the final
+    label (adjudicated, else unanimous, else majority), on up to `max_items` items several people labelled;
+    None when no item has two annotators."""
+    parts = [Annotation.objects.in_project(project).aggregate(n=Count("id"), last_id=Max("id"), at=Max("created_at")),
+             Adjudication.objects.filter(project=project).aggregate(n=Count("pk"), at=Max("decided_at")),
+             project.taxonomy_versions.aggregate(n=Max("number"))["n"], max_items]
+    key = f"labelhub:agreement:{project.pk}:{hashlib.sha1(repr(parts).encode()).hexdigest()[:16]}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached or None
+    shared = (Annotation.objects.in_project(project).exclude(annotator=None).values("example_id")
+              .annotate(raters=Count("annotator", distinct=True)).filter(raters__gte=2)
+              .order_by("example_id").values_list("example_id", flat=True)[:max_items])
+    by_example = adjudication.newest_answers(project, list(shared), with_names=True)
+    final = dict(Adjudication.objects.filter(project=project, example_id__in=list(by_example))
+                 .values_list("example_id", "label_keys"))
+    taxonomy = project.current_taxonomy()
+    active = set(taxonomy.active_labels().values_list("key", flat=True))
+    answers, targets, adjudicated, names = [], [], [], {}
+    for example_id, given in by_example.items():
+        people = {a.annotator_id: a.keys for a, _ in given.values() if a.annotator_id is not None}
+        names.update({a.annotator_id: a.username for a, _ in given.values()})
+        chosen = final.get(example_id)
+        result = adjudication.resolve(list(people.values()), active=active,
+                                      adjudicated=tuple(sorted(chosen)) if chosen is not None else None)
+        answers.append(people)
+        targets.append(result.keys)
+        adjudicated.append(chosen is not None)
+    all_keys = {k for item in answers for keys in item.values() for k in keys}
+    labels = labels_by_key(project, taxonomy, also=all_keys)
+    order = [k for k in labels if k in all_keys]
+    report = agreement_report(answers, label_keys=order, targets=targets, adjudicated=adjudicated, seed=project.pk)
+    details = None if report is None else _with_names(report, names, labels)
+    cache.set(key, details or {}, AGREEMENT_CACHE_SECONDS)
+    return details
+
+
+def _with_names(report: AgreementReport, names: dict[Any, str], labels: dict[str, Label]) -> dict[str, Any]:
+    """The report with annotator and label names, and the pair heat map as rows of cells."""
+    raters = sorted({p.a for p in report.pairs} | {p.b for p in report.pairs}, key=lambda r: names.get(r, ""))
+    by_pair = {(p.a, p.b): p for p in report.pairs} | {(p.b, p.a): p for p in report.pairs}
+    heat = [{"name": names.get(r, "?"), "cells": [
+        {"is_self": r == c, "pair": by_pair.get((r, c)), "share": max(0.0, (by_pair[(r, c)].kappa.value or 0.0))
+         if (r, c) in by_pair else 0.0} for c in raters]} for r in raters]
+    return {
+        "report": report,
+        "per_label": [{"label": label_display(labels.get(row.key), row.key), "row": row} for row in report.per_label],
+        "pairs": [{"a": names.get(p.a, "?"), "b": names.get(p.b, "?"), "row": p} for p in report.pairs],
+        "annotators": [{"name": names.get(a.rater, "?"), "row": a} for a in report.annotators],
+        "heat": {"names": [names.get(r, "?") for r in raters], "rows": heat},
+    }
 
 
 def progress(project: Project, *, examples: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import browse, review, views
+from annotation import adjudication_api, adjudication_views, browse, review, views
 
 app_name = "annotation"
 urlpatterns = [
@@ -17,4 +17,10 @@ urlpatterns = [
     path("projects/<int:pk>/review/", review.review_queue, name="review"),
     path("projects/<int:pk>/review/<int:flag_pk>/resolve/", review.resolve, name="resolve"),
     path("projects/<int:pk>/taxonomy/edit/", views.taxonomy_edit_label, name="edit-label"),
+    path("projects/<int:pk>/agreement/", adjudication_views.agreement, name="agreement"),
+    path("projects/<int:pk>/adjudication/", adjudication_views.adjudication_page, name="adjudication"),
+    path("projects/<int:pk>/adjudication/decide/", adjudication_views.adjudicate, name="adjudicate"),
+    path("api/v1/projects/<int:pk>/agreement/", adjudication_api.agreement, name="api-agreement"),
+    path("api/v1/projects/<int:pk>/conflicts/", adjudication_api.conflicts, name="api-conflicts"),
+    path("api/v1/projects/<int:pk>/adjudications/", adjudication_api.adjudicate, name="api-adjudicate"),
 ]

@@ -16,6 +16,7 @@ from django.db.models import Sum
 from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
+from annotation.adjudication import training_targets
 from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
 from learning import acquisition, bayes, decisions, events, quality, store
@@ -313,11 +314,12 @@ class TrainingSet:
 
 
 def training_set(project: Project) -> TrainingSet:
-    """The latest annotation of each example, mapped onto the current taxonomy's active labels."""
+    """Each example's training target (adjudicated, else unanimous, else majority; ties left out: see
+    annotation.adjudication), mapped onto the current taxonomy's active labels."""
     taxonomy = project.current_taxonomy()
     labels: list[Label] = list(taxonomy.active_labels().order_by("position", "id"))
     index = {label.key: i for i, label in enumerate(labels)}
-    latest = Annotation.objects.in_project(project).latest_label_keys()
+    latest = training_targets(project).keys
     ids: list[int] = []
     # A 0/1 row per example for multi-label, else the class index.
     targets: list[np.ndarray | int] = []
