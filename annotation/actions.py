@@ -38,6 +38,7 @@ from annotation.models import (
     Relabel,
 )
 from labelhub.errors import ActionError
+from projects import spanformats
 from projects.models import Example, Project, TaxonomyVersion
 
 logger = logging.getLogger(__name__)
@@ -287,14 +288,59 @@ def check_label_keys(project: Project, taxonomy: TaxonomyVersion, keys: list[str
     return keys
 
 
+class SpanError(ActionError):
+    """Submitted spans that do not fit the example or the taxonomy: the annotator's work stays on screen."""
+
+
+def example_tokens(example: Example, project: Project) -> list[tuple[int, int]]:
+    """The example's tokens as (start, end) offsets: stored at import, or (older rows) tokenized now, the same way."""
+    if example.tokens is not None:
+        return [(int(start), int(end)) for start, end in example.tokens]
+    return spanformats.tokenize(example.text, project.language)
+
+
+def check_spans(project: Project, taxonomy: TaxonomyVersion, example: Example, spans: Any,
+                submitted_version: int | None) -> list[dict[str, Any]]:
+    """The submitted spans, sorted, if they lie on the example's tokens, do not overlap and use active labels.
+
+    An empty list is an answer too: the annotator looked and found no entity."""
+    if not isinstance(spans, list):
+        raise SpanError("The spans were not sent as a list; reload the page and tag the text again.")
+    try:
+        checked = spanformats.check_spans(example.text, example_tokens(example, project), spans)
+    except spanformats.SpanFormatError as exc:
+        raise SpanError(f"Not saved: {exc}. Tag on whole tokens, one label per token.") from exc
+    labels = {label.key: label for label in progress.labels_of(taxonomy)}
+    for span in checked:
+        label = labels.get(span["label"])
+        words = example.text[span["start"]:span["end"]]
+        if label is None:
+            raise SpanError(f"'{span['label']}' (on “{words}”) is not a label of this project; reload the page.")
+        if label.is_deprecated:
+            changed = (f" (the taxonomy changed from v{submitted_version} to v{taxonomy.number})"
+                       if submitted_version and submitted_version != taxonomy.number else "")
+            raise SpanError(f"'{label.name}' (on “{words}”) is no longer in use{changed}: "
+                            f"{label.description or 'it was retired'}. Tag it with a current label.")
+    return [{"start": span["start"], "end": span["end"], "label": span["label"]} for span in checked]
+
+
 @transaction.atomic
 def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: list[str],
-                      taxonomy_number: int | None = None) -> Annotation:
-    """Record an annotator's labels for the item they hold, and ask the model to update."""
+                      taxonomy_number: int | None = None, spans: Any = None) -> Annotation:
+    """Record an annotator's labels (span projects: spans) for the item they hold, and ask the model to update."""
     # Locks our lease: a double submit waits here and then sees it submitted.
     item = resolve_ticket(project, ticket, user=user, lock=True)
     taxonomy = project.current_taxonomy()
-    keys = check_label_keys(project, taxonomy, label_keys, taxonomy_number)
+    if project.is_span:
+        if spans is None:
+            raise SpanError("This project tags spans: send them (an empty list means the text has no entity).")
+        checked_spans = check_spans(project, taxonomy, item.example, spans, taxonomy_number)
+        keys = sorted({span["label"] for span in checked_spans})
+    else:
+        if spans:
+            raise SpanError("This project labels whole items; it takes no spans.")
+        checked_spans = []
+        keys = check_label_keys(project, taxonomy, label_keys, taxonomy_number)
     now = timezone.now()
     if item.assignment is not None:
         assignment = item.assignment
@@ -319,14 +365,14 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
             cursor.execute(_ANSWERS, [item.example.pk])
             answers = cursor.fetchone()[0]
     annotation = Annotation(example=item.example, annotator=user, taxonomy_version=taxonomy, label_keys=keys,
-                            source=AnnotationSource.UI, created_at=now)
+                            spans=checked_spans, source=AnnotationSource.UI, created_at=now)
     # One statement, no savepoint: a row already there means this person labelled the item under
     # this taxonomy before (e.g. by hand as a manager), and the newer answer wins.
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_ANNOTATION, [
             item.example.pk, user.pk, taxonomy.pk,
             Annotation._meta.get_field("label_keys").get_db_prep_save(keys, connection),
-            Annotation._meta.get_field("spans").get_db_prep_save([], connection),
+            Annotation._meta.get_field("spans").get_db_prep_save(checked_spans, connection),
             AnnotationSource.UI.value, now])
         row = cursor.fetchone()
     created = row is not None
@@ -336,8 +382,9 @@ def submit_annotation(project: Project, *, ticket: str, user: Any, label_keys: l
     else:
         annotation = Annotation.objects.get(example=item.example, annotator=user, taxonomy_version=taxonomy)
         annotation.label_keys = keys
+        annotation.spans = checked_spans
         annotation.created_at = now
-        annotation.save(update_fields=["label_keys", "created_at"])
+        annotation.save(update_fields=["label_keys", "spans", "created_at"])
     if answers >= project.overlap:
         # Fully answered: out of the queue's walk now rather than at the next retrain.
         with connection.cursor() as cursor:

@@ -51,7 +51,8 @@ SELECT (SELECT count(*) FROM {_ASSIGNMENT} WHERE project_id = %(project)s AND an
        (SELECT reason FROM {_FLAG} WHERE example_id = %(example)s AND raised_by_id = %(user)s
         AND resolved_at IS NULL ORDER BY id LIMIT 1),
        (SELECT predicted_keys FROM {_SCORE} WHERE example_id = %(example)s AND model_version_number IS NOT NULL),
-       (SELECT confidence FROM {_SCORE} WHERE example_id = %(example)s AND model_version_number IS NOT NULL)
+       (SELECT confidence FROM {_SCORE} WHERE example_id = %(example)s AND model_version_number IS NOT NULL),
+       (SELECT suggested_spans FROM {_SCORE} WHERE example_id = %(example)s AND model_version_number IS NOT NULL)
 """
 
 
@@ -72,7 +73,7 @@ def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Ite
     with connection.cursor() as cursor:
         cursor.execute(_ITEM_FIGURES, {"project": project.pk, "user": request.user.pk,
                                        "example": example.pk if example is not None else None})
-        my_count, relabel_open, n_comments, flag_reason, predicted, confidence = cursor.fetchone()
+        my_count, relabel_open, n_comments, flag_reason, predicted, confidence, suggested = cursor.fetchone()
     context: dict[str, Any] = {
         "project": project, "item": item, "taxonomy": taxonomy,
         "labels": [label for label in labels if not label.is_deprecated],
@@ -83,14 +84,40 @@ def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Ite
     }
     if example is not None:
         assert item is not None
+        if project.is_span:
+            context["span_data"] = _span_data(project, item, suggested, by_key)
+            suggested_spans = [{k: s[k] for k in ("start", "end", "label")} for s in context["span_data"]["suggested"]]
+            context.update(span_suggestions=len(suggested_spans), span_suggested_json=json.dumps(suggested_spans))
         context.update(
-            suggestion=_suggestion(predicted, confidence, by_key),
+            suggestion=None if project.is_span else _suggestion(predicted, confidence, by_key),
             comments=list(Comment.objects.filter(example=example).select_related("author")) if n_comments else [],
             open_flag={"reason": flag_reason} if flag_reason is not None else None,
             metadata=sorted(example.metadata_for_annotators().items()),
             previous=_previous_labels(example, by_key) if item.relabel is not None else None,
         )
     return context
+
+
+def _span_data(project: Project, item: Item, suggested: Any, by_key: dict[str, Any]) -> dict[str, Any]:
+    """What the span page's script draws: the text, its tokens, the model's suggested spans (active labels only),
+    a re-review item's previous spans, and each active label's name, colour and key (json_script, never run)."""
+    example = item.example
+    suggested = json.loads(suggested) if isinstance(suggested, str | bytes) else suggested
+    active = {key: label for key, label in by_key.items() if not label.is_deprecated}
+    previous: list[dict[str, Any]] = []
+    if item.relabel is not None:
+        latest = Annotation.objects.filter(example=example).order_by("-created_at", "-id").first()
+        previous = [span for span in (latest.spans if latest else []) if span.get("label") in active]
+    return {
+        "text": example.text,
+        "tokens": actions.example_tokens(example, project),
+        "suggested": [{"start": s["start"], "end": s["end"], "label": s["label"],
+                       "confidence": s.get("confidence")}
+                      for s in suggested or [] if isinstance(s, dict) and s.get("label") in active],
+        "initial": previous,
+        "labels": {key: {"name": label.name, "colour": label.colour, "shortcut": label.shortcut}
+                   for key, label in active.items()},
+    }
 
 
 def _previous_labels(example: Example, by_key: dict[str, Any]) -> list[str]:
@@ -146,11 +173,30 @@ def submit(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     try:
         annotation = actions.submit_annotation(project, ticket=request.POST.get("ticket", ""), user=request.user,
                                                label_keys=request.POST.getlist("label"),
-                                               taxonomy_number=int(version) if version.isdigit() else None)
+                                               taxonomy_number=int(version) if version.isdigit() else None,
+                                               spans=_posted_spans(request))
+    except actions.SpanError as exc:
+        # The spans do not fit: say why and keep the annotator's tagging on screen (htmx swaps nothing on a
+        # 4xx; the page's script shows this text), or re-render the page (without JavaScript).
+        if request.htmx:
+            return HttpResponse(str(exc), status=exc.status, content_type="text/plain; charset=utf-8")
+        item = actions.next_item(project, user=request.user)
+        return _render_item(request, project, item, status=exc.status, error=str(exc))
     except ActionError as exc:
         return _after_action(request, project, error=str(exc))
     # The taxonomy the label was checked against is the current one: render with it.
     return _after_action(request, project, taxonomy=annotation.taxonomy_version)
+
+
+def _posted_spans(request: AuthenticatedHttpRequest) -> Any:
+    """The form's `spans` field (JSON), None when absent; text that is not JSON becomes a clear refusal."""
+    raw = request.POST.get("spans")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise actions.SpanError(f"The spans are not valid JSON ({exc}); reload the page and tag again.") from exc
 
 
 @require_POST
