@@ -1,4 +1,6 @@
-"""The review queue: flagged items with their comments and labels, resolved by a manager or sent back."""
+"""The review queue: the model's data-quality candidates (likely mislabels, low-precision classes, ambiguous
+items: ``annotation.review_queue``), worked by keyboard, and the items annotators flagged, resolved by a
+manager or sent back. Conflicts between annotators have their own page (adjudication), linked from here."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,18 +11,23 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from annotation import actions
-from annotation.models import Annotation, Comment, Flag
+from annotation import actions, progress, review_queue
+from annotation.models import Annotation, Comment, Flag, ReviewKind
 from annotation.stats import label_display, labels_by_key
 from labelhub.errors import ActionError
-from projects.access import AuthenticatedHttpRequest, get_project_for_user
+from projects.access import AuthenticatedHttpRequest, get_access, get_project_for_user
 from projects.models import Project, Role
 
 PAGE_SIZE = 25
+QUEUE_PAGE_SIZE = 20
+FLAGS = "flags"
+TABS = (*review_queue.QUEUE_KINDS, FLAGS)
+TAB_TITLES = {ReviewKind.MISLABEL: "Likely mislabels", ReviewKind.LOW_PRECISION: "Low-precision classes",
+              ReviewKind.AMBIGUOUS: "Ambiguous", FLAGS: "Flags"}
 
 
 def open_flag_count(project: Project) -> int:
@@ -53,24 +60,129 @@ def _page(project: Project, *, show_resolved: bool, number: Any) -> Page:
     return page
 
 
+def adjudication_url(project: Project) -> str | None:
+    """The adjudication page's address, where annotator conflicts are resolved (None until it exists)."""
+    try:
+        return reverse("annotation:adjudication", args=[project.pk])
+    except NoReverseMatch:
+        return None
+
+
+def _tabs(project: Project, current: str) -> list[dict[str, Any]]:
+    found = review_queue.counts(project)
+    found[FLAGS] = open_flag_count(project)
+    base = reverse("annotation:review", args=[project.pk])
+    return [{"kind": tab, "title": TAB_TITLES[tab], "count": found[tab], "url": f"{base}?tab={tab}",
+             "current": tab == current} for tab in TABS]
+
+
+def queue_context(project: Project, kind: str, *, number: Any = None, notice: str = "",
+                  error: str = "") -> dict[str, Any]:
+    """One tab of the model's candidates: a page of rows, the tab counts, the label keys."""
+    page = Paginator(review_queue.with_items(review_queue.open_candidates(project, kind)),
+                     QUEUE_PAGE_SIZE).get_page(number)
+    page.object_list = review_queue.rows(project, list(page.object_list))
+    taxonomy = project.current_taxonomy()
+    labels = [label for label in progress.labels_of(taxonomy) if not label.is_deprecated]
+    return {
+        "project": project, "tab": kind, "tabs": _tabs(project, kind), "page": page, "labels": labels,
+        "taxonomy": taxonomy, "action_keys": ACTION_KEYS, "notice": notice, "error": error,
+        "adjudication_url": adjudication_url(project),
+    }
+
+
+# The queue's own keys; a label whose shortcut is one of them is chosen by click there.
+ACTION_KEYS = "krc"
+
+
 @require_GET
 @login_required
 @vary_on_headers("HX-Request")
-def review_queue(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
-    """Open flags newest first (`?show=resolved` for the resolved ones); also serves the nav's count badge."""
+def review_queue_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The review queue: `?tab=mislabel|low_precision|ambiguous` for the model's candidates, else the flags
+    (open newest first, `?show=resolved` for the resolved ones); also serves the nav's count badge."""
     project = get_project_for_user(request, pk, role=Role.MANAGER)
     target = request.htmx.target if request.htmx else None
     if target == "review-count":
         return render(request, "annotation/partials/review-count.html",
                       {"project": project, "open_count": open_flag_count(project)})
+    tab = request.GET.get("tab", FLAGS)
+    if tab in review_queue.QUEUE_KINDS:
+        context = queue_context(project, tab, number=request.GET.get("page"))
+        if target == "review-queue":
+            return render(request, "annotation/partials/review-queue.html", context)
+        return render(request, "annotation/review.html", context)
     show_resolved = request.GET.get("show") == "resolved"
     context = {
         "project": project, "show_resolved": show_resolved, "open_count": open_flag_count(project),
         "page": _page(project, show_resolved=show_resolved, number=request.GET.get("page")),
+        "tab": FLAGS, "tabs": _tabs(project, FLAGS), "adjudication_url": adjudication_url(project),
     }
     if target == "review-list":
         return render(request, "annotation/partials/review-list.html", context)
     return render(request, "annotation/review.html", context)
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def decide(request: AuthenticatedHttpRequest, pk: int, candidate_pk: int) -> HttpResponse:
+    """Keep, change (label keys), send back for relabelling, or comment on one candidate; htmx gets the tab
+    again without it (a comment leaves it in place), a plain post is redirected to the tab."""
+    project = get_project_for_user(request, pk, role=Role.MANAGER)
+    tab = request.POST.get("tab", "")
+    if tab not in review_queue.QUEUE_KINDS:
+        tab = str(ReviewKind.MISLABEL)
+    version = request.POST.get("taxonomy_version", "")
+    error = notice = ""
+    try:
+        decision = review_queue.decide(
+            project, candidate_pk, user=request.user, action=request.POST.get("action", ""),
+            label_keys=request.POST.getlist("label"), note=request.POST.get("note", ""),
+            taxonomy_number=int(version) if version.isdigit() else None)
+    except ActionError as exc:
+        error = str(exc)
+    else:
+        notice = DECISION_NOTICES[decision.action]
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(request, notice)
+        page = request.POST.get("page", "")
+        return redirect(f"{reverse('annotation:review', args=[project.pk])}?tab={tab}"
+                        + (f"&page={page}" if page.isdigit() else ""))
+    # htmx swaps only 2xx answers: the refusal is shown in the list itself.
+    context = queue_context(project, tab, number=request.POST.get("page"), notice=notice, error=error)
+    return render(request, "annotation/partials/review-queue.html", context)
+
+
+DECISION_NOTICES = {
+    "keep": "Kept the label.",
+    "change": "Label changed; the model retrains with it.",
+    "relabel": "Sent back: someone labels it again from the labelling page.",
+    "comment": "Comment added; the item stays in the queue.",
+}
+
+
+@require_GET
+@login_required
+def review_summary(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
+    """The dashboard's data-quality counts (likely mislabels, ambiguous items, conflicts), each linking to its
+    queue for managers."""
+    access = get_access(request, pk)
+    project = access.project
+    found = review_queue.counts(project)
+    base = reverse("annotation:review", args=[project.pk])
+    context = {
+        "project": project, "is_manager": access.is_manager, "adjudication_url": adjudication_url(project),
+        "items": [
+            {"title": "Likely mislabels", "count": found[ReviewKind.MISLABEL], "url": f"{base}?tab=mislabel"},
+            {"title": "Ambiguous items", "count": found[ReviewKind.AMBIGUOUS], "url": f"{base}?tab=ambiguous"},
+        ],
+        "conflicts": review_queue.conflict_count(project),
+    }
+    return render(request, "annotation/partials/review-summary.html", context)
 
 
 @require_POST

@@ -56,6 +56,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="api_docs.html"),
          name="api-docs"),
     path("api/v1/", include("projects.api_urls")),
+    path("api/v1/", include("annotation.review_api")),
     path("api/v1/", include("learning.api_urls")),
     path("api/v1/", include("serving.api_urls")),
     path("", include("annotation.urls")),

@@ -588,6 +588,9 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     if not updated:
         return None
     version.refresh_from_db()
+    from learning import review_candidates  # the review queue's candidates come from this report's model
+
+    review_candidates.refresh_after_report(version)
     return version
 
 

@@ -1,0 +1,375 @@
+"""The data-quality review's candidates: which items a person should look at again, and why.
+
+Written after each quality report (``learning.actions._measure`` calls ``refresh_after_report``), read
+by the review queue (``annotation.review``). Three kinds, each from what the model already knows:
+
+- **Likely mislabels**: every labelled item's *out-of-fold* predictive probabilities (5 folds of the
+  report's model, each warm-started from it, at its prior precision and calibration) go to
+  ``learning.mislabels.find_mislabels``. Out of fold, because the model fitted on an item has
+  learnt its label, right or wrong. The report itself cross-validates a subsample of at most
+  ``quality.MAX_EVAL_ITEMS`` items; the review needs every labelled item, so it runs its own folds
+  (up to ``MAX_OOF_ITEMS``).
+- **Low-precision classes** (single-label): a class whose out-of-fold precision is below
+  ``LOW_PRECISION`` absorbs items of other classes. Its items are scored by a model fitted on the
+  *other* classes' items only (it cannot answer "this class"), so an item it confidently puts in
+  another class is one whose label is worth checking; those go first.
+- **Ambiguous items**: high predictive entropy but low BALD. BALD is the part of the uncertainty
+  more labels would remove (the posterior samples disagree); entropy minus BALD is the part they
+  would not (every sample is unsure the same way): the text reads two ways, a matter for the
+  guidelines. Thresholds come from the scored items' own distribution: entropy at or above its
+  ``AMBIGUOUS_ENTROPY_QUANTILE`` quantile and BALD at or below its ``AMBIGUOUS_BALD_QUANTILE``
+  quantile, computed over the pool and the labelled items together, so "high" and "low" mean
+  high and low for this project and this model, whatever its number of classes. Labelled items
+  use their out-of-fold moments; unlabelled ones the report's model.
+
+Candidates of an example go when it is labelled again or someone decides on it (the queue hides
+them at once; the next refresh deletes them), and an item decided on after its latest label is not
+put back by a later refresh. Span projects have no candidates yet.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+from threadpoolctl import threadpool_limits
+
+from annotation.models import Annotation, ReviewCandidate, ReviewDecision, ReviewKind
+from learning import acquisition, bayes, metrics, mislabels, quality
+from learning.models import ModelVersion
+from projects.models import Example, Project
+
+logger = logging.getLogger(__name__)
+
+# Out-of-fold probabilities for up to this many labelled items (a random subset above it).
+MAX_OOF_ITEMS = 20000
+# A class is "low precision" below this out-of-fold precision (with at least MIN_CLASS_ITEMS items and
+# predictions); at most MAX_LOW_CLASSES classes, the lowest first.
+LOW_PRECISION = 0.75
+MIN_CLASS_ITEMS = 5
+MAX_LOW_CLASSES = 3
+MAX_PER_LOW_CLASS = 200
+# Ambiguous: entropy in the top 15% and BALD in the bottom half of the scored items.
+AMBIGUOUS_ENTROPY_QUANTILE = 0.85
+AMBIGUOUS_BALD_QUANTILE = 0.5
+MAX_AMBIGUOUS = 500
+# Pool items scored for ambiguity (a random subset above it): the thresholds are quantiles, which a
+# subset of this size estimates well, and the job stays within seconds.
+MAX_POOL_ITEMS = 100000
+BALD_SAMPLES = 32
+MAX_MISLABELS = 1000
+
+REVIEW_KINDS = (ReviewKind.MISLABEL, ReviewKind.LOW_PRECISION, ReviewKind.AMBIGUOUS)
+
+
+@dataclass
+class Found:
+    """One candidate before it is written: row position in the arrays it was computed on."""
+
+    kind: str
+    example_id: int
+    score: float
+    given_keys: list[str]
+    model_keys: list[str]
+    model_confidence: float | None
+    reason: str
+
+
+@dataclass
+class Inputs:
+    """What the candidates are computed from (Django-free, so tests can build it directly)."""
+
+    label_keys: list[str]
+    label_names: list[str]
+    multi_label: bool
+    ids: np.ndarray  # (N,) labelled example ids
+    X: np.ndarray  # (N, D) their embeddings
+    targets: np.ndarray  # (N,) class indices or (N, K) 0/1
+    posterior: bayes.Posterior  # the reported (calibrated) model
+    pool_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    X_pool: np.ndarray | None = None
+    seed: int = 0
+
+
+# --- The computation (numpy) -----------------------------------------------------------------------------------
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.0f}%"
+
+
+def _given_indices(inputs: Inputs, i: int) -> list[int]:
+    if inputs.multi_label:
+        return [int(k) for k in np.flatnonzero(inputs.targets[i])]
+    return [int(inputs.targets[i])]
+
+
+def _model_indices(proba_row: np.ndarray, multi_label: bool) -> list[int]:
+    if multi_label:
+        return [int(k) for k in np.flatnonzero(proba_row >= 0.5)]
+    return [int(proba_row.argmax())]
+
+
+def out_of_fold(inputs: Inputs) -> tuple[metrics.OutOfFold, tuple[float, float]]:
+    """Every labelled item's logit moments from the fold that held it out, and the calibration fitted on them:
+    the folds, prior precision and warm start of ``mislabels.out_of_fold_proba`` (the quality report's)."""
+    posterior = inputs.posterior
+    oof = metrics.out_of_fold_logits(
+        inputs.X, inputs.targets, n_classes=len(inputs.label_keys), folds=quality.FOLDS,
+        rng=np.random.default_rng(inputs.seed), prior_precision=posterior.prior_precision,
+        multi_label=inputs.multi_label, warm_start=posterior)
+    assert oof is not None  # no should_stop
+    return oof, metrics.fit_out_of_fold_calibration(oof, inputs.targets)
+
+
+def find_mislabel_candidates(inputs: Inputs, proba: np.ndarray) -> list[Found]:
+    """``learning.mislabels``' finder on the out-of-fold probabilities, with its second pass (models that never
+    saw a first-pass flagged label), as the benchmark against cleanlab runs it."""
+    found: dict[int, Found] = {}
+    keys = inputs.label_keys
+    flagged = mislabels.find_mislabels_in(
+        inputs.X, inputs.targets, n_classes=len(keys), multi_label=inputs.multi_label, posterior=inputs.posterior,
+        seed=inputs.seed, label_names=inputs.label_names, proba=proba)
+    for m in flagged:
+        i = int(m.index)
+        if i in found:  # multi-label: another label of the same item
+            found[i].reason = f"{found[i].reason}; {m.reason}"[:500]
+            continue
+        given_keys = [keys[k] for k in _given_indices(inputs, i)]
+        if inputs.multi_label:
+            model_keys = [keys[k] for k in _model_indices(proba[i], True)]
+        else:
+            model_keys = [keys[int(m.predicted)]]
+        reason = f"Out of fold (models that never saw this item): {m.reason}"
+        found[i] = Found(ReviewKind.MISLABEL, int(inputs.ids[i]), float(m.score), given_keys, model_keys,
+                         float(m.probability), reason[:500])
+    return list(found.values())[:MAX_MISLABELS]
+
+
+def class_precision(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision (NaN where nothing was predicted) and how often each class was predicted."""
+    predicted_count = np.bincount(predicted, minlength=n_classes)
+    correct = np.bincount(predicted[predicted == y], minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted_count > 0, correct / np.maximum(predicted_count, 1), np.nan)
+    return precision, predicted_count
+
+
+def low_precision_classes(y: np.ndarray, proba: np.ndarray, n_classes: int) -> list[tuple[int, float]]:
+    """(class, out-of-fold precision) of the classes to clean, lowest precision first."""
+    precision, predicted_count = class_precision(y, proba.argmax(axis=1), n_classes)
+    support = np.bincount(y, minlength=n_classes)
+    low = [(k, float(precision[k])) for k in range(n_classes)
+           if support[k] >= MIN_CLASS_ITEMS and predicted_count[k] >= MIN_CLASS_ITEMS
+           and precision[k] < LOW_PRECISION]
+    return sorted(low, key=lambda kp: kp[1])[:MAX_LOW_CLASSES]
+
+
+def find_low_precision_candidates(inputs: Inputs, proba: np.ndarray) -> list[Found]:
+    """Each low-precision class's items, scored by a model fitted without that class."""
+    if inputs.multi_label:
+        return []
+    y = inputs.targets
+    n_classes = len(inputs.label_keys)
+    names = inputs.label_names
+    found: list[Found] = []
+    for k, precision in low_precision_classes(y, proba, n_classes):
+        rest = y != k
+        if len(np.unique(y[rest])) < 2:
+            continue
+        try:
+            # Class k has no example here; the prior keeps its weights at zero. Its probability is
+            # taken out below, so the answer is "which other class is this".
+            without = bayes.fit(inputs.X[rest], y[rest], n_classes=n_classes,
+                                prior_precision=inputs.posterior.prior_precision)
+        except bayes.ModelFitError as exc:
+            logger.info("low-precision cleaning of class %s skipped: %s", k, exc)
+            continue
+        mine = np.flatnonzero(~rest)
+        p = without.predict_proba(inputs.X[mine])
+        p[:, k] = 0.0
+        p /= p.sum(axis=1, keepdims=True)
+        best = p.argmax(axis=1)
+        order = np.argsort(-p[np.arange(len(mine)), best], kind="stable")[:MAX_PER_LOW_CLASS]
+        for j in order.tolist():
+            other, conf = int(best[j]), float(p[j, best[j]])
+            reason = (f"“{names[k]}” has out-of-fold precision {_pct(precision)} (below {_pct(LOW_PRECISION)}): "
+                      f"items of other classes end up in it. A model trained without “{names[k]}” puts this "
+                      f"item in “{names[other]}” with {_pct(conf)}")
+            found.append(Found(ReviewKind.LOW_PRECISION, int(inputs.ids[mine[j]]), conf, [inputs.label_keys[k]],
+                               [inputs.label_keys[other]], conf, reason[:500]))
+    return found
+
+
+def _sampled_bald(mu: np.ndarray, var: np.ndarray, temperature: float, variance_scale: float, multi_label: bool,
+                  rng: np.random.Generator) -> np.ndarray:
+    """BALD from independent Gaussian logits N(mu, c var) / T, calibration (T, c) applied (the same model of
+    the logits as ``acquisition.score_pool``), with antithetic samples."""
+    half = max(1, BALD_SAMPLES // 2)
+    eps = rng.standard_normal((half, 1, mu.shape[1]))
+    dev = np.sqrt(variance_scale * var)[None] * eps
+    logits = np.concatenate([mu[None] + dev, mu[None] - dev], axis=0) / temperature
+    samples = bayes.sigmoid(logits) if multi_label else bayes.softmax(logits.reshape(-1, mu.shape[1])).reshape(
+        logits.shape)
+    return acquisition.bald(samples, multi_label=multi_label)
+
+
+@dataclass
+class Uncertainty:
+    entropy: np.ndarray
+    bald: np.ndarray
+    proba: np.ndarray
+
+
+def pool_uncertainty(inputs: Inputs, rng: np.random.Generator) -> Uncertainty | None:
+    if inputs.X_pool is None or len(inputs.pool_ids) == 0:
+        return None
+    scored = acquisition.score_pool(inputs.posterior, inputs.X_pool, strategy="bald", n_samples=BALD_SAMPLES, rng=rng)
+    proba = scored.proba.astype(np.float64)
+    return Uncertainty(acquisition.entropy(proba, multi_label=inputs.multi_label), scored.scores, proba)
+
+
+def ambiguity_thresholds(entropy: np.ndarray, bald: np.ndarray) -> tuple[float, float]:
+    """(entropy at or above, BALD at or below): quantiles of the scored items' own distribution."""
+    return (float(np.quantile(entropy, AMBIGUOUS_ENTROPY_QUANTILE)),
+            float(np.quantile(bald, AMBIGUOUS_BALD_QUANTILE)))
+
+
+def find_ambiguous_candidates(inputs: Inputs, labelled: Uncertainty, pool: Uncertainty | None) -> list[Found]:
+    names = inputs.label_names
+    ids = inputs.ids if pool is None else np.concatenate([inputs.ids, inputs.pool_ids])
+    parts = [labelled] if pool is None else [labelled, pool]
+    entropy = np.concatenate([u.entropy for u in parts])
+    bald = np.concatenate([u.bald for u in parts])
+    proba = np.concatenate([u.proba for u in parts])
+    if len(entropy) < 10:
+        return []
+    high, low = ambiguity_thresholds(entropy, bald)
+    n_outputs = proba.shape[1]
+    # The most entropy a prediction can have: log K (or K log 2 for independent labels).
+    ceiling = n_outputs * math.log(2) if inputs.multi_label else math.log(max(n_outputs, 2))
+    chosen = np.flatnonzero((entropy >= high) & (bald <= low) & (entropy > 0.25 * ceiling))
+    # The share of the uncertainty that more labels would not remove, first.
+    aleatoric = entropy[chosen] - bald[chosen]
+    chosen = chosen[np.argsort(-aleatoric, kind="stable")][:MAX_AMBIGUOUS]
+    n_labelled = len(inputs.ids)
+    found = []
+    for i in chosen.tolist():
+        row = proba[i]
+        top = np.argsort(-row)[:2] if not inputs.multi_label else np.argsort(-np.minimum(row, 1 - row))[:2]
+        readings = " / ".join(f"“{names[k]}” {_pct(float(row[k]))}" for k in top.tolist())
+        reason = (f"The model is unsure ({readings}; entropy {entropy[i]:.2f}, in the top "
+                  f"{_pct(1 - AMBIGUOUS_ENTROPY_QUANTILE)} of this project's items) but more labels would not settle "
+                  f"it (BALD {bald[i]:.3f}, at or below the median {low:.3f}): the text itself reads more than one "
+                  "way. A case for the guidelines.")
+        given = ([inputs.label_keys[k] for k in _given_indices(inputs, i)] if i < n_labelled else [])
+        model = _model_indices(row, inputs.multi_label)
+        confidence = (float(np.prod(np.maximum(row, 1 - row))) if inputs.multi_label else float(row.max()))
+        found.append(Found(ReviewKind.AMBIGUOUS, int(ids[i]), float(entropy[i] - bald[i]), given,
+                           [inputs.label_keys[k] for k in model], confidence, reason[:500]))
+    return found
+
+
+def find_candidates(inputs: Inputs) -> list[Found]:
+    """Every candidate of the three kinds (numpy only)."""
+    rng = np.random.default_rng(inputs.seed + 1)
+    oof, (temperature, variance_scale) = out_of_fold(inputs)
+    proba = oof.proba(temperature, variance_scale)
+    found = find_mislabel_candidates(inputs, proba)
+    found += find_low_precision_candidates(inputs, proba)
+    fitted = oof.fitted
+    bald = np.zeros(len(inputs.ids))
+    if fitted.any():
+        bald[fitted] = _sampled_bald(oof.mu[fitted], oof.var[fitted], temperature, variance_scale,
+                                     inputs.multi_label, rng)
+    labelled = Uncertainty(acquisition.entropy(proba, multi_label=inputs.multi_label), bald, proba)
+    found += find_ambiguous_candidates(inputs, labelled, pool_uncertainty(inputs, rng))
+    return found
+
+
+# --- Reading the project and writing the rows --------------------------------------------------------------------
+
+
+def _subset(ids: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(len(ids), limit, replace=False)) if len(ids) > limit else np.arange(len(ids))
+
+
+def inputs_for(version: ModelVersion) -> Inputs | None:
+    """The report's model and the project's labels and pool as they are now; None where there is nothing
+    to review (span project, changed taxonomy, fewer than two labelled items with embeddings)."""
+    from learning import actions  # the learning loop imports this module
+
+    project = version.project
+    if getattr(project, "is_span", False):
+        return None
+    data = actions.training_set(project)
+    if data.label_keys != version.label_keys:
+        return None
+    emb, ids, X, targets = actions.embedded_labels(project, version.encoder, data)
+    if len(ids) < 2 * quality.FOLDS:
+        return None
+    rng = np.random.default_rng(version.pk)
+    keep = _subset(ids, MAX_OOF_ITEMS, rng)
+    labelled = Annotation.objects.in_project(project).labelled_ids()
+    pool_ids = np.setdiff1d(emb.example_ids, labelled)
+    pool_ids = pool_ids[_subset(pool_ids, MAX_POOL_ITEMS, rng)]
+    return Inputs(
+        label_keys=data.label_keys, label_names=data.label_names, multi_label=project.is_multi_label,
+        ids=ids[keep], X=X[keep], targets=targets[keep], posterior=bayes.Posterior.from_bytes(bytes(version.artifact)),
+        pool_ids=pool_ids, X_pool=emb.vectors[emb.rows_of(pool_ids)] if len(pool_ids) else None, seed=version.pk,
+    )
+
+
+def settled_example_ids(project: Project) -> set[int]:
+    """Examples someone decided on (anything but a comment) after their latest label: not put back."""
+    decided = dict(ReviewDecision.objects.filter(project=project).exclude(action="comment")
+                   .values("example_id").annotate(at=Max("decided_at")).values_list("example_id", "at"))
+    if not decided:
+        return set()
+    latest = dict(Annotation.objects.filter(example_id__in=list(decided)).values("example_id")
+                  .annotate(at=Max("created_at")).values_list("example_id", "at"))
+    return {example_id for example_id, at in decided.items() if example_id not in latest or latest[example_id] <= at}
+
+
+def write(project: Project, version: ModelVersion, found: list[Found], *, since: Any) -> int:
+    """Replace the project's model-made candidates with ``found``; items labelled after ``since`` (the
+    moment the labels were read) or settled by a decision are left out. Returns how many were written."""
+    settled = settled_example_ids(project)
+    relabelled = set(Annotation.objects.in_project(project).filter(created_at__gt=since)
+                     .values_list("example_id", flat=True))
+    existing = set(Example.objects.filter(project=project, pk__in={f.example_id for f in found})
+                   .values_list("pk", flat=True))
+    now = timezone.now()
+    rows = [ReviewCandidate(project=project, example_id=f.example_id, kind=f.kind, score=f.score,
+                            given_keys=f.given_keys, model_keys=f.model_keys, model_confidence=f.model_confidence,
+                            reason=f.reason, model_version_number=version.number, created_at=now)
+            for f in found if f.example_id in existing and f.example_id not in settled
+            and f.example_id not in relabelled]
+    with transaction.atomic():
+        ReviewCandidate.objects.filter(project=project, kind__in=REVIEW_KINDS).delete()
+        ReviewCandidate.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+    return len(rows)
+
+
+def refresh(version: ModelVersion) -> int | None:
+    """Compute and write the candidates of ``version``'s project; None when there was nothing to compute."""
+    since = timezone.now()
+    inputs = inputs_for(version)
+    if inputs is None:
+        return None
+    found = find_candidates(inputs)
+    return write(version.project, version, found, since=since)
+
+
+def refresh_after_report(version: ModelVersion) -> None:
+    """The report job's hook: a failure here is logged and never fails the report."""
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            refresh(version)
+    except Exception:  # noqa: BLE001 - the report is written already; the candidates wait for the next one
+        logger.exception("model version %s: review candidates not refreshed", version.pk)

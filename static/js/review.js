@@ -1,0 +1,95 @@
+// Keyboard-first review queue (annotation/review.html). The list (#review-queue) is replaced by htmx after
+// each decision; the listener lives on the document so it survives the swaps. The current item is the one
+// marked .current (the first after every swap); ↓ / ↑ move it.
+(function () {
+  const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
+  const ACTION_KEYS = { k: "keep", r: "relabel" };
+
+  function queue() { return document.getElementById("review-queue"); }
+  function isMulti() { const q = queue(); return q && q.dataset.multi === "1"; }
+  function items() { const q = queue(); return q ? Array.from(q.querySelectorAll(".review-item")) : []; }
+  function current() { const q = queue(); return q && (q.querySelector(".review-item.current") || q.querySelector(".review-item")); }
+
+  // One decision per item at a time: the list is replaced by the answer, and with it this mark.
+  function busy(el) { return !el || el.dataset.sent === "1"; }
+
+  function select(el) {
+    items().forEach((other) => other.classList.toggle("current", other === el));
+    if (el) { el.focus({ preventScroll: true }); el.scrollIntoView({ block: "nearest" }); }
+  }
+
+  function move(step) {
+    const all = items();
+    const at = all.indexOf(current());
+    const next = all[Math.min(Math.max(at + step, 0), all.length - 1)];
+    if (next) select(next);
+  }
+
+  function press(el, button) {
+    if (!button || busy(el)) return;
+    el.dataset.sent = "1";
+    button.click();
+  }
+
+  function openComment(el) {
+    const form = el.querySelector('form[data-form="comment"]');
+    if (!form) return;
+    form.hidden = false;
+    form.querySelector("textarea").focus();
+  }
+
+  document.addEventListener("keydown", (event) => {
+    if (event.metaKey || event.altKey || !queue()) return;
+    const target = event.target;
+    if (TYPING.has(target.tagName)) {
+      if (event.key === "Escape") { target.blur(); event.preventDefault(); }
+      if (event.key === "Enter" && event.ctrlKey && target.form) { target.form.requestSubmit(); event.preventDefault(); }
+      return;
+    }
+    if (event.ctrlKey) return;
+    const el = current();
+    if (!el) return;
+    if (event.key === "ArrowDown") { event.preventDefault(); move(1); return; }
+    if (event.key === "ArrowUp") { event.preventDefault(); move(-1); return; }
+    if (ACTION_KEYS[event.key]) {
+      event.preventDefault();
+      press(el, el.querySelector(`[data-action="${ACTION_KEYS[event.key]}"]`));
+      return;
+    }
+    if (event.key === "c") { event.preventDefault(); openComment(el); return; }
+    if (event.key === "Enter" && isMulti()) {
+      event.preventDefault();
+      press(el, el.querySelector('[data-action="change"]'));
+      return;
+    }
+    if (!event.key || event.key.length !== 1) return;
+    const label = el.querySelector(`.label-btn[data-shortcut="${CSS.escape(event.key)}"]`);
+    if (!label) return;
+    event.preventDefault();
+    if (isMulti()) {
+      const box = label.querySelector("input[type=checkbox]");
+      box.checked = !box.checked;
+      label.classList.toggle("checked", box.checked);
+    } else {
+      press(el, label);
+    }
+  });
+
+  document.addEventListener("click", (event) => {
+    const action = event.target.closest('[data-action="comment"]');
+    if (action) { const el = action.closest(".review-item"); if (el) { select(el); openComment(el); } return; }
+    const el = event.target.closest(".review-item");
+    if (el && !el.classList.contains("current")) select(el);
+  });
+
+  document.addEventListener("change", (event) => {
+    const box = event.target;
+    if (box.type === "checkbox" && box.closest(".review-item")) box.parentElement.classList.toggle("checked", box.checked);
+  });
+
+  // A request that failed leaves the same list on screen: allow another try.
+  function unmark() { items().forEach((el) => delete el.dataset.sent); }
+  document.addEventListener("htmx:responseError", unmark);
+  document.addEventListener("htmx:sendError", unmark);
+  document.addEventListener("htmx:afterSwap", () => { const el = current(); if (el) select(el); });
+})();
