@@ -37,10 +37,17 @@ def _error(exc: ActionError) -> Response:
 
 EXPORT_PARAMETERS = [
     OpenApiParameter("format", str, required=True, enum=list(exports.FORMATS),
-                     description="; ".join(f"`{f.name}`: {f.description}" for f in exports.FORMATS.values())),
+                     description="Classification projects: " + "; ".join(
+                         f"`{f.name}`: {f.description}" for f in exports.FORMATS.values()
+                         if f.tasks == exports.CLASSIFICATION_TASKS)
+                     + ". Span projects: " + "; ".join(
+                         f"`{f.name}`: {f.description}" for f in exports.FORMATS.values()
+                         if f.tasks == exports.SPAN_TASKS)
+                     + ". A format of the other task type is a 400 that names the formats that fit."),
     OpenApiParameter("labelled_only", bool, description="Only examples with a label (default false: all)."),
     OpenApiParameter("annotations", str, enum=list(exports.ANNOTATION_MODES),
-                     description="; ".join(f"`{k}`: {v}" for k, v in exports.ANNOTATION_MODES.items())),
+                     description="; ".join(f"`{k}`: {v}" for k, v in exports.ANNOTATION_MODES.items())
+                     + ". Span projects: " + "; ".join(f"`{k}`: {v}" for k, v in exports.SPAN_MODES.items())),
     OpenApiParameter("metadata", str, description="`all` (default), `none`, or metadata keys separated by commas."),
     OpenApiParameter("taxonomy_version", int, description="Give labels by their names in this taxonomy version "
                      "(default: the current one). Labels the version lacks or has deprecated are left out."),

@@ -44,15 +44,17 @@ def model_response(project: Project, number: int) -> HttpResponse:
 
 def _page(request: AuthenticatedHttpRequest, project: Project, *, error: str = "", status: int = 200) -> HttpResponse:
     chosen = request.GET
+    formats = exports.formats_for(project)
     return render(request, "learning/export.html", {
         "project": project,
-        "formats": exports.FORMATS.values(),
-        "modes": exports.ANNOTATION_MODES.items(),
+        "formats": formats,
+        "modes": exports.modes_for(project).items(),
+        "script_format": formats[0].name,
         "metadata_keys": exports.metadata_keys(project),
         "taxonomy_versions": project.taxonomy_versions.order_by("-number").values_list("number", flat=True),
         "model_versions": ModelVersion.objects.filter(project=project).order_by("-number")
         .values("number", "created_at", "n_labels"),
-        "chosen": {"format": chosen.get("format", "csv"), "annotations": chosen.get("annotations", "latest"),
+        "chosen": {"format": chosen.get("format", formats[0].name), "annotations": chosen.get("annotations", "latest"),
                    "labelled_only": chosen.get("labelled_only", "") in exports.TRUE,
                    "predictions": chosen.get("predictions", "") in exports.TRUE,
                    "taxonomy_version": chosen.get("taxonomy_version", ""),

@@ -1,10 +1,16 @@
-"""Data out: a project's examples and labels in six formats, its taxonomy history, a model version.
+"""Data out: a project's examples and labels (six classification formats, four span formats), its taxonomy
+history, a model version.
 
 One reader (`iter_items`) walks the project's examples in id order with one query read a chunk at a
 time (a server-side cursor on PostgreSQL), fetches each chunk's annotations and the model's current
 suggestions, and yields one `Item` per example; the writers turn items into bytes as they come.
 Memory stays flat in the number of examples for every format but spaCy's (a `DocBin` is one
 msgpack blob, built in memory).
+
+Which formats a project offers follows its task type (`Format.tasks`): classification projects export
+labels per example, span projects export character spans (JSONL), IOB2 tags per token (CoNLL, and the
+Hugging Face `tokens`/`ner_tags` layout) or `doc.ents` (spaCy). A format of the other task type is a
+400 with the formats that fit, not a file of the wrong shape.
 
 It lives in the learning layer because an export can carry the model's predictions and the export
 page offers each model version as a download; everything else it reads is from the layers below.
@@ -16,7 +22,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
 from itertools import islice
@@ -40,6 +46,10 @@ SPACY_MAX_DOCS = 200_000
 FLUSH_BYTES = 256 * 1024
 
 
+CLASSIFICATION_TASKS = frozenset({"single_label", "multi_label"})
+SPAN_TASKS = frozenset({"span"})
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -47,6 +57,7 @@ class Format:
     content_type: str
     extension: str
     description: str
+    tasks: frozenset[str] = CLASSIFICATION_TASKS
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -64,7 +75,44 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "A .spacy file of docs with doc.cats (1.0 for the given labels, 0.0 for the others), for spacy train."),
     Format("label-studio", "Label Studio JSON", "application/json", "json",
            "A JSON array of tasks: data.text, annotations[].result of type choices, predictions if asked."),
+    Format("spans-jsonl", "JSON Lines with character spans", "application/x-ndjson; charset=utf-8", "jsonl",
+           "One JSON object per line: id, text, spans [{start, end, label}] (character offsets, end exclusive; "
+           "null when unlabelled, [] for 'no entity'), metadata keys. Imports back as it is.", SPAN_TASKS),
+    Format("conll", "CoNLL (IOB2)", "text/plain; charset=utf-8", "conll",
+           "Labelled examples only: one token per line, a tab, its IOB2 tag (B-label, I-label, O); a blank line "
+           "between examples.", SPAN_TASKS),
+    Format("spacy-ner", "spaCy DocBin (entities)", "application/octet-stream", "spacy",
+           "A .spacy file of docs tokenized as in LabelHub, with doc.ents from the spans (unlabelled docs have "
+           "their entities missing, not 'none'), for spacy train.", SPAN_TASKS),
+    Format("hf-ner-jsonl", "Hugging Face datasets, token classification (JSON Lines, zip)", "application/zip",
+           "zip", "A zip of train.jsonl (tokens, ner_tags as indices into the IOB2 tag list; null when "
+           "unlabelled), dataset_info.json (the features, with the ClassLabel tag names) and a dataset card "
+           "README.md.", SPAN_TASKS),
 )}
+
+
+def formats_for(project: Project) -> list[Format]:
+    """The formats a project of this task type exports to."""
+    return [f for f in FORMATS.values() if project.task_type in f.tasks]
+
+
+def modes_for(project: Project) -> dict[str, str]:
+    """What each `annotations` choice means for this project's task type."""
+    return SPAN_MODES if project.is_span else ANNOTATION_MODES
+
+
+# What the modes mean for span projects (documented on the export page, the API and the CLI): "latest" is the
+# example's latest annotation's spans; "each" is one row per annotator; "majority" keeps a span (exact start,
+# end and label) that more than half of the annotators' latest answers have, or exactly half including the
+# newest answer (the tie rule of classification). Spans kept that way never overlap: two of them share a voter,
+# and one annotator's spans do not overlap.
+SPAN_MODES: dict[str, str] = {
+    "latest": "Final: each example's latest answer's spans (a review or re-label overrides earlier ones); "
+              "what the model trains on",
+    "majority": "Majority: each annotator's latest answer, the spans (same start, end and label) more than half "
+                "of them gave; a span exactly half gave is kept if the latest answer has it",
+    "each": "Each annotator's: one row per annotator and example (their latest spans), with the annotator's name",
+}
 
 ANNOTATION_MODES: dict[str, str] = {
     "latest": "Final: each example's latest answer (a review or re-label overrides earlier ones); "
@@ -141,6 +189,8 @@ class Answer:
     labels: list[str]  # label names in the export's taxonomy version, in taxonomy order
     annotator: str | None = None
     created_at: datetime | None = None
+    # Span projects: [{"start", "end", "label": name}], sorted; spans whose label the version lacks are left out.
+    spans: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -153,6 +203,8 @@ class Item:
     prediction: list[str] | None = None
     confidence: float | None = None
     model_version: int | None = None
+    tokens: list[tuple[int, int]] | None = None  # span projects: the tokens' character offsets
+    predicted_spans: list[dict[str, Any]] | None = None  # span projects: {"start", "end", "label", "confidence"}
 
     @property
     def export_id(self) -> str:
@@ -176,6 +228,16 @@ class ExportPlan:
         """Label name -> class index (the Hugging Face formats' label values)."""
         return {name: i for i, name in enumerate(self.label_names)}
 
+    @cached_property
+    def tag_names(self) -> list[str]:
+        """IOB2 tags of the span formats: O, then B- and I- of each label in taxonomy order (the order of
+        learning.spans.TagSet: id 0 is O, B-label i is 1 + 2i, I-label i is 2 + 2i)."""
+        return ["O"] + [f"{prefix}-{name}" for name in self.label_names for prefix in ("B", "I")]
+
+    @property
+    def is_span(self) -> bool:
+        return self.project.is_span
+
     @property
     def multi_label(self) -> bool:
         return self.project.is_multi_label
@@ -198,7 +260,7 @@ class ExportPlan:
 
     def reserved_columns(self) -> set[str]:
         return {"id", "text", "label", "labels", "annotator", "annotated_at", "prediction", "confidence",
-                "model_version"}
+                "model_version", "spans", "tokens", "ner_tags", "predicted_spans", "pred_ner_tags"}
 
 
 def metadata_keys(project: Project) -> list[str]:
@@ -221,8 +283,20 @@ def metadata_keys(project: Project) -> list[str]:
 
 def plan_export(project: Project, options: ExportOptions) -> ExportPlan:
     """Check the options against the project (400 with the reason) and fix the columns."""
-    if project.task_type == "span":
-        raise ActionError("Span projects cannot be exported yet: the span formats come with span tagging.")
+    fmt = FORMATS[options.format]
+    if project.task_type not in fmt.tasks:
+        kind = "span" if project.is_span else "classification"
+        fitting = ", ".join(f.name for f in formats_for(project))
+        raise ActionError(f"The {fmt.name} format is for {'span' if fmt.tasks == SPAN_TASKS else 'classification'} "
+                          f"projects; this is a {kind} project: export it as one of {fitting}.")
+    if fmt.name == "conll" and options.annotations == "each":
+        raise ActionError("CoNLL has no place for the annotator: export each annotator's spans as spans-jsonl or "
+                          "hf-ner-jsonl, or choose latest or majority.")
+    if fmt.name == "conll" and options.predictions:
+        raise ActionError("CoNLL has one tag column, the people's: export the model's spans with spans-jsonl, "
+                          "spacy-ner or hf-ner-jsonl.")
+    if fmt.name == "conll" and not options.labelled_only:
+        options = replace(options, labelled_only=True)  # the format cannot say "not annotated"
     if options.taxonomy_version is None:
         version = project.current_taxonomy()
     else:
@@ -242,7 +316,7 @@ def plan_export(project: Project, options: ExportOptions) -> ExportPlan:
             raise ActionError(f"No example has the metadata key(s) {', '.join(map(repr, unknown))}; "
                               f"the keys are: {', '.join(known) or 'none'}.")
         chosen = list(options.metadata)
-    if options.format == "spacy":
+    if options.format in ("spacy", "spacy-ner"):
         examples = Example.objects.filter(project=project)
         if options.labelled_only:
             examples = examples.filter(Exists(Annotation.objects.filter(example=OuterRef("pk"))))
@@ -302,6 +376,87 @@ def _answers(plan: ExportPlan, rows: list[dict[str, Any]]) -> list[Answer]:
         top = max(votes.values())
         chosen = [min((name for name, n in votes.items() if n == top), key=lambda name: newest_vote[name])]
     return [Answer(chosen, None, per_annotator[0]["created_at"])]
+
+
+def _span_names(plan: ExportPlan, spans: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored spans (label keys) as the export's spans (label names of the plan's version), sorted. A span whose
+    label the version lacks or has deprecated is left out, as classification labels are."""
+    out = []
+    for span in spans:
+        name = plan.name_of.get(span.get("label", ""))
+        if name is not None:
+            out.append({"start": int(span["start"]), "end": int(span["end"]), "label": name})
+    return sorted(out, key=lambda s: (s["start"], s["end"]))
+
+
+def _span_answer(plan: ExportPlan, row: dict[str, Any]) -> Answer:
+    spans = _span_names(plan, row["spans"] or [])
+    return Answer(_names(plan, row["label_keys"]), row["annotator__username"], row["created_at"], spans)
+
+
+def _span_answers(plan: ExportPlan, rows: list[dict[str, Any]]) -> list[Answer]:
+    """The answers of a span project's example (rows newest first); see SPAN_MODES for the modes."""
+    mode = plan.options.annotations
+    if not rows:
+        return []
+    if mode == "latest":
+        return [_span_answer(plan, rows[0])]
+    per_annotator = [_span_answer(plan, row) for row in _latest_per_annotator(rows)]
+    if mode == "each":
+        return per_annotator
+    votes: dict[tuple[int, int, str], int] = {}
+    for answer in per_annotator:
+        for span in answer.spans or []:
+            key = (span["start"], span["end"], span["label"])
+            votes[key] = votes.get(key, 0) + 1
+    newest = {(s["start"], s["end"], s["label"]) for s in per_annotator[0].spans or []}
+    n = len(per_annotator)
+    chosen = [{"start": start, "end": end, "label": label} for (start, end, label), count in sorted(votes.items())
+              if count * 2 > n or (count * 2 == n and (start, end, label) in newest)]
+    labels = [name for name in plan.label_names if any(s["label"] == name for s in chosen)]
+    return [Answer(labels, None, per_annotator[0].created_at, chosen)]
+
+
+def iter_span_items(plan: ExportPlan) -> Iterator[Item]:
+    """A span project's examples in id order, with their tokens, answers (spans) and, if asked, the model's
+    suggested spans. An annotation with no spans is an answer ("no entity here"), not a missing one."""
+    from projects.spanformats import tokenize
+
+    examples = Example.objects.filter(project=plan.project)
+    if plan.options.labelled_only:
+        examples = examples.filter(Exists(Annotation.objects.filter(example=OuterRef("pk"))))
+    rows = (examples.order_by("id").values_list("id", "external_id", "text", "metadata", "tokens")
+            .iterator(chunk_size=CHUNK))
+    while True:
+        batch = list(islice(rows, CHUNK))
+        if not batch:
+            return
+        reset_queries()
+        ids = [row[0] for row in batch]
+        annotations: dict[int, list[Any]] = {}
+        for row in (Annotation.objects.filter(example_id__in=ids).order_by("example_id", "-created_at", "-id")
+                    .values("example_id", "annotator_id", "annotator__username", "label_keys", "spans",
+                            "created_at")):
+            annotations.setdefault(row["example_id"], []).append(row)
+        scores: dict[int, tuple[list[dict[str, Any]], float | None, int | None]] = {}
+        if plan.options.predictions:
+            scores = {pk: (spans, conf, number) for pk, spans, conf, number in ExampleScore.objects.filter(
+                example_id__in=ids, model_version_number__isnull=False).values_list(
+                "example_id", "suggested_spans", "confidence", "model_version_number")}
+        for pk, external_id, text, metadata, tokens in batch:
+            answers = _span_answers(plan, annotations.get(pk, []))
+            # Examples imported before span tagging (or routed by an older server) have no tokens: made now.
+            offsets = ([(int(a), int(b)) for a, b in tokens] if tokens is not None
+                       else tokenize(text, plan.project.language or "en"))
+            item = Item(pk, external_id, text, metadata if isinstance(metadata, dict) else {}, answers,
+                        tokens=offsets)
+            if pk in scores:
+                suggested, item.confidence, item.model_version = scores[pk]
+                confidence = {(int(s["start"]), int(s["end"])): s.get("confidence") for s in suggested or []}
+                item.predicted_spans = [{**s, "confidence": confidence.get((s["start"], s["end"]))}
+                                        for s in _span_names(plan, suggested or [])]
+                item.prediction = [s["label"] for s in item.predicted_spans]
+            yield item
 
 
 def iter_items(plan: ExportPlan) -> Iterator[Item]:
@@ -509,14 +664,17 @@ def _dataset_card(plan: ExportPlan, data_file: str) -> str:
             return {"sequence": card_type(feature["feature"])}
         return feature["dtype"]
 
+    features = _ner_features(plan) if plan.is_span else hf_features(plan)
     header = {
-        "dataset_info": {"features": [{"name": name, "dtype": card_type(f)} for name, f in hf_features(plan).items()]},
+        "dataset_info": {"features": [{"name": name, "dtype": card_type(f)} for name, f in features.items()]},
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data_file}]}],
     }
     return (f"---\n{yaml.safe_dump(header, sort_keys=False, allow_unicode=True)}---\n\n"
             f"# {plan.project.name}\n\nExported from LabelHub (taxonomy v{plan.version.number}, "
-            f"annotations: {plan.options.annotations}). `{plan.label_field}` holds class indices into "
-            f"{plan.label_names!r}; -1 (or null) is unlabelled.\n")
+            f"annotations: {plan.options.annotations}). " + (
+                f"`ner_tags` holds one IOB2 tag index per token into {plan.tag_names!r}; null is unlabelled.\n"
+                if plan.is_span else f"`{plan.label_field}` holds class indices into "
+                f"{plan.label_names!r}; -1 (or null) is unlabelled.\n"))
 
 
 def write_hf_jsonl(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
@@ -634,15 +792,187 @@ def write_label_studio(plan: ExportPlan, items: Iterable[Item]) -> Iterator[byte
     yield "".join(parts).encode("utf-8")
 
 
+# --- Span formats ------------------------------------------------------------------------------------------------
+
+
+def _span_record(plan: ExportPlan, item: Item, answer: Answer | None) -> dict[str, Any]:
+    """A span-project row as a JSON object: the spans-jsonl line, and the columns the other span formats share."""
+    record: dict[str, Any] = {"id": item.export_id, "text": item.text,
+                              "spans": answer.spans if answer is not None else None}
+    if plan.options.annotations == "each":
+        record["annotator"] = answer.annotator if answer else None
+        record["annotated_at"] = answer.created_at.isoformat() if answer and answer.created_at else None
+    for key in plan.metadata_keys:
+        record[plan.metadata_column(key)] = item.metadata.get(key)
+    if plan.options.predictions:
+        record["predicted_spans"] = item.predicted_spans
+        record["confidence"] = item.confidence
+        record["model_version"] = item.model_version
+    return record
+
+
+def write_spans_jsonl(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    return _jsonl(plan, items, _span_record)
+
+
+def _tags(item: Item, spans: list[dict[str, Any]]) -> list[str]:
+    from projects.spanformats import Span, tags_from_spans
+
+    return list(tags_from_spans(item.tokens or [], cast("list[Span]", spans), scheme="IOB2"))
+
+
+def _token_texts(item: Item) -> list[str]:
+    return [item.text[start:end] for start, end in item.tokens or []]
+
+
+def write_conll(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    """Token TAB tag per line, a blank line after each example; labelled examples only (plan_export asks)."""
+    parts: list[str] = []
+    size = 0
+    for item, answer in _rows(plan, items):
+        if answer is None:
+            continue
+        lines = [f"{token}\t{tag}" for token, tag in zip(_token_texts(item), _tags(item, answer.spans or []),
+                                                          strict=True)]
+        block = "\n".join(lines) + "\n\n"
+        parts.append(block)
+        size += len(block)
+        if size >= FLUSH_BYTES:
+            yield "".join(parts).encode("utf-8")
+            parts, size = [], 0
+    yield "".join(parts).encode("utf-8")
+
+
+def _ner_features(plan: ExportPlan) -> dict[str, Any]:
+    string = {"dtype": "string", "_type": "Value"}
+    tags = {"feature": {"names": list(plan.tag_names), "_type": "ClassLabel"}, "_type": "Sequence"}
+    features: dict[str, Any] = {"id": string, "tokens": {"feature": string, "_type": "Sequence"}, "ner_tags": tags}
+    if plan.options.annotations == "each":
+        features["annotator"] = string
+        features["annotated_at"] = string
+    for key in plan.metadata_keys:
+        features[plan.metadata_column(key)] = string
+    if plan.options.predictions:
+        features["pred_ner_tags"] = tags
+        features["confidence"] = {"dtype": "float64", "_type": "Value"}
+        features["model_version"] = {"dtype": "int64", "_type": "Value"}
+    return features
+
+
+def _hf_ner_record(plan: ExportPlan, item: Item, answer: Answer | None) -> dict[str, Any]:
+    index = {name: i for i, name in enumerate(plan.tag_names)}
+    record: dict[str, Any] = {"id": item.export_id, "tokens": _token_texts(item),
+                              "ner_tags": [index[t] for t in _tags(item, answer.spans or [])]
+                              if answer is not None else None}
+    if plan.options.annotations == "each":
+        record["annotator"] = answer.annotator if answer else None
+        record["annotated_at"] = answer.created_at.isoformat() if answer and answer.created_at else None
+    for key in plan.metadata_keys:
+        value = item.metadata.get(key)
+        record[plan.metadata_column(key)] = _meta_value(value) if value is not None else None
+    if plan.options.predictions:
+        record["pred_ner_tags"] = ([index[t] for t in _tags(item, item.predicted_spans)]
+                                   if item.predicted_spans is not None else None)
+        record["confidence"] = item.confidence
+        record["model_version"] = item.model_version
+    return record
+
+
+def write_hf_ner_jsonl(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    sink = _Buffer()
+    with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        info = {"description": f"{plan.project.name}, exported from LabelHub (token classification)",
+                "features": _ner_features(plan), "config_name": "default", "splits": {"train": {"name": "train"}}}
+        archive.writestr("dataset_info.json", json.dumps(info, indent=2, ensure_ascii=False))
+        archive.writestr("README.md", _dataset_card(plan, "train.jsonl"))
+        with archive.open("train.jsonl", "w", force_zip64=True) as member:
+            for chunk in _jsonl(plan, items, _hf_ner_record):
+                member.write(chunk)
+                if sink.full():
+                    yield sink.take()
+    yield sink.take()
+
+
+def _spacy_doc(nlp: Any, item: Item) -> Any:
+    """A spaCy doc with LabelHub's own tokens (so every span aligns strictly) and exactly the example's text:
+    the text between two tokens becomes the first one's trailing space, or a whitespace token of its own."""
+    from spacy.tokens import Doc
+
+    words: list[str] = []
+    spaces: list[bool] = []
+
+    def gap(text: str) -> None:
+        if not text:
+            return
+        if words and text[0] == " ":
+            spaces[-1] = True
+            text = text[1:]
+        if text:
+            words.append(text)
+            spaces.append(False)
+
+    position = 0
+    for start, end in item.tokens or []:
+        gap(item.text[position:start])
+        words.append(item.text[start:end])
+        spaces.append(False)
+        position = end
+    gap(item.text[position:])
+    doc = Doc(nlp.vocab, words=words, spaces=spaces)
+    if doc.text != item.text:  # the offsets do not cover the text in order: a damaged example, say which
+        raise ActionError(f"Example {item.export_id}: its stored tokens do not match its text; re-import it.")
+    return doc
+
+
+def write_spacy_ner(plan: ExportPlan, items: Iterable[Item]) -> Iterator[bytes]:
+    import spacy
+    import srsly
+    from spacy.tokens import DocBin
+
+    try:
+        nlp = spacy.blank(plan.project.language or "en")
+    except ImportError:  # a language spaCy has no class for: the vocabulary does not change the docs
+        nlp = spacy.blank("xx")
+    docs = DocBin(attrs=["ORTH", "ENT_IOB", "ENT_TYPE"], store_user_data=False)
+    packer = srsly.msgpack.Packer(use_bin_type=True)
+    user_data: list[bytes | None] = []
+    for item, answer in _rows(plan, items):
+        doc = _spacy_doc(nlp, item)
+        if answer is not None:
+            ents = []
+            for span in answer.spans or []:
+                ent = doc.char_span(span["start"], span["end"], label=span["label"], alignment_mode="strict")
+                if ent is None:
+                    raise ActionError(f"Example {item.export_id}: the span {span['start']}-{span['end']} is not on "
+                                      "its token boundaries; re-import it.")
+                ents.append(ent)
+            doc.set_ents(ents, default="outside")  # labelled: every other token is O, not missing
+        doc.user_data["id"] = item.export_id
+        if plan.options.annotations == "each" and answer is not None:
+            doc.user_data["annotator"] = answer.annotator or ""
+        if plan.metadata_keys:
+            doc.user_data["metadata"] = {k: item.metadata[k] for k in plan.metadata_keys if k in item.metadata}
+        if plan.options.predictions and item.predicted_spans is not None:
+            doc.user_data["predicted_spans"] = item.predicted_spans
+            doc.user_data["confidence"] = item.confidence
+            doc.user_data["model_version"] = item.model_version
+        docs.add(doc)
+        user_data.append(packer.pack(doc.user_data))
+    docs.store_user_data = True
+    docs.user_data = user_data
+    yield docs.to_bytes()
+
+
 WRITERS: dict[str, Callable[[ExportPlan, Iterable[Item]], Iterator[bytes]]] = {
     "csv": write_csv, "jsonl": write_jsonl, "hf-jsonl": write_hf_jsonl, "hf-parquet": write_hf_parquet,
-    "spacy": write_spacy, "label-studio": write_label_studio,
+    "spacy": write_spacy, "label-studio": write_label_studio, "spans-jsonl": write_spans_jsonl,
+    "conll": write_conll, "spacy-ner": write_spacy_ner, "hf-ner-jsonl": write_hf_ner_jsonl,
 }
 
 
 def stream_export(plan: ExportPlan) -> Iterator[bytes]:
     """The export's bytes, chunk by chunk, as the rows are read."""
-    return WRITERS[plan.options.format](plan, iter_items(plan))
+    return WRITERS[plan.options.format](plan, iter_span_items(plan) if plan.is_span else iter_items(plan))
 
 
 # --- Taxonomy history and model versions ------------------------------------------------------------------------

@@ -16,8 +16,11 @@ from projects.models import Project
 
 
 class Command(BaseCommand):
-    help = ("Write project PROJECT_ID's examples and labels to FILE in FORMAT ("
-            + ", ".join(exports.FORMATS) + "). '-' writes to standard output.")
+    help = ("Write project PROJECT_ID's examples and labels to FILE in FORMAT (classification projects: "
+            + ", ".join(f.name for f in exports.FORMATS.values() if f.tasks == exports.CLASSIFICATION_TASKS)
+            + "; span projects: "
+            + ", ".join(f.name for f in exports.FORMATS.values() if f.tasks == exports.SPAN_TASKS)
+            + "). '-' writes to standard output.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("project_id", type=int)
@@ -26,7 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--labelled-only", action="store_true", help="only examples with a label")
         parser.add_argument("--annotations", default="latest", choices=list(exports.ANNOTATION_MODES),
                             help="latest (default: the final answer, what the model trains on), majority, or each "
-                                 "(one row per annotator)")
+                                 "(one row per annotator). Span projects: majority keeps the spans (same start, end "
+                                 "and label) more than half of the annotators gave, ties to the latest answer")
         parser.add_argument("--metadata", default="all",
                             help="all (default), none, or metadata keys separated by commas")
         parser.add_argument("--taxonomy-version", type=int, default=None,
