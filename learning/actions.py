@@ -21,7 +21,7 @@ from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
 from learning import acquisition, bayes, decisions, events, quality, store
 from learning.models import EmbeddingChunk, ModelVersion, RunStatus, TrainingRun
-from projects.models import Example, Label, Project
+from projects.models import Example, Label, Project, TaskType
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def embed_project(project_id: int, *, progress: Callable[[int, int], None] | Non
 
 def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None) -> int:
     encoder = current_encoder()
+    is_span = Project.objects.filter(pk=project_id, task_type=TaskType.SPAN).exists()
     have = store.load(project_id, encoder.name).example_ids
     all_ids = np.fromiter(Example.objects.filter(project_id=project_id).values_list("id", flat=True), dtype=np.int64)
     todo = np.setdiff1d(all_ids, have, assume_unique=True)
@@ -171,7 +172,15 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
             if len(ids) == 0:
                 continue
             texts = [rows[i] for i in ids.tolist()]
-            if getattr(encoder, "reports_progress", False):
+            if is_span:
+                # Token vectors to the token store; the sentence vectors (their means) below, as for classification.
+                from learning import span_loop
+
+                def step(done: int, _at: int = start) -> None:
+                    report(_at + done)
+
+                vectors = span_loop.encode_chunk(Project.objects.get(pk=project_id), encoder, ids, progress=step)
+            elif getattr(encoder, "reports_progress", False):
                 # Every encoder batch (64 texts, about a second) moves the bar, not only every chunk.
                 vectors = encoder.encode(texts, progress=lambda done, _n, _at=start: report(_at + done))
             else:
@@ -383,6 +392,10 @@ class Scored:
 
 def fit_and_score(run: TrainingRun) -> ModelVersion:
     """Refit the model on every current label, rescore the pool, store a new version (its report follows)."""
+    if run.project.is_span:
+        from learning import span_loop
+
+        return span_loop.fit_and_score(run)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # One BLAS thread per job: on the 2 shared cores of a small deployment a multi-threaded
@@ -564,6 +577,10 @@ def report_project(project_id: int) -> ModelVersion | None:
 def _measure(version: ModelVersion) -> ModelVersion | None:
     """The report of ``version`` on the project's current labels, written to it; None if interrupted."""
     project = version.project
+    if project.is_span:
+        from learning import span_loop
+
+        return span_loop.measure(version, should_stop=lambda: _update_waiting(project.pk))
     data = training_set(project)
     if data.label_keys != version.label_keys:
         return None  # the taxonomy changed: the update it started records a version to measure
@@ -599,5 +616,5 @@ def _upsert_scores(scores: list[ExampleScore]) -> None:
         ExampleScore.objects.bulk_create(
             scores[start:start + UPSERT_BATCH], update_conflicts=True, unique_fields=["example"],
             update_fields=["model_version_number", "predicted_keys", "confidence", "score", "priority", "is_seed",
-                           "updated_at"],
+                           "suggested_spans", "updated_at"],
         )

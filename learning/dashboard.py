@@ -73,6 +73,35 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
         "macro_f1": metrics.interval("macro_f1"), "ece": metrics.ece,
         "per_class": per_class, "has_intervals": any(row["low"] is not None for row in per_class),
         "confusion": {"labels": names, "rows": matrix}, "reliability": points,
+        **(span_quality_figures(metrics, name) if metrics.is_span else {"is_span": False}),
+    }
+
+
+# learning.spans.error_breakdown's kinds, in the dashboard's order.
+ERROR_TITLES = {"wrong_type": "Wrong type", "wrong_boundary": "Wrong boundary", "missed": "Missed",
+                "spurious": "Spurious"}
+
+
+def span_quality_figures(metrics: Metrics, name: Any) -> dict[str, Any]:
+    """A span model's entity-level figures and error breakdown, with label names as they read now."""
+    errors = metrics.errors
+    kinds = list(ERROR_TITLES)
+    rows = [{"label": name(i, row.get("label", "?")), "counts": [int(row.get(kind) or 0) for kind in kinds]}
+            for i, row in enumerate(errors.get("per_label") or [])]
+    span_precision = [
+        {"threshold": p.get("threshold"), "coverage": p.get("coverage"), "precision": p.get("accuracy")}
+        for p in metrics.raw.get("span_precision_coverage") or []
+    ]
+    return {
+        "is_span": True,
+        "entity_f1": metrics.interval("entity_f1"), "entity_precision": metrics.interval("entity_precision"),
+        "entity_recall": metrics.interval("entity_recall"),
+        "n_gold_entities": metrics.raw.get("n_gold_entities"),
+        "n_predicted_entities": metrics.raw.get("n_predicted_entities"), "n_tokens": metrics.raw.get("n_tokens"),
+        "errors": {"kinds": [ERROR_TITLES[k] for k in kinds], "totals": [int(errors.get(k) or 0) for k in kinds],
+                   "correct": int(errors.get("correct") or 0),
+                   "boundary_and_type": int(errors.get("wrong_boundary_and_type") or 0), "rows": rows},
+        "span_precision": span_precision,
     }
 
 

@@ -135,12 +135,27 @@ class Metrics:
         """Accuracy and macro-F1 with their intervals, and ECE: what lists and webhooks show."""
         return {"accuracy": self.raw.get("accuracy"), "macro_f1": self.raw.get("macro_f1"), "ece": self.ece}
 
+    @property
+    def is_span(self) -> bool:
+        """A span model's report (``learning.span_quality``): entity-level figures and an error breakdown."""
+        return self.raw.get("task") == "span"
+
+    @property
+    def errors(self) -> dict[str, Any]:
+        """Span reports: counts of wrong type / wrong boundary / both / spurious / missed, overall and per label."""
+        return dict(self.raw.get("errors") or {})
+
     def curve_point(self) -> dict[str, float | None]:
         """The learning curve's figures for this version."""
         accuracy, f1 = self.interval("accuracy"), self.interval("macro_f1")
-        return {"accuracy": accuracy.get("value"), "accuracy_low": accuracy.get("low"),
-                "accuracy_high": accuracy.get("high"), "macro_f1": f1.get("value"), "macro_f1_low": f1.get("low"),
-                "macro_f1_high": f1.get("high"), "ece": self.ece}
+        point = {"accuracy": accuracy.get("value"), "accuracy_low": accuracy.get("low"),
+                 "accuracy_high": accuracy.get("high"), "macro_f1": f1.get("value"), "macro_f1_low": f1.get("low"),
+                 "macro_f1_high": f1.get("high"), "ece": self.ece}
+        if self.is_span:
+            entity = self.interval("entity_f1")
+            point.update({"entity_f1": entity.get("value"), "entity_f1_low": entity.get("low"),
+                          "entity_f1_high": entity.get("high"), "n_tokens": self.raw.get("n_tokens")})
+        return point
 
 
 class ModelVersion(models.Model):

@@ -98,6 +98,15 @@ def why_no_model(project: Project) -> dict[str, Any]:
            .values("status", "error").first())
     if run is not None and run["status"] in (RunStatus.QUEUED, RunStatus.RUNNING):
         return {"reason": "training", "running": run["status"] == RunStatus.RUNNING}
+    if project.is_span:
+        # A span model learns from two labelled examples if at least one entity is tagged among them.
+        answers = Annotation.objects.in_project(project)
+        labelled_examples = answers.labelled_count()
+        if labelled_examples < 2 or not answers.exclude(spans=[]).exists():
+            return {"reason": "span-labels", "labelled": labelled_examples}
+        if run is not None and run["status"] == RunStatus.FAILED:
+            return {"reason": "failed", "error": run["error"]}
+        return {"reason": "next-label"}
     given: set[str] = set()
     labelled = 0
     for keys in Annotation.objects.in_project(project).values_list("label_keys", flat=True)[:_EARLY_LABELS]:

@@ -1,0 +1,193 @@
+"""Token vectors of a span project's pool, float16 on local disk, read in bounded chunks.
+
+Plain module (numpy only; the caller passes the folder). Span models need one vector per token,
+about 15 per sentence on news text: a 100k-sentence pool is 1.5M x 384 floats, 2.2 GB as float32
+in memory, too much to keep in every worker. Here they are written once by the embed job, as
+float16 (1.1 GB for that pool) in append-only chunk files per (project, encoder), and read back
+memory-mapped: a refit reads only the labelled examples' rows, a rescore walks the pool a chunk
+of examples at a time, so a worker's resident memory grows with the chunk, not with the pool.
+
+Layout under ``root/<project>/<encoder slug>/``: ``NNNNNN.vec.npy`` (float16, (tokens, dim)) and
+``NNNNNN.idx.npy`` (int64, (examples, 3): example id, first row, token count). The index file is
+written last and renamed into place: a chunk without one is an interrupted write and is ignored.
+An example written twice (re-encoded) reads from its newest chunk. The files are a cache of the
+encoder's output: a worker on another machine (no shared disk) encodes what it lacks again
+(``missing``), so nothing is lost when the folder is.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def _slug(encoder: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", encoder)[:60]
+    return f"{readable}-{hashlib.sha1(encoder.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class _Index:
+    example_ids: np.ndarray  # (N,) sorted
+    chunk: np.ndarray  # (N,) position in `files`
+    start: np.ndarray  # (N,) first row in its chunk
+    length: np.ndarray  # (N,) token count
+    files: list[Path]
+    n_files: int
+
+
+class TokenStore:
+    """The token vectors of one project for one encoder."""
+
+    def __init__(self, root: str | os.PathLike[str], project_id: int, encoder: str) -> None:
+        self.folder = Path(root) / str(project_id) / _slug(encoder)
+        self._lock = threading.Lock()
+        self._index: _Index | None = None
+        self._maps: dict[Path, np.ndarray] = {}
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def _chunk_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("*.idx.npy") if p.name[:6].isdigit())
+
+    def _load_index(self) -> _Index:
+        files = self._chunk_files()
+        with self._lock:
+            if self._index is not None and self._index.n_files == len(files):
+                return self._index
+        parts = []
+        for position, path in enumerate(files):
+            rows = np.load(path)
+            parts.append(np.column_stack([rows, np.full(len(rows), position, dtype=np.int64)]))
+        table = np.concatenate(parts) if parts else np.empty((0, 4), dtype=np.int64)
+        # Newest chunk wins for an example written twice: a stable sort by id keeps file order, take the last.
+        order = np.lexsort((table[:, 3], table[:, 0]))
+        table = table[order]
+        last = np.ones(len(table), dtype=bool)
+        if len(table):
+            last[:-1] = table[1:, 0] != table[:-1, 0]
+        table = table[last]
+        index = _Index(table[:, 0].copy(), table[:, 3].copy(), table[:, 1].copy(), table[:, 2].copy(),
+                       [Path(str(p).replace(".idx.npy", ".vec.npy")) for p in files], len(files))
+        with self._lock:
+            self._index = index
+        return index
+
+    @property
+    def example_ids(self) -> np.ndarray:
+        return self._load_index().example_ids
+
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        """The ids (of those given) that have no vectors here."""
+        return np.setdiff1d(np.asarray(ids, dtype=np.int64), self.example_ids)
+
+    def token_counts(self, ids: np.ndarray) -> np.ndarray:
+        index = self._load_index()
+        return index.length[self._positions(index, ids)]
+
+    def _positions(self, index: _Index, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(index.example_ids, ids)
+        ok = (pos < len(index.example_ids)) & (index.example_ids[np.minimum(pos, len(index.example_ids) - 1)] == ids)
+        if not ok.all():
+            raise KeyError(f"no token vectors for examples {ids[~ok][:5].tolist()}")
+        return pos
+
+    def _map(self, path: Path) -> np.ndarray:
+        with self._lock:
+            mapped = self._maps.get(path)
+        if mapped is None:
+            mapped = np.load(path, mmap_mode="r")
+            with self._lock:
+                self._maps[path] = mapped
+        return mapped
+
+    def get(self, ids: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        """float32 (tokens, dim) per example, in the order given (KeyError for an id not stored)."""
+        index = self._load_index()
+        out = []
+        for pos in self._positions(index, np.asarray(ids, dtype=np.int64)).tolist():
+            mapped = self._map(index.files[index.chunk[pos]])
+            start, length = int(index.start[pos]), int(index.length[pos])
+            out.append(np.asarray(mapped[start:start + length], dtype=np.float32))
+        return out
+
+    def iter_chunks(self, ids: np.ndarray, *, tokens_per_chunk: int = 65536
+                    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        """(ids, their vectors) for consecutive slices of ``ids`` holding about ``tokens_per_chunk`` tokens:
+        what a pass over the pool keeps in memory at once."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        counts = np.maximum(self.token_counts(ids), 1)
+        bounds = np.searchsorted(np.cumsum(counts), np.arange(tokens_per_chunk, counts.sum(), tokens_per_chunk))
+        for part in _slices(ids, bounds):
+            yield part, self.get(part)
+
+    def nbytes(self) -> int:
+        """Bytes on disk."""
+        return sum(p.stat().st_size for p in self.folder.glob("*.npy")) if self.folder.is_dir() else 0
+
+    # --- writing ------------------------------------------------------------------------------------------------
+
+    def append(self, ids: Sequence[int] | np.ndarray, vectors: Sequence[np.ndarray], *, dim: int) -> None:
+        """Store the token vectors of ``ids`` (one (tokens, dim) array each; zero tokens allowed) as one chunk."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vector arrays")
+        if not len(ids):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lengths = np.array([len(v) for v in vectors], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        block = (np.concatenate([np.asarray(v, dtype=np.float16).reshape(-1, dim) for v in vectors])
+                 if lengths.sum() else np.empty((0, dim), dtype=np.float16))
+        number = self._next_number()
+        vec_path = self.folder / f"{number:06d}.vec.npy"
+        idx_path = self.folder / f"{number:06d}.idx.npy"
+        tmp_vec, tmp_idx = vec_path.with_suffix(".tmp"), idx_path.with_suffix(".tmp")
+        with open(tmp_vec, "wb") as handle:
+            np.save(handle, block)
+        os.replace(tmp_vec, vec_path)
+        with open(tmp_idx, "wb") as handle:
+            np.save(handle, np.column_stack([ids, starts, lengths]))
+        os.replace(tmp_idx, idx_path)  # the commit point: readers see the chunk from here on
+
+    def _next_number(self) -> int:
+        taken = [int(p.name[:6]) for p in self.folder.glob("*.npy") if p.name[:6].isdigit()]
+        return max(taken, default=0) + 1
+
+
+def _slices(ids: np.ndarray, bounds: np.ndarray) -> Iterator[np.ndarray]:
+    edges = np.unique(np.concatenate([[0], bounds + 1, [len(ids)]]))
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        if hi > lo:
+            yield ids[lo:hi]
+
+
+_stores: dict[tuple[str, int, str], TokenStore] = {}
+_stores_lock = threading.Lock()
+
+
+def open_store(root: str | os.PathLike[str], project_id: int, encoder: str) -> TokenStore:
+    """The process's one TokenStore per (root, project, encoder): its index and memory maps are reused."""
+    key = (str(root), project_id, encoder)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = TokenStore(root, project_id, encoder)
+    return store
+
+
+def forget(project_id: int | None = None) -> None:
+    with _stores_lock:
+        for key in [k for k in _stores if project_id is None or k[1] == project_id]:
+            del _stores[key]
