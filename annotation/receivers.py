@@ -15,27 +15,33 @@ from projects.models import Dataset, Example, Project, TaxonomyVersion
 # An example already labelled by this annotator under this version keeps its annotation, as
 # bulk_create(ignore_conflicts=True) did.
 _INSERT_IMPORTED = """
-INSERT INTO {table} (annotator_id, taxonomy_version_id, source, created_at, example_id, label_keys)
-SELECT %s, %s, %s, %s, example_id, keys::jsonb FROM unnest(%s::bigint[], %s::text[]) AS t(example_id, keys)
+INSERT INTO {table} (annotator_id, taxonomy_version_id, source, created_at, example_id, label_keys, spans)
+SELECT %s, %s, %s, %s, example_id, keys::jsonb, spans::jsonb
+FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS t(example_id, keys, spans)
 ON CONFLICT DO NOTHING
 """
 
 
 def record_imported_labels(*, dataset: Dataset, taxonomy: TaxonomyVersion, labels: dict[int, list[str]],
-                           annotator: Any, **_: Any) -> None:
-    """Rows imported with labels become annotations (source: import), in the import's transaction."""
+                           annotator: Any, spans: dict[int, list[dict[str, Any]]] | None = None,
+                           **_: Any) -> None:
+    """Rows imported with labels (span projects: with spans) become annotations (source: import), in the
+    import's transaction."""
+    spans = spans or {}
     if connection.vendor == "postgresql":
-        # One statement per announced batch (up to 10,000 rows), the rows as two arrays: no model
+        # One statement per announced batch (up to 10,000 rows), the rows as arrays: no model
         # instance per row, which was most of a large labelled import's time.
         with connection.cursor() as cursor:
             cursor.execute(_INSERT_IMPORTED.format(table=Annotation._meta.db_table),
                            [annotator.pk if annotator is not None else None, taxonomy.pk,
                             AnnotationSource.IMPORT.value, timezone.now(), list(labels),
-                            [json.dumps(keys) for keys in labels.values()]])
+                            [json.dumps(keys) for keys in labels.values()],
+                            [json.dumps(spans.get(example_id, [])) for example_id in labels]])
         return
     Annotation.objects.bulk_create(
         [Annotation(example_id=example_id, annotator=annotator, taxonomy_version=taxonomy, label_keys=keys,
-                    source=AnnotationSource.IMPORT) for example_id, keys in labels.items()],
+                    spans=spans.get(example_id, []), source=AnnotationSource.IMPORT)
+         for example_id, keys in labels.items()],
         ignore_conflicts=True,
     )
 

@@ -12,7 +12,8 @@ from django.dispatch import Signal
 taxonomy_changed = Signal()
 
 # Rows of an import were inserted, inside the import's transaction. kwargs: dataset, taxonomy,
-# labels ({example id: [label key, ...]} for the rows that came with labels), annotator.
+# labels ({example id: [label key, ...]} for the rows that came with labels), annotator; span projects
+# also spans ({example id: [{"start", "end", "label": key}, ...]}).
 examples_imported = Signal()
 
 # An import ended, done or failed (sent once per import, after its transaction). kwargs: dataset.

@@ -79,6 +79,20 @@ class UploadForm(forms.Form):
         help_text="CSV or other delimited text (comma, semicolon, tab or pipe; any encoding), Excel .xlsx, "
                   "JSONL (one object per line) or JSON (an array of objects)."
     )
+    SPAN_HELP = (
+        "Texts to label: CSV, .xlsx, JSONL or JSON with a text column (split into tokens in the project's "
+        "language). Texts with entities: JSONL with {\"text\", \"spans\": [{\"start\", \"end\", \"label\"}]} "
+        "(character offsets on token boundaries), or pre-tokenized {\"tokens\", \"tags\"} in IOB2, IOB1, "
+        "BILOU, IOBES or IO, or a CoNLL file (.conll or .txt: a token and its tag on each line, the tag last, a "
+        "blank line between sentences, -DOCSTART- lines ignored)."
+    )
+    ACCEPT = ".csv,.tsv,.txt,.xlsx,.jsonl,.ndjson,.json"
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accept = self.ACCEPT + (",.conll" if project.is_span else "")
+        if project.is_span:
+            self.fields["file"].help_text = self.SPAN_HELP
 
 
 ROLE_SHOWN, ROLE_HIDDEN, ROLE_DROPPED = "shown", "hidden", "dropped"

@@ -28,11 +28,13 @@ import re
 import unicodedata
 import zipfile
 from collections import Counter
-from collections.abc import Collection, Generator, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
+
+from projects import spanformats
 
 StrPath = str | os.PathLike[str]
 
@@ -44,6 +46,7 @@ FORMATS_BY_EXTENSION: Final[Mapping[str, str]] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "json",
+    ".conll": "conll",  # span projects: token per line, tag last (a .txt in that shape is read as CoNLL too)
 }
 
 # The csv default (128 KiB) rejects long documents outright with an unhelpful
@@ -345,6 +348,8 @@ def preview(
 ) -> tuple[list[str], list[list[str]]]:
     """(header, first rows) as the import will read them, each cell as text, for the upload page."""
     name = _display_name(path, display_name)
+    if fmt == "conll":
+        return list(CONLL_COLUMNS), conll_preview(path, name, dialect.encoding, rows)
     if fmt in ("csv", "xlsx"):
         with _table(path, fmt, name, dialect) as records:
             header = _read_csv_header(records, name, max_columns=max_columns)
@@ -376,6 +381,11 @@ def read_columns(
     For CSV and workbooks the header; for JSONL/JSON the union of keys of the first `sample_rows` objects.
     """
     name = _display_name(path, display_name)
+    if fmt == "conll":
+        if not conll_preview(path, name, dialect.encoding, 1):
+            raise ImportFormatError(f"{name!r} holds no sentences; a CoNLL file has a token and its tag on each "
+                                    "line, a blank line between sentences")
+        return list(CONLL_COLUMNS)
     if fmt in ("csv", "xlsx"):
         with _table(path, fmt, name, dialect) as records:
             header = _read_csv_header(records, name, max_columns=max_columns)
@@ -453,6 +463,8 @@ def count_rows(path: StrPath, fmt: str, dialect: Dialect = DEFAULT_DIALECT) -> i
     if fmt == "jsonl":
         with open(path, "rb") as f:
             return sum(1 for line in f if line.strip())
+    if fmt == "conll":
+        return count_conll_sentences(path)
     if fmt == "json":
         # Counting elements needs a real parse: commas inside strings and
         # nested objects make any cheaper trick wrong by an unbounded amount.
@@ -1143,3 +1155,254 @@ def _clean_external_id(value: object, rules: _RowRules) -> str:
     if problem:
         raise _Invalid(f"id in {rules.field_word} {rules.columns.external_id!r} holds {problem}")
     return clean
+
+
+# --- span projects -------------------------------------------------------------
+#
+# A span project's rows carry entities, not a label: character spans on a text ({"text", "spans"}), tags on
+# tokens ({"tokens", "tags"} or a CoNLL file), or nothing (plain text, tokenized here). Each row becomes a
+# SpanRow with the text's token offsets, so the import stores Example.tokens once and the labelling page,
+# the model and the exports never tokenize again.
+
+
+class SpanRow(NamedTuple):
+    row: int
+    text: str
+    tokens: list[tuple[int, int]]
+    # None: unlabelled (to be labelled); []: labelled, no entity in it. Labels are the file's names.
+    spans: list[spanformats.Span] | None
+    external_id: str
+    metadata: dict[str, object]
+    content_hash: str
+
+
+CONLL_COLUMNS: Final = ("tokens", "tags")
+# A CoNLL line: a token, optional middle columns, then a tag (O or PREFIX-LABEL).
+_CONLL_LINE: Final = re.compile(r"^\S+(?:[ \t]+\S+)*[ \t]+(?:O|[BILUES]-\S+)[ \t]*$")
+_CONLL_SNIFF_LINES: Final = 50
+
+
+def looks_like_conll(path: StrPath, encoding: str = "utf-8") -> bool:
+    """Whether a .txt file is CoNLL (token per line, a tag last) rather than delimited text."""
+    try:
+        with open(path, encoding=encoding or "utf-8", errors="replace", newline="") as f:
+            lines = [line.strip() for line in itertools.islice(f, _CONLL_SNIFF_LINES * 2)]
+    except (LookupError, OSError):
+        return False
+    lines = [line for line in lines if line and not line.startswith("-DOCSTART-")][:_CONLL_SNIFF_LINES]
+    return bool(lines) and all(_CONLL_LINE.match(line) for line in lines)
+
+
+def _conll_sentences(path: StrPath, name: str, encoding: str) -> Iterator[tuple[int, list[str], list[str]]]:
+    with _open_text(path, name, encoding) as f:
+        try:
+            yield from spanformats.parse_conll_numbered(f)
+        except spanformats.SpanFormatError as exc:
+            raise ImportFormatError(f"{name!r}: {exc} (a CoNLL file has a token and its tag on each line, "
+                                    "a blank line between sentences)") from exc
+
+
+def conll_preview(path: StrPath, name: str, encoding: str, rows: int) -> list[list[str]]:
+    shown = []
+    for _, tokens, tags in _conll_sentences(path, name, encoding):
+        shown.append([" ".join(tokens), " ".join(tags)])
+        if len(shown) >= rows:
+            break
+    return shown
+
+
+def count_conll_sentences(path: StrPath) -> int:
+    count, in_sentence = 0, False
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip() and not line.startswith(b"-DOCSTART-"):
+                if not in_sentence:
+                    count += 1
+                in_sentence = True
+            elif not line.strip():
+                in_sentence = False
+    return count
+
+
+def _tag_sequences(path: StrPath, fmt: str, name: str, columns: ColumnMap, dialect: Dialect
+                   ) -> Iterator[Sequence[str]]:
+    if fmt == "conll":
+        for _, _, conll_tags in _conll_sentences(path, name, dialect.encoding):
+            yield conll_tags
+        return
+    if fmt not in ("jsonl", "json") or columns.label is None:
+        return
+    for _, value in _iter_json_values(path, fmt, name, dialect.encoding):
+        if isinstance(value, dict):
+            tags = value.get(columns.label)
+            if isinstance(tags, list) and all(isinstance(tag, str) for tag in tags):
+                yield tags
+
+
+def iter_span_rows(
+    path: StrPath,
+    fmt: str,
+    columns: ColumnMap,
+    *,
+    language: str,
+    max_text_chars: int,
+    display_name: str | None = None,
+    max_columns: int = DEFAULT_MAX_COLUMNS,
+    dialect: Dialect = DEFAULT_DIALECT,
+) -> Iterator[SpanRow | RowError]:
+    """Stream a span project's file, yielding one SpanRow or RowError per row (a CoNLL file: per sentence).
+
+    Tag schemes (IOB1/IOB2/BILOU/IOBES/IO) are detected over the whole file first, so one sentence cannot
+    read as another scheme. Raises ImportFormatError for file-level problems.
+    """
+    name = _display_name(path, display_name)
+    scheme = spanformats.detect_scheme(_tag_sequences(path, fmt, name, columns, dialect))
+    if fmt == "conll":
+        for number, (line, tokens, tags) in enumerate(_conll_sentences(path, name, dialect.encoding), start=1):
+            yield _tagged_row(number, tokens, tags, scheme, {}, "", max_text_chars, where=f"(line {line}) ")
+        return
+    if fmt in ("csv", "xlsx"):
+        if columns.label is not None:
+            raise ImportFormatError(
+                f"{name!r}: a span project takes its entities from JSON Lines ({{\"text\", \"spans\"}} or "
+                "{\"tokens\", \"tags\"}) or a CoNLL file; a CSV or workbook column cannot hold them — import "
+                "the text alone (no label column)"
+            )
+        plain = ColumnMap(text=columns.text, external_id=columns.external_id, metadata=columns.metadata,
+                          dropped=columns.dropped)
+        rules = _RowRules(columns=plain, known_labels=None, multi_label=False, max_text_chars=max_text_chars,
+                          separator="|", field_word="column")
+        for item in _iter_table_rows(path, fmt, name, rules, max_columns=max_columns, dialect=dialect):
+            if isinstance(item, RowError):
+                yield item
+                continue
+            try:
+                offsets = spanformats.tokenize(item.text, language)
+            except spanformats.SpanFormatError as exc:
+                raise ImportFormatError(str(exc)) from exc
+            yield SpanRow(item.row, item.text, offsets, None, item.external_id, item.metadata, item.content_hash)
+        return
+    if fmt not in ("jsonl", "json"):
+        raise ValueError(f"unknown import format {fmt!r}; expected csv, xlsx, jsonl, json or conll")
+    rules = _RowRules(columns=columns, known_labels=None, multi_label=False, max_text_chars=max_text_chars,
+                      separator="|", field_word="key")
+    mapped = {c for c in (columns.text, columns.label, columns.external_id) if c is not None} | set(columns.dropped)
+    for row_number, value in _iter_json_values(path, fmt, name, dialect.encoding):
+        if isinstance(value, _Invalid):
+            yield RowError(row_number, str(value))
+            continue
+        if not isinstance(value, dict):
+            where = "line" if fmt == "jsonl" else "element"
+            yield RowError(row_number, f"{where} is {_json_kind(value)}, not an object ({{...}})")
+            continue
+        if columns.metadata is None:
+            metadata = {key: item for key, item in value.items() if key not in mapped}
+        else:
+            metadata = {key: value[key] for key in columns.metadata if key in value}
+        try:
+            if metadata:
+                _check_metadata(metadata)
+            external_id = _clean_external_id(
+                _MISSING if columns.external_id is None else value.get(columns.external_id, _MISSING), rules)
+        except _Invalid as exc:
+            yield RowError(row_number, str(exc))
+            continue
+        text = value.get(columns.text, _MISSING)
+        entities = _MISSING if columns.label is None else value.get(columns.label, _MISSING)
+        if isinstance(text, list):
+            if not text:
+                yield RowError(row_number, f"empty document: key {columns.text!r} holds no tokens")
+                continue
+            if entities is _MISSING or entities is None:
+                entities = ["O"] * len(text)
+                labelled = False
+            else:
+                labelled = True
+            if not isinstance(entities, list):
+                yield RowError(row_number, f"tags in key {columns.label!r} are {_json_kind(entities)}; "
+                                           "expected a list of tags, one per token")
+                continue
+            row = _tagged_row(row_number, text, entities, scheme, metadata, external_id, max_text_chars,
+                              key=columns.text)
+            if isinstance(row, SpanRow) and not labelled:
+                row = row._replace(spans=None)
+            yield row
+            continue
+        yield _text_row(row_number, text, entities, columns, metadata, external_id, language, max_text_chars)
+
+
+def _tagged_row(row: int, tokens: object, tags: object, scheme: str, metadata: dict[str, object],
+                external_id: str, max_text_chars: int, *, where: str = "", key: str = "tokens"
+                ) -> SpanRow | RowError:
+    if not isinstance(tokens, list) or not tokens:
+        return RowError(row, f"{where}empty document: key {key!r} holds no tokens")
+    if not isinstance(tags, list):
+        return RowError(row, f"{where}tags are {_json_kind(tags)}; expected a list of tags, one per token")
+    if any(not isinstance(token, str) for token in tokens):
+        bad = next(i for i, token in enumerate(tokens) if not isinstance(token, str))
+        return RowError(row, f"{where}token {bad + 1} is {_json_kind(tokens[bad])}, not a string")
+    try:
+        text, offsets, spans = spanformats.spans_from_tags(tokens, tags, scheme)
+    except spanformats.SpanFormatError as exc:
+        return RowError(row, f"{where}{exc}")
+    problem = _text_problem(text, max_text_chars)
+    if problem is None:
+        problem = _span_label_problem(spans)
+    if problem:
+        return RowError(row, where + problem)
+    return SpanRow(row, text, offsets, spans, external_id, metadata, content_hash(text))
+
+
+def _text_row(row: int, text: object, entities: object, columns: ColumnMap, metadata: dict[str, object],
+              external_id: str, language: str, max_text_chars: int) -> SpanRow | RowError:
+    key = columns.text
+    if text is _MISSING:
+        return RowError(row, f"missing key {key!r}")
+    if not isinstance(text, str):
+        return RowError(row, f"text in key {key!r} is {_json_kind(text)}, not a string (or a list of tokens)")
+    problem = _text_problem(text, max_text_chars)
+    if problem:
+        return RowError(row, problem)
+    try:
+        offsets = spanformats.tokenize(text, language)
+    except spanformats.SpanFormatError as exc:
+        raise ImportFormatError(str(exc)) from exc
+    if entities is _MISSING or entities is None:
+        return SpanRow(row, text, offsets, None, external_id, metadata, content_hash(text))
+    if not isinstance(entities, list):
+        return RowError(row, f"spans in key {columns.label!r} are {_json_kind(entities)}; expected a list of "
+                             '{"start", "end", "label"} objects')
+    # [start, end, label] triples (doccano's JSONL) read as objects.
+    given = [{"start": item[0], "end": item[1], "label": item[2]} if isinstance(item, list) and len(item) == 3
+             else item for item in entities]
+    try:
+        spans = spanformats.check_spans(text, offsets, given)
+    except spanformats.SpanFormatError as exc:
+        return RowError(row, str(exc))
+    problem = _span_label_problem(spans)
+    if problem:
+        return RowError(row, problem)
+    return SpanRow(row, text, offsets, spans, external_id, metadata, content_hash(text))
+
+
+def _text_problem(text: str, max_text_chars: int) -> str | None:
+    if not text.strip():
+        return "empty document: the text is empty or only whitespace"
+    problem = _unstorable(text)
+    if problem:
+        return f"the text holds {problem}; remove it and upload again"
+    if len(text) > max_text_chars:
+        return (f"document is {len(text):,} characters; the limit is {max_text_chars:,} "
+                "— split it (e.g. into paragraphs) or raise LABELHUB_MAX_TEXT_CHARS")
+    return None
+
+
+def _span_label_problem(spans: list[spanformats.Span]) -> str | None:
+    for span in spans:
+        label = span["label"]
+        if len(label) > _MAX_LABEL_CHARS:
+            return f"label {_shown(label)} is {len(label):,} characters; a label name has at most {_MAX_LABEL_CHARS}"
+        problem = _unstorable(label)
+        if problem:
+            return f"label {_shown(label)} holds {problem}"
+    return None

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from labelhub.errors import ActionError
 from labelhub.jobs import enqueue, job_waiting
-from projects import events, importing
+from projects import events, importing, spanformats
 from projects import taxonomy as taxonomy_actions
 from projects.importing import ColumnMap, ImportFormatError, ParsedRow, RowError
 from projects.models import Dataset, DatasetSource, DatasetStatus, Example, Project
@@ -67,6 +67,9 @@ def create_dataset_from_upload(project: Project, *, upload: UploadedFile, user: 
         file_format = importing.detect_format(name)
     except ImportFormatError as exc:
         raise ActionError(str(exc)) from exc
+    if file_format == "conll" and not project.is_span:
+        raise ActionError(f"{name} is a CoNLL file (tokens and entity tags), which only a span tagging project "
+                          "imports; upload CSV, .xlsx, JSONL or JSON to a classification project.")
     _check_size(name, upload.size or 0)
     dataset = Dataset(project=project, name=name, file_format=file_format, source=source, created_by=user)
     dataset.file.save(name, upload, save=False)
@@ -77,6 +80,9 @@ def create_dataset_from_upload(project: Project, *, upload: UploadedFile, user: 
         dataset.encoding = encoding or sniffed.dialect.encoding
         dataset.delimiter = delimiter or sniffed.dialect.delimiter
         dataset.sheet = sheet or sniffed.dialect.sheet
+        if project.is_span and name.lower().endswith(".txt") and importing.looks_like_conll(
+                dataset.file.path, dataset.encoding):
+            dataset.file_format = "conll"
         _read_columns(dataset)
     except (ImportFormatError, ActionError) as exc:
         dataset.file.delete(save=False)
@@ -136,6 +142,8 @@ def scan_labels(dataset: Dataset, label_column: str, *, text_column: str = "", l
         return counts, True
     project = dataset.project
     text_column = text_column if text_column in dataset.columns else label_column
+    if project.is_span:
+        return _scan_entity_labels(dataset, text_column, label_column, limit)
     rows = importing.iter_rows(
         dataset.file.path, dataset.file_format,
         ColumnMap(text=text_column, label=label_column, metadata=()), known_labels=None,
@@ -158,6 +166,37 @@ def scan_labels(dataset: Dataset, label_column: str, *, text_column: str = "", l
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))), complete
 
 
+def _scan_entity_labels(dataset: Dataset, text_column: str, label_column: str, limit: int
+                        ) -> tuple[dict[str, int], bool]:
+    """Span projects: {entity label of the file: rows that have it}, whether the whole file was read."""
+    counts: dict[str, int] = {}
+    if dataset.file_format in ("csv", "xlsx"):
+        return counts, True
+    rows = _span_rows(dataset, ColumnMap(text=text_column, label=label_column, metadata=()))
+    complete = True
+    try:
+        for n, item in enumerate(rows):
+            if n >= limit:
+                complete = False
+                break
+            if isinstance(item, importing.SpanRow) and item.spans:
+                for name in {span["label"] for span in item.spans}:
+                    counts[name] = counts.get(name, 0) + 1
+    except ImportFormatError as exc:
+        raise ActionError(str(exc)) from exc
+    finally:
+        rows.close()
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))), complete
+
+
+def _span_rows(dataset: Dataset, columns: ColumnMap) -> Any:
+    return importing.iter_span_rows(
+        dataset.file.path, dataset.file_format, columns, language=dataset.project.language,
+        max_text_chars=settings.MAX_TEXT_CHARS, display_name=dataset.name, max_columns=settings.IMPORT_MAX_COLUMNS,
+        dialect=dialect_of(dataset),
+    )
+
+
 def guess_column(columns: Sequence[str], candidates: Sequence[str]) -> str:
     lowered = {c.casefold(): c for c in columns}
     for candidate in candidates:
@@ -169,6 +208,16 @@ def guess_column(columns: Sequence[str], candidates: Sequence[str]) -> str:
 TEXT_NAMES = ("text", "content", "body", "sentence", "question", "utterance", "description")
 LABEL_NAMES = ("label", "labels", "category", "class", "intent", "gold", "target", "tag", "tags")
 ID_NAMES = ("id", "external_id", "uid")
+# Span projects: a pre-tokenized file's tokens, or a text; its tags, or character spans.
+SPAN_TEXT_NAMES = ("tokens", "words", *TEXT_NAMES)
+SPAN_LABEL_NAMES = ("tags", "ner_tags_iob", "spans", "entities", "label", "labels")
+
+
+def column_names(project: Project) -> tuple[Sequence[str], Sequence[str]]:
+    """(text names, label names) to guess a file's text and label columns from, for this project's task."""
+    if project.is_span:
+        return SPAN_TEXT_NAMES, SPAN_LABEL_NAMES
+    return TEXT_NAMES, LABEL_NAMES
 
 
 def default_hidden_columns(columns: Sequence[str], *, label_column: str) -> list[str]:
@@ -200,6 +249,8 @@ def configure_import(dataset: Dataset, *, text_column: str, label_column: str = 
                               f"its columns are: {', '.join(dataset.columns)}.")
     if not text_column:
         raise ActionError("Choose the column that holds the text.")
+    if dataset.project.is_span:
+        _check_span_mapping(dataset, text_column=text_column, label_column=label_column)
     too_long = [c for c in (text_column, label_column, id_column) if len(c) > _COLUMN_NAME_MAX]
     if too_long:
         raise ActionError(f"A column name used for text, label or id may have at most {_COLUMN_NAME_MAX} "
@@ -221,6 +272,16 @@ def configure_import(dataset: Dataset, *, text_column: str, label_column: str = 
     dataset.status = DatasetStatus.QUEUED
     dataset.save()
     return dataset
+
+
+def _check_span_mapping(dataset: Dataset, *, text_column: str, label_column: str) -> None:
+    if dataset.file_format == "conll" and (text_column, label_column) != importing.CONLL_COLUMNS:
+        raise ActionError(f"{dataset.name} is a CoNLL file: its text is the 'tokens' column and its entities the "
+                          "'tags' column.")
+    if dataset.file_format in ("csv", "xlsx") and label_column:
+        raise ActionError(f"A span project takes entities from JSON Lines ({{\"text\", \"spans\"}} or "
+                          f"{{\"tokens\", \"tags\"}}) or a CoNLL file; a column of {dataset.name} cannot hold them. "
+                          "Choose no label column to import the texts for labelling.")
 
 
 def _check_label_mapping(project: Project, mapping: dict[str, str]) -> dict[str, str]:
@@ -392,6 +453,8 @@ def _run_import(dataset: Dataset, *, progress: ProgressCallback | None) -> Datas
             progress(done, total, phase)
 
     _mark_alive(dataset.pk)  # picked up: the time it waited in the queue is not held against it
+    if project.is_span:
+        return _import_spans(dataset, project, report)
     if connection.vendor == "postgresql":
         return _import_in_one_pass(dataset, project, report)
     try:
@@ -548,6 +611,124 @@ def _check_and_copy(dataset: Dataset, project: Project, report: ProgressCallback
                 labelled += len(batch_labels)
         raw.execute(f"DROP TABLE {table}")
         report(total, total, DatasetStatus.IMPORTING)
+    reset_queries()
+    return check, imported, labelled
+
+
+def _import_spans(dataset: Dataset, project: Project, report: ProgressCallback) -> Dataset:
+    """Span projects: check each row (tokens, tags, spans, entity labels) and insert it with its tokens in the
+    same pass, inside the import's transaction; a bad row stops the inserting, the checks go on to the end
+    for the report, and the transaction rolls back, so nothing is imported."""
+    try:
+        dataset.total_rows = importing.count_rows(dataset.file.path, dataset.file_format, dialect_of(dataset))
+        dataset.save(update_fields=["total_rows"])
+        dataset.mark_started(DatasetStatus.IMPORTING)
+        report(0, dataset.total_rows, DatasetStatus.VALIDATING)
+        with transaction.atomic():
+            check, imported, labelled = _check_and_insert_spans(dataset, project, report)
+            dataset.labels_found = check.labels_found
+            dataset.mark_done(imported=imported, duplicates=check.valid - imported, labelled=labelled,
+                              total=check.valid)
+    except _Refused as refused:
+        check = refused.check
+        dataset.labels_found = check.labels_found
+        if check.error_count:
+            dataset.mark_failed(check.errors, error_count=check.error_count, groups=check.groups())
+        else:
+            dataset.mark_failed([_file_error(dataset, "The file has no data rows.")])
+    except (ImportFormatError, ActionError, IntegrityError) as exc:
+        dataset.mark_failed([_file_error(dataset, str(exc))])
+    return dataset
+
+
+def _check_and_insert_spans(dataset: Dataset, project: Project, report: ProgressCallback
+                            ) -> tuple[_Check, int, int]:
+    taxonomy = project.current_taxonomy()
+    labels = {label.name: label for label in taxonomy.labels.all()}
+    mapping: dict[str, str] = dataset.label_mapping or {}
+    check_labels = bool(dataset.label_column) and not dataset.add_unknown_labels
+    known = {name for name, label in labels.items() if not label.is_deprecated} | set(mapping)
+    check = _Check(dataset_name=dataset.name)
+    found = check.labels_found
+    new_labels: dict[str, None] = {}
+    # The first labelled row of each text: its spans (the file's label names), announced once inserted.
+    labelled_rows: dict[str, list[spanformats.Span]] = {}
+    batch: list[Example] = []
+    total = dataset.total_rows
+
+    def flush() -> None:
+        Example.objects.bulk_create(batch, ignore_conflicts=True)
+        batch.clear()
+        reset_queries()
+
+    rows = _span_rows(dataset, _column_map(dataset))
+    for n, item in enumerate(rows, start=1):
+        if n % PROGRESS_EVERY == 0:
+            report(n, total, DatasetStatus.VALIDATING)
+        if isinstance(item, RowError):
+            check.error(item.row, item.reason)
+            continue
+        check.valid += 1
+        if item.spans:
+            names = tuple(dict.fromkeys(span["label"] for span in item.spans))
+            for name in names:
+                if name in found:
+                    found[name] += 1
+                elif len(found) < LABELS_FOUND_MAX:
+                    found[name] = 1
+            if check_labels and not known.issuperset(names):
+                reason = importing.unknown_label_reason(names, known, multi_label=True)
+                check.error(item.row, f"entity {reason or 'unknown label'}")
+                continue
+            refused = False
+            for name in names:
+                target = mapping.get(name, name)
+                if target not in labels:
+                    new_labels.setdefault(target)
+                elif labels[target].is_deprecated:
+                    check.error(item.row, f"entity label '{target}' is deprecated; use its replacement or "
+                                          "un-deprecate it")
+                    refused = True
+            if refused:
+                continue
+        if check.error_count:
+            continue  # after the first bad row nothing more is inserted, only checked
+        batch.append(Example(project=project, dataset=dataset, text=item.text, metadata=item.metadata,
+                             external_id=item.external_id, content_hash=item.content_hash,
+                             tokens=[list(pair) for pair in item.tokens]))
+        if item.spans is not None:
+            labelled_rows.setdefault(item.content_hash, item.spans)
+        if len(batch) >= INSERT_BATCH:
+            flush()
+    check.labels_found = dict(sorted(found.items(), key=lambda pair: (-pair[1], pair[0])))
+    if check.error_count or not check.valid:
+        raise _Refused(check)
+    flush()
+    report(0, total, DatasetStatus.IMPORTING)
+    if new_labels:
+        taxonomy_actions.add_labels(project, labels=[LabelSpec(name=name) for name in new_labels],
+                                    user=dataset.created_by)
+        taxonomy = project.current_taxonomy()
+    key_of = {label.name: label.key for label in taxonomy.labels.all()}
+    key_of.update({found_name: key_of[target] for found_name, target in mapping.items() if target in key_of})
+    imported = Example.objects.filter(dataset=dataset).count()
+    labelled = 0
+    hashes = list(labelled_rows)
+    for start in range(0, len(hashes), ANNOUNCE_BATCH):
+        chunk = hashes[start:start + ANNOUNCE_BATCH]
+        ids = Example.objects.filter(project=project, dataset=dataset, content_hash__in=chunk).values_list(
+            "content_hash", "id")
+        spans: dict[int, list[dict[str, Any]]] = {
+            example_id: [{"start": span["start"], "end": span["end"], "label": key_of[span["label"]]}
+                         for span in labelled_rows[content]]
+            for content, example_id in ids}
+        keys = {example_id: sorted({span["label"] for span in example_spans})
+                for example_id, example_spans in spans.items()}
+        # The annotation layer records these as imported annotations (with their spans), in this transaction.
+        events.examples_imported.send(sender=Dataset, dataset=dataset, taxonomy=taxonomy, labels=keys,
+                                      spans=spans, annotator=dataset.created_by)
+        labelled += len(spans)
+        report(min(start + ANNOUNCE_BATCH, len(hashes)), len(hashes), DatasetStatus.IMPORTING)
     reset_queries()
     return check, imported, labelled
 
@@ -726,7 +907,14 @@ def import_records(project: Project, *, records: Sequence[dict[str, Any]], user:
         flat = {key: value for key, value in (record.get("metadata") or {}).items()
                 if key not in RESERVED_KEYS}
         flat.update({key: record[key] for key in ("text", "external_id") if key in record})
-        labels = record.get("labels", record.get("label"))
+        if project.is_span:
+            # One key for the text (a list: tokens) and one for the entities (its tags, or spans on the text),
+            # as a span project's JSON Lines file has them.
+            labels = record.get("spans")
+            if "tokens" in record:
+                flat["text"], labels = record["tokens"], record.get("tags")
+        else:
+            labels = record.get("labels", record.get("label"))
         if labels is not None:
             flat["label"] = labels
             has_labels = True
@@ -749,4 +937,4 @@ def import_records(project: Project, *, records: Sequence[dict[str, Any]], user:
     return run_import(dataset.pk)
 
 
-RESERVED_KEYS = {"text", "label", "labels", "external_id"}
+RESERVED_KEYS = {"text", "label", "labels", "external_id", "spans", "tokens", "tags"}

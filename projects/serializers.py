@@ -76,14 +76,28 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 
 class ExampleInSerializer(serializers.Serializer):
-    text = serializers.CharField(allow_blank=True, trim_whitespace=False,
-                                 help_text="The text to label. Empty text is rejected.")
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False, required=False,
+                                 help_text="The text to label. Empty text is rejected. Span projects may send "
+                                           "`tokens` instead.")
     label = serializers.JSONField(  # type: ignore[assignment]  # an API field, as above
         required=False, help_text="A label name; for multi-label projects a list of names.")
     labels = serializers.ListField(child=serializers.CharField(), required=False,
                                    help_text="Label names (multi-label projects).")
     external_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
     metadata = serializers.DictField(required=False)
+    spans = serializers.ListField(child=serializers.JSONField(), required=False,
+                                  help_text='Span projects: entities as [{"start", "end", "label"}] character '
+                                            "offsets on token boundaries of `text`.")
+    tokens = serializers.ListField(child=serializers.JSONField(), required=False,
+                                   help_text="Span projects: a pre-tokenized text (the text is the tokens joined "
+                                             "by single spaces).")
+    tags = serializers.ListField(child=serializers.JSONField(), required=False,
+                                 help_text="Span projects: one tag per token, in IOB2, IOB1, BILOU, IOBES or IO.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "text" not in attrs and "tokens" not in attrs:
+            raise serializers.ValidationError("Each example needs a text (span projects: a text or tokens).")
+        return attrs
 
 
 class BulkImportSerializer(serializers.Serializer):

@@ -132,7 +132,7 @@ def taxonomy_add_label(request: AuthenticatedHttpRequest, pk: int) -> HttpRespon
 @login_required
 def dataset_upload(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project_for_user(request, pk, role=Role.MANAGER)
-    form = UploadForm(request.POST or None, request.FILES or None)
+    form = UploadForm(request.POST or None, request.FILES or None, project=project)
     if request.method == "POST" and form.is_valid():
         try:
             dataset = imports.create_dataset_from_upload(project, upload=form.cleaned_data["file"], user=request.user)
@@ -178,6 +178,7 @@ def _dataset_draft(request: AuthenticatedHttpRequest, project: Project, dataset:
     """The upload's second step: a preview of the rows as read, the reading options, the column roles and
     what each label of the file becomes; "Update preview" re-reads the stored file, "Import" starts."""
     data: QueryDict | None = request.POST if request.method == "POST" else None
+    text_names, label_names = imports.column_names(project)
     error = ""
     status = 200
     if data is not None:
@@ -192,14 +193,14 @@ def _dataset_draft(request: AuthenticatedHttpRequest, project: Project, dataset:
             else:
                 # Read another way, the file has other columns: a choice they lack (or none) is guessed again.
                 data = data.copy()
-                for field, names in (("text_column", imports.TEXT_NAMES), ("label_column", imports.LABEL_NAMES),
+                for field, names in (("text_column", text_names), ("label_column", label_names),
                                      ("id_column", imports.ID_NAMES)):
                     if data.get(field, "") not in dataset.columns:
                         data[field] = imports.guess_column(dataset.columns, names)
     initial = {
         "encoding": dataset.encoding, "delimiter": dataset.delimiter, "sheet": dataset.sheet,
-        "text_column": dataset.text_column or imports.guess_column(dataset.columns, imports.TEXT_NAMES),
-        "label_column": dataset.label_column or imports.guess_column(dataset.columns, imports.LABEL_NAMES),
+        "text_column": dataset.text_column or imports.guess_column(dataset.columns, text_names),
+        "label_column": dataset.label_column or imports.guess_column(dataset.columns, label_names),
         "id_column": dataset.id_column or imports.guess_column(dataset.columns, imports.ID_NAMES),
         "add_unknown_labels": dataset.add_unknown_labels,
     }

@@ -1,4 +1,5 @@
-"""Import a CSV / TSV / Excel .xlsx / JSONL / JSON file into a project from the command line, with a progress bar."""
+"""Import a CSV / TSV / Excel .xlsx / JSONL / JSON file (span projects: also CoNLL) into a project from the command
+line, with a progress bar."""
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("project", type=int, help="Project id")
         parser.add_argument("file", type=Path)
-        parser.add_argument("--text-column", default="text")
-        parser.add_argument("--label-column", default="")
+        parser.add_argument("--text-column", default="",
+                            help="Column (key) holding the text (default: text; span projects: tokens or text, "
+                                 "whichever the file has).")
+        parser.add_argument("--label-column", default="",
+                            help="Column (key) holding the label (span projects: the tags or the spans; default "
+                                 "there: tags or spans, whichever the file has).")
         parser.add_argument("--id-column", default="")
         parser.add_argument("--add-unknown-labels", "--create-labels", dest="add_unknown_labels",
                             action="store_true",
@@ -70,8 +75,14 @@ class Command(BaseCommand):
                     encoding=options["encoding"], delimiter=DELIMITER_NAMES.get(options["delimiter"], ""),
                     sheet=options["sheet"])
             self.stderr.write(self._reading(dataset))
+            text_column, label_column = options["text_column"], options["label_column"]
+            if project.is_span:
+                # A span file says what it holds by its keys ({"tokens", "tags"}, {"text", "spans"}, CoNLL).
+                text_names, label_names = imports.column_names(project)
+                text_column = text_column or imports.guess_column(dataset.columns, text_names)
+                label_column = label_column or imports.guess_column(dataset.columns, label_names)
             mapping: dict[str, Any] = {
-                "text_column": options["text_column"], "label_column": options["label_column"],
+                "text_column": text_column or "text", "label_column": label_column,
                 "id_column": options["id_column"], "add_unknown_labels": options["add_unknown_labels"],
                 "dropped_columns": _names(options["drop_columns"])}
             if options["hidden_columns"]:
