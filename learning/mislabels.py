@@ -100,13 +100,19 @@ def per_class_thresholds(proba: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
 
 
-def analyse(proba: np.ndarray, given: np.ndarray) -> Analysis:
+SCORES = ("relative_margin", "margin", "self_confidence")
+
+
+def analyse(proba: np.ndarray, given: np.ndarray, *, score: str = "relative_margin") -> Analysis:
     """Confident-learning flags and scores of single-label items (see the module docstring).
 
     Score: the normalized margin of the most probable other class over the given one, each
     divided by its class threshold (p_j / t_j - p_i / t_i), so a class the model is always
-    unsure of is judged against its own level of confidence.
+    unsure of is judged against its own level of confidence. ``score`` picks another ranking
+    (for the benchmark's ablations): ``margin`` (p_j - p_i) or ``self_confidence`` (-p_i).
     """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     proba = np.clip(np.asarray(proba, dtype=np.float64), EPS, 1.0)
     given = np.asarray(given, dtype=np.int64)
     n, k = proba.shape
@@ -131,7 +137,14 @@ def analyse(proba: np.ndarray, given: np.ndarray) -> Analysis:
     others = relative.copy()
     others[rows, given] = -np.inf
     best_other = others.argmax(axis=1)
-    scores = others[rows, best_other] - relative[rows, given]
+    if score == "relative_margin":
+        scores = others[rows, best_other] - relative[rows, given]
+    elif score == "margin":
+        plain = proba.copy()
+        plain[rows, given] = -np.inf
+        scores = plain.max(axis=1) - proba[rows, given]
+    else:
+        scores = -proba[rows, given]
     predicted = np.where(has_confident & (confident != given), confident, best_other)
 
     # Candidates: items whose confident class is another one; within each given class the
@@ -196,6 +209,26 @@ def find_mislabels(proba: np.ndarray, given: np.ndarray, *, multi_label: bool = 
 
 
 # ---- from embeddings: the app's code path ---------------------------------------------------
+# Refit without the first pass's flagged items and judge every item again: flipped labels in
+# the training folds pull the model towards them (most with confusable noise, where the wrong
+# labels of one class form a region of their own), and hide one another.
+SECOND_PASS = True
+
+
+def _out_of_fold(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool,
+                 posterior: bayes.Posterior | None, seed: int,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, tuple[float, float]] | None:
+    oof = metrics.out_of_fold_logits(
+        X, y, n_classes=n_classes, folds=quality.FOLDS, rng=np.random.default_rng(seed), multi_label=multi_label,
+        prior_precision=None if posterior is None else posterior.prior_precision, warm_start=posterior,
+        should_stop=should_stop,
+    )
+    if oof is None:
+        return None
+    calibration = metrics.fit_out_of_fold_calibration(oof, y)
+    return oof.proba(*calibration), calibration
+
+
 def out_of_fold_proba(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool = False,
                       posterior: bayes.Posterior | None = None, seed: int = 0,
                       should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
@@ -205,23 +238,82 @@ def out_of_fold_proba(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_lab
     every labelled item (the report subsamples above ``quality.MAX_EVAL_ITEMS``): each item
     needs its own held-out prediction to be judged. None if ``should_stop`` interrupted it.
     """
-    oof = metrics.out_of_fold_logits(
-        X, y, n_classes=n_classes, folds=quality.FOLDS, rng=np.random.default_rng(seed), multi_label=multi_label,
-        prior_precision=None if posterior is None else posterior.prior_precision, warm_start=posterior,
-        should_stop=should_stop,
-    )
-    if oof is None:
+    out = _out_of_fold(X, y, n_classes=n_classes, multi_label=multi_label, posterior=posterior, seed=seed,
+                       should_stop=should_stop)
+    return None if out is None else out[0]
+
+
+def second_pass_proba(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, *, n_classes: int,
+                      multi_label: bool = False, posterior: bayes.Posterior | None = None,
+                      seed: int = 0) -> np.ndarray | None:
+    """Probabilities of every item from models that never saw a ``flagged`` label.
+
+    Kept items: out-of-fold among the kept ones. Flagged items: one model fitted on all the kept
+    ones, under the calibration of the kept items' folds. None when too few items are kept.
+    """
+    keep = ~flagged
+    kept_y = y[keep]
+    if keep.sum() < 2 * quality.FOLDS or (not multi_label and len(np.unique(kept_y)) < 2):
         return None
-    return oof.proba(*metrics.fit_out_of_fold_calibration(oof, y))
+    out = _out_of_fold(X[keep], kept_y, n_classes=n_classes, multi_label=multi_label, posterior=posterior,
+                       seed=seed)
+    if out is None:
+        return None
+    kept_proba, (temperature, variance_scale) = out
+    proba = np.empty((len(y), n_classes))
+    proba[keep] = kept_proba
+    if flagged.any():
+        prior = None if posterior is None else posterior.prior_precision
+        try:
+            if multi_label:
+                model = bayes.fit_multilabel(X[keep], kept_y, prior_precision=prior, warm_start=posterior)
+            else:
+                model = bayes.fit(X[keep], kept_y, n_classes=n_classes, prior_precision=prior, warm_start=posterior)
+        except bayes.ModelFitError:
+            return None
+        model.temperature, model.variance_scale = temperature, variance_scale
+        proba[flagged] = model.predict_proba(X[flagged])
+    return proba
+
+
+def analyse_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, posterior: bayes.Posterior | None = None,
+               proba: np.ndarray | None = None, seed: int = 0, second_pass: bool = SECOND_PASS,
+               score: str = "relative_margin") -> Analysis:
+    """``analyse`` of single-label items from their embeddings (``proba``: the first pass's, if computed)."""
+    given = np.asarray(given, dtype=np.int64)
+    if proba is None:
+        proba = out_of_fold_proba(X, given, n_classes=n_classes, posterior=posterior, seed=seed)
+        assert proba is not None  # no should_stop: never interrupted
+    first = analyse(proba, given, score=score)
+    if not second_pass or not first.flagged.any():
+        return first
+    again = second_pass_proba(X, given, first.flagged, n_classes=n_classes, posterior=posterior, seed=seed + 1)
+    return first if again is None else analyse(again, given, score=score)
 
 
 def find_mislabels_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, multi_label: bool = False,
                       posterior: bayes.Posterior | None = None, seed: int = 0,
                       label_names: list[str] | None = None,
                       proba: np.ndarray | None = None) -> list[Mislabel]:
-    """``find_mislabels`` on the out-of-fold probabilities of ``X`` (given ``proba``: on those)."""
+    """``find_mislabels`` from embeddings: the quality report's out-of-fold probabilities (or
+    ``proba``, already computed), then the second pass."""
+    X = np.asarray(X)
+    given = np.asarray(given)
     if proba is None:
         proba = out_of_fold_proba(X, given, n_classes=n_classes, multi_label=multi_label, posterior=posterior,
                                   seed=seed)
         assert proba is not None  # no should_stop: never interrupted
+    if SECOND_PASS:
+        proba, given = _check(proba, given, multi_label)
+        if multi_label:
+            flagged_items = np.zeros(len(given), dtype=bool)
+            for result in label_issue_scores(proba, given, multi_label=True):
+                flagged_items |= result.flagged
+        else:
+            flagged_items = analyse(proba, given).flagged
+        if flagged_items.any():
+            again = second_pass_proba(X, given, flagged_items, n_classes=n_classes, multi_label=multi_label,
+                                      posterior=posterior, seed=seed + 1)
+            if again is not None:
+                proba = again
     return find_mislabels(proba, given, multi_label=multi_label, label_names=label_names)
