@@ -50,6 +50,10 @@ AUTO_CPU_BACKEND = "onnx"
 PAD_RATIO = 0.9
 # Files of an exported model; bump when the export recipe changes, so old files are not reused.
 ONNX_RECIPE = "v1"
+# How a word token's vector comes from its sub-words' last hidden states (encode_tokens).
+TOKEN_POOLINGS = ("first", "mean")
+# Measured on conll2003 (benchmarks/README.md, *Span tagging*): see encode_tokens.
+DEFAULT_TOKEN_POOLING = "first"
 
 
 def default_model_path() -> str:
@@ -129,6 +133,76 @@ class _Tokenizer:
             encoded = self._auto(texts, truncation=True, max_length=self.max_length, padding=False,
                                  return_attention_mask=False)
         return encoded["input_ids"], encoded.get("token_type_ids")
+
+
+class _OffsetTokenizer:
+    """Sub-word ids with their character offsets, untruncated, and the special tokens a model input
+    wraps them in (``prefix`` / ``suffix``: [CLS] / [SEP] for BERT), read off the tokenizer itself."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._fast: Any = None
+        self._auto: Any = None
+        if (path / "tokenizer.json").exists():
+            from tokenizers import Tokenizer
+
+            self._fast = Tokenizer.from_file(str(path / "tokenizer.json"))
+            self._fast.no_truncation()
+            self._fast.no_padding()
+            full = self._fast.encode("x").ids
+            bare = self._fast.encode("x", add_special_tokens=False).ids
+        else:
+            self._auto = _transformers().AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            full = self._auto("x")["input_ids"]
+            bare = self._auto("x", add_special_tokens=False)["input_ids"]
+        at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), 0)
+        self.prefix: list[int] = list(full[:at])
+        self.suffix: list[int] = list(full[at + len(bare) :])
+
+    def __call__(self, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+        with self._lock:
+            if self._fast is not None:
+                encodings = self._fast.encode_batch(texts, add_special_tokens=False)
+                return [list(e.ids) for e in encodings], [np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)
+                                                          for e in encodings]
+            encoded = self._auto(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+        return ([list(r) for r in encoded["input_ids"]],
+                [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in encoded["offset_mapping"]])
+
+
+def _pool_words(hidden: np.ndarray, sub_offsets: np.ndarray, words: Sequence[Sequence[int]], pooling: str,
+                dim: int) -> np.ndarray:
+    """Word vectors (n_words, dim) from sub-word vectors ``hidden`` with char offsets ``sub_offsets``."""
+    n_words = len(words)
+    out = np.zeros((n_words, dim), dtype=np.float32)
+    if n_words == 0 or len(hidden) == 0:
+        return out
+    spans = np.asarray(words, dtype=np.int64).reshape(-1, 2)
+    starts, ends = spans[:, 0], spans[:, 1]
+    # Words are sorted and disjoint (Example.tokens); a sub-word belongs to the word its first
+    # character falls in.
+    sub_start = sub_offsets[:, 0]
+    real = sub_offsets[:, 1] > sub_offsets[:, 0]
+    word = np.searchsorted(starts, sub_start, side="right") - 1
+    inside = real & (word >= 0) & (sub_start < ends[np.clip(word, 0, None)])
+    sub_idx = np.flatnonzero(inside)
+    owner = word[sub_idx]
+    counts = np.bincount(owner, minlength=n_words)
+    if pooling == "mean":
+        np.add.at(out, owner, hidden[sub_idx])
+        out[counts > 0] /= counts[counts > 0, None]
+    else:
+        # Sub-words come in text order, so a word's first is where its owner index first appears.
+        first = np.full(n_words, -1, dtype=np.int64)
+        first[owner[::-1]] = sub_idx[::-1]
+        has = first >= 0
+        out[has] = hidden[first[has]]
+    missing = np.flatnonzero(counts == 0)
+    if len(missing):
+        candidates = np.flatnonzero(real) if real.any() else np.arange(len(hidden))
+        pos = np.searchsorted(sub_start[candidates], starts[missing], side="right") - 1
+        out[missing] = hidden[candidates[np.clip(pos, 0, None)]]
+    return out
 
 
 def cuda_available() -> bool:
@@ -285,6 +359,7 @@ class Encoder:
         self.name = encoder_name(path, backend=self.backend, max_length=max_length)
         self.model: Any = None
         self.session: Any = None
+        self._offsets: _OffsetTokenizer | None = None
         if self.backend == "torch":
             import torch
 
@@ -381,6 +456,102 @@ class Encoder:
             done += len(idx)
             if progress is not None:
                 progress(done, n)
+        return out
+
+    # ---- token vectors (span tagging) ---------------------------------------------------------
+    def token_name(self, pooling: str = "first") -> str:
+        """The name token vectors of this encoder and ``pooling`` carry (cache keys, stored pools)."""
+        if pooling not in TOKEN_POOLINGS:
+            raise ValueError(f"unknown token pooling {pooling!r}; use one of {', '.join(TOKEN_POOLINGS)}")
+        return f"{self.name}-tokens-{pooling}"
+
+    def _offset_tokenizer(self) -> _OffsetTokenizer:
+        if self._offsets is None:
+            self._offsets = _OffsetTokenizer(self.model_path)
+        return self._offsets
+
+    def _hidden(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Last hidden state (B, L, dim) float32 of a padded batch.
+
+        PyTorch runs it (the ONNX graphs end in the pooled sentence vector): an ONNX encoder loads
+        the same weights into PyTorch on its first span request.
+        """
+        import torch
+
+        if self.model is None:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self.model = _transformers().AutoModel.from_pretrained(str(self.model_path), local_files_only=True)
+            self.model.eval()
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+            if self.device != "cpu":
+                tensors = {k: v.to(self.device) for k, v in tensors.items()}
+            return self.model(**tensors).last_hidden_state.float().cpu().numpy()
+
+    def encode_tokens(
+        self,
+        texts: Sequence[str],
+        offsets: Sequence[Sequence[Sequence[int]]],
+        *,
+        pooling: str = DEFAULT_TOKEN_POOLING,
+        progress: ProgressCallback | None = None,
+    ) -> list[np.ndarray]:
+        """One float32 (n_tokens, dim) array per text: the last hidden state at each of our word tokens.
+
+        ``offsets[i]`` are text i's word tokens as [start, end) character offsets (``Example.tokens``).
+        The text is cut into the model's sub-words with their character offsets (the HF tokenizer's
+        offset mapping); a word's vector is its first sub-word's (``pooling="first"``) or the mean of
+        its sub-words' (``"mean"``); see DEFAULT_TOKEN_POOLING for which and why. A word no sub-word
+        starts in (the tokenizer dropped its characters, or one sub-word covers two of our tokens)
+        takes the sub-word that covers its start, else the nearest one before it. Texts longer than
+        the model's window are encoded in overlapping windows, each sub-word taken from the window
+        where it has context on both sides, so nothing is truncated.
+        """
+        if pooling not in TOKEN_POOLINGS:
+            raise ValueError(f"unknown token pooling {pooling!r}; use one of {', '.join(TOKEN_POOLINGS)}")
+        if len(texts) != len(offsets):
+            raise ValueError(f"{len(texts)} texts but {len(offsets)} offset lists")
+        n = len(texts)
+        out: list[np.ndarray] = [np.zeros((0, self.dim), np.float32)] * n
+        if n == 0:
+            return out
+        tok = self._offset_tokenizer()
+        ids, sub_offsets = tok([str(t) for t in texts])
+        width = self.max_length - len(tok.prefix) - len(tok.suffix)
+        context = width // 4
+        step = width - 2 * context
+        # Windows: (text, first sub-word in the window, stop, first kept, stop kept).
+        windows: list[tuple[int, int, int, int, int]] = []
+        for i, row in enumerate(ids):
+            m = len(row)
+            if m <= width:
+                windows.append((i, 0, m, 0, m))
+                continue
+            for keep in range(0, m, step):
+                lo = max(0, keep - context)
+                hi = min(m, lo + width)
+                lo = max(0, hi - width)
+                windows.append((i, lo, hi, keep, min(m, keep + step)))
+        hidden_rows: list[np.ndarray] = [np.zeros((len(r), self.dim), np.float32) for r in ids]
+        lengths = [w[2] - w[1] + len(tok.prefix) + len(tok.suffix) for w in windows]
+        order = sorted(range(len(windows)), key=lambda j: -lengths[j])
+        done = 0
+        for group in self._groups(order, lengths):
+            rows = [tok.prefix + ids[windows[j][0]][windows[j][1] : windows[j][2]] + tok.suffix for j in group]
+            hidden = self._hidden(self._batch(rows, [[0] * len(r) for r in rows]))
+            left = self.tokenizer.padding_side == "left"
+            width_b = hidden.shape[1]
+            for r, j in enumerate(group):
+                i, lo, hi, keep_lo, keep_hi = windows[j]
+                start = (width_b - len(rows[r]) if left else 0) + len(tok.prefix)
+                block = hidden[r, start + (keep_lo - lo) : start + (keep_hi - lo)]
+                hidden_rows[i][keep_lo:keep_hi] = block
+            done += len(group)
+            if progress is not None:
+                progress(done, len(windows))
+        for i in range(n):
+            out[i] = _pool_words(hidden_rows[i], sub_offsets[i], offsets[i], pooling, self.dim)
         return out
 
 

@@ -1,0 +1,221 @@
+"""Span tagging maths (learning/spans.py), token vectors (Encoder.encode_tokens) and the NER harness.
+
+No database: like tests/test_ml_simulation.py these exercise the plain modules.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from learning import spans as S
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CONLL = DATA / "conll2003"
+TAGSET = S.TagSet(["PER", "ORG", "LOC"])
+
+
+def offsets_of(tokens: list[str]) -> list[tuple[int, int]]:
+    out, position = [], 0
+    for token in tokens:
+        out.append((position, position + len(token)))
+        position += len(token) + 1
+    return out
+
+
+# ---- tags -------------------------------------------------------------------------------------
+def test_the_tag_set_numbers_tags_as_the_design_says() -> None:
+    assert TAGSET.names == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+    assert TAGSET.begin("ORG") == 3 and TAGSET.inside("ORG") == 4 and len(TAGSET) == 7
+    with pytest.raises(ValueError, match="at least one"):
+        S.TagSet([])
+
+
+@st.composite
+def token_spans(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[dict[str, object]]]:
+    n = draw(st.integers(0, 30))
+    lengths = draw(st.lists(st.integers(1, 8), min_size=n, max_size=n))
+    offsets, position = [], 0
+    for length in lengths:
+        offsets.append((position, position + length))
+        position += length + 1
+    spans: list[dict[str, object]] = []
+    i = 0
+    while i < n:
+        if draw(st.booleans()):
+            j = draw(st.integers(i + 1, min(n, i + 4)))
+            label = draw(st.sampled_from(TAGSET.keys))
+            spans.append({"start": offsets[i][0], "end": offsets[j - 1][1], "label": label})
+            i = j
+        else:
+            i += 1
+    return offsets, spans
+
+
+@given(token_spans())
+@settings(max_examples=200, deadline=None)
+def test_spans_and_tag_ids_round_trip(case: tuple[list[tuple[int, int]], list[dict[str, object]]]) -> None:
+    offsets, spans = case
+    ids = S.tag_ids(offsets, spans, TAGSET)
+    assert S.is_valid_iob2(ids)
+    assert S.spans_from_tag_ids(offsets, ids, TAGSET) == spans
+
+
+def test_tag_ids_name_a_bad_label() -> None:
+    with pytest.raises(ValueError, match="'DATE' is not in the tag set"):
+        S.tag_ids([(0, 3)], [{"start": 0, "end": 3, "label": "DATE"}], TAGSET)
+
+
+@given(st.lists(st.lists(st.floats(-30, 0), min_size=7, max_size=7), min_size=0, max_size=25),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_viterbi_always_emits_valid_iob2_and_finds_the_best_valid_path(rows: list[list[float]], seed: int) -> None:
+    logp = np.array(rows, dtype=np.float64).reshape(-1, 7)
+    (path,) = S.viterbi([logp], 3)
+    assert len(path) == len(rows)
+    assert S.is_valid_iob2(path)
+    if 0 < len(rows) <= 6:
+        # Exhaustive check on short sentences: no valid sequence scores higher.
+        import itertools
+
+        best = max((sum(logp[t, s] for t, s in enumerate(seq)), seq)
+                   for seq in itertools.product(range(7), repeat=len(rows)) if S.is_valid_iob2(seq))
+        assert np.isclose(sum(logp[t, s] for t, s in enumerate(path)), best[0])
+
+
+def test_viterbi_decodes_many_sentences_of_mixed_lengths_like_one_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    batch = [np.log(rng.dirichlet(np.ones(7), size=n)) for n in (3, 0, 7, 3, 12, 1)]
+    together = S.viterbi(batch, 3)
+    alone = [S.viterbi([b], 3)[0] for b in batch]
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone, strict=True))
+
+
+# ---- metrics against seqeval ----------------------------------------------------------------
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
+
+
+@given(st.lists(st.lists(st.tuples(st.sampled_from(TAGS), st.sampled_from(TAGS)), min_size=1, max_size=15),
+                min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # seqeval averages over no labels on all-O cases
+def test_entity_scores_equal_seqeval_strict_iob2(sentences: list[list[tuple[str, str]]]) -> None:
+    from seqeval.metrics import classification_report, f1_score
+    from seqeval.scheme import IOB2
+
+    gold = [[g for g, _ in s] for s in sentences]
+    pred = [[p for _, p in s] for s in sentences]
+    ours_g = [S.entities_from_tags(t) for t in gold]
+    ours_p = [S.entities_from_tags(t) for t in pred]
+    assert S.entity_f1(ours_g, ours_p) == pytest.approx(
+        f1_score(gold, pred, mode="strict", scheme=IOB2, zero_division=0), abs=1e-12)
+    report = S.entity_report(ours_g, ours_p, n_boot=0)
+    theirs = classification_report(gold, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    for row in report["per_label"]:
+        if row["support"] or row["predicted"]:
+            ref = theirs.get(row["label"], {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+            assert row["precision"] == pytest.approx(ref["precision"], abs=1e-12)
+            assert row["recall"] == pytest.approx(ref["recall"], abs=1e-12)
+            assert row["f1"] == pytest.approx(ref["f1-score"], abs=1e-12)
+
+
+def test_the_report_gives_intervals_around_the_value_and_an_error_breakdown() -> None:
+    gold = [{("PER", 0, 2), ("LOC", 4, 5)}, {("ORG", 1, 3)}, {("PER", 0, 1)}, set()] * 10
+    pred = [{("PER", 0, 2), ("ORG", 4, 5)}, {("ORG", 1, 2)}, set(), {("LOC", 2, 3)}] * 10
+    report = S.entity_report(gold, pred, rng=np.random.default_rng(0))
+    f1 = report["f1"]
+    assert f1["low"] <= f1["value"] <= f1["high"] and f1["low"] < f1["high"]
+    assert report["errors"] == {"correct": 10, "wrong_type": 10, "wrong_boundary": 10, "wrong_boundary_and_type": 0,
+                                "missed": 10, "spurious": 10}
+    per = {row["label"]: row for row in report["per_label"]}
+    assert per["PER"]["support"] == 20 and per["PER"]["precision"] == 1.0 and per["PER"]["recall"] == 0.5
+
+
+def test_aggregations() -> None:
+    scores = np.array([1.0, 3.0, 2.0, 4.0])
+    bounds = np.array([0, 2, 2, 4])
+    assert list(S.aggregate(scores, bounds, "sum")) == [4.0, 0.0, 6.0]
+    assert list(S.aggregate(scores, bounds, "mean")) == [2.0, 0.0, 3.0]
+    assert list(S.aggregate(scores, bounds, "max")) == [3.0, 0.0, 4.0]
+    assert np.allclose(S.aggregate(scores, bounds, "sqrt"), [4 / np.sqrt(2), 0.0, 6 / np.sqrt(2)])
+
+
+# ---- the model on real sentences --------------------------------------------------------------
+def conll_rows(n: int, split: str = "train") -> list[dict[str, list[str]]]:
+    rows = []
+    with open(CONLL / f"{split}.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            rows.append(json.loads(line))
+            if len(rows) == n:
+                break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def encoder():  # type: ignore[no-untyped-def]
+    from learning.encoder import get_encoder
+
+    return get_encoder(backend="torch", threads=1)
+
+
+def test_token_vectors_align_with_our_tokens(encoder) -> None:  # type: ignore[no-untyped-def]
+    text = "Mr. Blackburn's 1996-08-22 naïve réponse ,and  spaces"
+    offsets = [(0, 3), (4, 13), (13, 15), (16, 26), (27, 32), (33, 40), (41, 42), (42, 45), (47, 53)]
+    first, mean = (encoder.encode_tokens([text], [offsets], pooling=p)[0] for p in ("first", "mean"))
+    assert first.shape == mean.shape == (len(offsets), encoder.dim) and first.dtype == np.float32
+    assert np.isfinite(first).all() and np.abs(first).sum(axis=1).min() > 0
+    # "Mr." is one word of two sub-words (mr, .): mean and first differ there.
+    assert not np.allclose(first[0], mean[0])
+    # A text longer than the model's window is encoded whole, in windows, nothing truncated.
+    long_tokens = ["court"] * 700
+    (vectors,) = encoder.encode_tokens([" ".join(long_tokens)], [offsets_of(long_tokens)])
+    assert vectors.shape == (700, encoder.dim) and np.isfinite(vectors).all()
+    assert encoder.encode_tokens(["", "x"], [[], [(0, 1)]])[0].shape == (0, encoder.dim)
+
+
+def test_the_model_learns_a_separable_mapping_on_real_sentences(encoder) -> None:  # type: ignore[no-untyped-def]
+    # Entities: runs of tokens with a digit (NUM) and the words "Monday".."Sunday" (DAY), on real news text.
+    days = {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
+    rows = conll_rows(500)
+    tagset = S.TagSet(["NUM", "DAY"])
+    texts, offsets, ids = [], [], []
+    for row in rows:
+        tokens = row["tokens"]
+        kinds = ["NUM" if any(c.isdigit() for c in t) else "DAY" if t in days else None for t in tokens]
+        tags = []
+        for i, kind in enumerate(kinds):
+            tags.append(0 if kind is None else (tagset.inside(kind) if i and kinds[i - 1] == kind
+                                                 else tagset.begin(kind)))
+        texts.append(" ".join(tokens))
+        offsets.append(offsets_of(tokens))
+        ids.append(np.array(tags))
+    vectors = encoder.encode_tokens(texts, offsets)
+    model = S.SpanModel.fit(vectors[:350], ids[:350], tagset).calibrate(vectors[:350], ids[:350])
+    predictions = model.predict(vectors[350:], offsets[350:])
+    gold = [S.entities_from_ids(t, tagset) for t in ids[350:]]
+    pred = [S.entities_from_ids(p.tags, tagset) for p in predictions]
+    assert S.entity_f1(gold, pred) > 0.8
+    assert all(S.is_valid_iob2(p.tags) for p in predictions)
+    spans = [s for p in predictions for s in p.spans]
+    assert spans and all(0.0 <= s["confidence"] <= 1.0 for s in spans)
+    # Round trip through storage, predictions unchanged.
+    again = S.SpanModel.from_npz(model.to_npz())
+    assert again.tagset == tagset
+    assert [p.spans for p in again.predict(vectors[350:], offsets[350:])] == [p.spans for p in predictions]
+    # Acquisition: one score per example, and the diverse batch picks distinct examples.
+    flat, bounds = S.pack(vectors[350:])
+    _, scores = model.example_scores(flat, bounds, rng=np.random.default_rng(0))
+    assert scores.shape == (150,) and (scores >= 0).all()
+    picked = S.select_examples(scores, S.sentence_vectors(flat, bounds), 10, rng=np.random.default_rng(0))
+    assert len(set(picked.tolist())) == 10
+
+
+def test_the_model_refuses_examples_without_any_entity_clearly() -> None:
+    vectors = [np.ones((3, 4), np.float32), np.zeros((2, 4), np.float32)]
+    with pytest.raises(S.SpanModelError, match="none of the 2 labelled examples has an entity"):
+        S.SpanModel.fit(vectors, [np.zeros(3, int), np.zeros(2, int)], TAGSET)
