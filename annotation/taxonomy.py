@@ -93,20 +93,31 @@ def _annotations_with_any(project: Project, keys: set[str]) -> QuerySet[Annotati
 
 
 def _rewrite_annotation_keys(project: Project, mapping: dict[str, str]) -> int:
-    """Replace label keys in every annotation of the project; returns how many annotations changed."""
-    annotations = _annotations_with_any(project, set(mapping)).only("id", "label_keys")
+    """Replace label keys in every annotation of the project (span projects: the spans' labels too, and
+    label_keys stays their sorted distinct keys); returns how many annotations changed."""
+    annotations = _annotations_with_any(project, set(mapping)).only("id", "label_keys", "spans")
+    fields = ["label_keys", "spans"] if project.is_span else ["label_keys"]
     changed: list[Annotation] = []
     total = 0
     for annotation in annotations.iterator(chunk_size=5000):
-        keys = list(dict.fromkeys(mapping.get(k, k) for k in annotation.label_keys))
-        if keys != annotation.label_keys:
-            annotation.label_keys = keys
-            changed.append(annotation)
+        if project.is_span:
+            # Two adjacent spans that now share a label stay two entities: a merge renames, it does not
+            # redraw boundaries.
+            spans = [{**span, "label": mapping.get(span["label"], span["label"])} for span in annotation.spans]
+            keys = sorted({span["label"] for span in spans})
+            if keys != annotation.label_keys or spans != annotation.spans:
+                annotation.label_keys, annotation.spans = keys, spans
+                changed.append(annotation)
+        else:
+            keys = list(dict.fromkeys(mapping.get(k, k) for k in annotation.label_keys))
+            if keys != annotation.label_keys:
+                annotation.label_keys = keys
+                changed.append(annotation)
         if len(changed) >= 5000:
-            Annotation.objects.bulk_update(changed, ["label_keys"])
+            Annotation.objects.bulk_update(changed, fields)
             total += len(changed)
             changed = []
-    Annotation.objects.bulk_update(changed, ["label_keys"])
+    Annotation.objects.bulk_update(changed, fields)
     return total + len(changed)
 
 

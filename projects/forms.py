@@ -6,7 +6,7 @@ from typing import Any
 from django import forms
 from django.http import QueryDict
 
-from projects import importing, imports
+from projects import importing, imports, spanformats
 from projects.models import Dataset, Project, TaskType, Team
 from projects.taxonomy import LabelSpec, parse_label_lines
 
@@ -15,6 +15,10 @@ class ProjectCreateForm(forms.Form):
     team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label=None)  # the user's teams: __init__
     name = forms.CharField(max_length=200)
     task_type = forms.ChoiceField(choices=TaskType.choices, initial=TaskType.SINGLE_LABEL)
+    language = forms.ChoiceField(
+        choices=list(spanformats.LANGUAGES.items()), initial="en", required=False,
+        help_text="Span tagging: the language of the texts; they are split into tokens with its rules at import.",
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     guidelines = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
                                  help_text="What annotators read before they label.")
@@ -29,6 +33,10 @@ class ProjectCreateForm(forms.Form):
         team = self.fields["team"]
         assert isinstance(team, forms.ModelChoiceField)
         team.queryset = teams
+
+    def clean_language(self) -> str:
+        # Only span projects tokenize; a classification project keeps the default.
+        return self.cleaned_data.get("language") or "en"
 
     def clean_labels(self) -> list[LabelSpec]:
         specs = parse_label_lines(self.cleaned_data["labels"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import Count
 from django.http import HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -48,10 +49,14 @@ def project_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            project = taxonomy.create_project(
-                data["team"], name=data["name"], task_type=data["task_type"], labels=data["labels"],
-                created_by=request.user, description=data["description"], guidelines=data["guidelines"],
-            )
+            with transaction.atomic():
+                project = taxonomy.create_project(
+                    data["team"], name=data["name"], task_type=data["task_type"], labels=data["labels"],
+                    created_by=request.user, description=data["description"], guidelines=data["guidelines"],
+                )
+                if project.is_span:
+                    project.language = data["language"]
+                    project.save(update_fields=["language"])
         except ActionError as exc:
             form.add_error(None, str(exc))
         else:

@@ -346,3 +346,75 @@ def test_outsiders_cannot_import_into_a_span_project(span_project, bob, charlie,
     assert api_client(charlie).post(url, {"examples": [{"text": "x"}]}, format="json").status_code == 404
     assert not Dataset.objects.filter(project=span_project).exists()
     assert imports.SPAN_TEXT_NAMES[0] == "tokens"
+
+
+# --- taxonomy edits on imported spans ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def imported_spans(span_project, alice, api_client) -> Project:
+    body = {"examples": [
+        {"text": "Peter Blackburn of Acme Corp visited Brussels .",
+         "spans": [{"start": 0, "end": 15, "label": "PER"}, {"start": 19, "end": 28, "label": "ORG"},
+                   {"start": 37, "end": 45, "label": "LOC"}]},
+        {"text": "Acme Corp Paris opened .",
+         "spans": [{"start": 0, "end": 9, "label": "ORG"}, {"start": 10, "end": 15, "label": "LOC"}]},
+        {"text": "Nothing here .", "spans": []},
+    ]}
+    response = api_client(alice).post(reverse("api-bulk-import", args=[span_project.pk]), body, format="json")
+    assert response.status_code == 201, response.content
+    return span_project
+
+
+def test_merge_rewrites_span_labels_and_label_keys(imported_spans, alice):
+    from annotation import taxonomy as annotation_taxonomy
+
+    keys = keys_by_name(imported_spans)
+    new = annotation_taxonomy.merge_labels(imported_spans, into=keys["ORG"], merged=[keys["LOC"]], user=alice)
+    assert "2 annotations moved" in new.changelog[0]
+    names = {label.key: label.name for label in new.labels.all()}
+    spans = {a.example.text: a for a in Annotation.objects.in_project(imported_spans).select_related("example")}
+    first = spans["Peter Blackburn of Acme Corp visited Brussels ."]
+    assert [(s["start"], s["end"], names[s["label"]]) for s in first.spans] == [
+        (0, 15, "PER"), (19, 28, "ORG"), (37, 45, "ORG")]
+    assert first.label_keys == sorted({keys["PER"], keys["ORG"]})
+    # Adjacent entities that now share a type stay two entities.
+    second = spans["Acme Corp Paris opened ."]
+    assert [(s["start"], s["end"]) for s in second.spans] == [(0, 9), (10, 15)]
+    assert second.label_keys == [keys["ORG"]]
+    assert spans["Nothing here ."].spans == [] and spans["Nothing here ."].label_keys == []
+    assert new.labels.get(key=keys["LOC"]).is_deprecated
+
+
+def test_split_sends_span_examples_to_relabel_and_deprecate_counts_them(imported_spans, alice):
+    from annotation import taxonomy as annotation_taxonomy
+    from annotation.models import Relabel
+
+    keys = keys_by_name(imported_spans)
+    annotation_taxonomy.split_label(imported_spans, key=keys["ORG"],
+                                    into=[taxonomy.LabelSpec("COMPANY"), taxonomy.LabelSpec("AGENCY")], user=alice)
+    relabel = set(Relabel.objects.filter(project=imported_spans).values_list("example__text", flat=True))
+    assert relabel == {"Peter Blackburn of Acme Corp visited Brussels .", "Acme Corp Paris opened ."}
+    new = annotation_taxonomy.set_label_deprecated(imported_spans, key=keys["PER"], deprecated=True, user=alice)
+    assert "its 1 annotation no longer train" in new.changelog[0]
+    assert new.labels.get(key=keys["PER"]).is_deprecated
+
+
+# --- the project's language -------------------------------------------------------------------------------------
+
+
+def test_a_span_project_is_created_with_its_language(team, alice, login):
+    client = login(alice)
+    page = client.get(reverse("projects:create")).content.decode()
+    assert 'id="language-field"' in page and "Portuguese" in page
+    payload = {"team": team.pk, "name": "Acórdãos", "task_type": "span", "language": "pt",
+               "labels": "PESSOA\nORGANIZACAO"}
+    response = client.post(reverse("projects:create"), payload)
+    assert response.status_code == 302
+    assert Project.objects.get(name="Acórdãos").language == "pt"
+    refused = client.post(reverse("projects:create"), {**payload, "name": "Other", "language": "klingon"})
+    assert refused.status_code == 200 and "klingon is not one of the available choices" in refused.content.decode()
+    assert not Project.objects.filter(name="Other").exists()
+    classification = {"team": team.pk, "name": "Overruling 2", "task_type": "single_label", "labels": "Yes\nNo"}
+    assert client.post(reverse("projects:create"), classification).status_code == 302
+    assert Project.objects.get(name="Overruling 2").language == "en"
