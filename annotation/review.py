@@ -81,7 +81,7 @@ def queue_context(project: Project, kind: str, *, number: Any = None, notice: st
     """One tab of the model's candidates: a page of rows, the tab counts, the label keys."""
     page = Paginator(review_queue.with_items(review_queue.open_candidates(project, kind)),
                      QUEUE_PAGE_SIZE).get_page(number)
-    page.object_list = review_queue.rows(project, list(page.object_list))
+    page.object_list = review_queue.rows(project, list(page.object_list))  # type: ignore[assignment]
     taxonomy = project.current_taxonomy()
     labels = [label for label in progress.labels_of(taxonomy) if not label.is_deprecated]
     return {

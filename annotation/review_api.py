@@ -31,7 +31,7 @@ class GivenLabelSerializer(serializers.Serializer):
     annotator = serializers.CharField(help_text="Who gave the label (username; 'someone' once the account is gone).")
     label_keys = serializers.ListField(child=serializers.CharField())
     label_names = serializers.ListField(child=serializers.CharField())
-    source = serializers.CharField(help_text="Labelling page, Import or REST API.")
+    source = serializers.CharField(help_text="Labelling page, Import or REST API.")  # type: ignore[assignment]
     created_at = serializers.DateTimeField()
 
 

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
-from annotation import actions, events
+from annotation import actions, adjudication, events
 from annotation.models import (
     Adjudication,
     Annotation,
@@ -105,6 +105,10 @@ def rows(project: Project, candidates: list[ReviewCandidate]) -> list[Row]:
 
 
 def _latest_keys(example: Example) -> list[str]:
+    """The label a decision changes: the adjudicated one where there is one, else the newest annotation's."""
+    final = Adjudication.objects.filter(example=example).values_list("label_keys", flat=True).first()
+    if final is not None:
+        return list(final)
     latest = Annotation.objects.filter(example=example).order_by("-created_at", "-id").first()
     return list(latest.label_keys) if latest is not None else []
 
@@ -128,6 +132,7 @@ def _correct(project: Project, example: Example, *, user: Any, keys: list[str], 
         # Labelled now: out of the annotation queue at once rather than at the next retrain.
         cursor.execute(_UNQUEUE, [example.pk])
     example_ids = [example.pk]
+    # Like a submit on the labelling page: the learning layer retrains, the header counts again.
     transaction.on_commit(lambda: events.labels_given.send(
         sender=Annotation, project=project, example_ids=example_ids, counted=False))
 
@@ -176,12 +181,5 @@ def decide(project: Project, candidate_id: int, *, user: Any, action: str, label
 
 
 def conflict_count(project: Project) -> int:
-    """Items several people labelled differently that nobody has adjudicated yet (the adjudication page's list)."""
-    multi = (Annotation.objects.in_project(project).values("example_id")
-             .annotate(n=Count("annotator", distinct=True)).filter(n__gte=2).values("example_id"))
-    answers: dict[int, set[tuple[str, ...]]] = {}
-    rows_ = (Annotation.objects.filter(example_id__in=multi).exclude(example__adjudication__isnull=False)
-             .values_list("example_id", "label_keys"))
-    for example_id, keys in rows_.iterator(chunk_size=5000):
-        answers.setdefault(example_id, set()).add(tuple(sorted(keys)))
-    return sum(1 for sets in answers.values() if len(sets) > 1)
+    """Items several people labelled differently that nobody adjudicated yet: the adjudication page's list."""
+    return adjudication.conflict_counts(project)["open"]

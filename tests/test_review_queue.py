@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.decomposition import TruncatedSVD  # type: ignore[import-untyped]
+from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped]
 
 from annotation import review_queue
 from annotation.models import (
@@ -107,6 +107,12 @@ class SimpleTrec:
         self.keys: dict[str, str] = kw["keys"]
 
 
+def first(project: Project, kind: str) -> ReviewCandidate:
+    candidate = review_queue.open_candidates(project, kind).first()
+    assert candidate is not None, f"no {kind} candidate"
+    return candidate
+
+
 def review_url(project: Project, tab: str = "mislabel") -> str:
     return f"{reverse('annotation:review', args=[project.pk])}?tab={tab}"
 
@@ -133,7 +139,7 @@ def test_the_report_writes_likely_mislabels_that_are_mostly_the_injected_flips(t
     for c in mislabels:
         assert c.given_keys != c.model_keys and c.model_version_number == 1
         assert c.reason.startswith("Out of fold") and "%" in c.reason
-        assert 0.0 < c.model_confidence <= 1.0
+        assert c.model_confidence is not None and 0.0 < c.model_confidence <= 1.0
     # Where a flip was found, the model's label is most often the true one.
     agree = [c.model_keys == [trec.truth[c.example_id]] for c in mislabels if c.example_id in trec.flipped]
     assert np.mean(agree) >= 0.6
@@ -181,7 +187,7 @@ def test_low_precision_cleaning_puts_items_of_other_classes_first():
 
 
 def test_a_refresh_does_not_put_back_what_was_decided(trec, alice):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     review_queue.decide(trec.project, candidate.pk, user=alice, action="keep")
     version = ModelVersion.objects.get(project=trec.project)
     review_candidates.refresh(version)
@@ -190,7 +196,7 @@ def test_a_refresh_does_not_put_back_what_was_decided(trec, alice):
 
 
 def test_a_new_annotation_hides_the_items_candidates(trec, bob):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     before = review_queue.counts(trec.project)[ReviewKind.MISLABEL]
     later = candidate.created_at + timedelta(seconds=1)
     Annotation.objects.filter(example_id=candidate.example_id).update(created_at=later)
@@ -202,7 +208,7 @@ def test_a_new_annotation_hides_the_items_candidates(trec, bob):
 
 
 def test_keep_records_the_decision_and_drops_the_item(trec, alice, login, htmx):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     response = login(alice).post(decide_url(candidate), {"action": "keep", "tab": "mislabel"}, **htmx)
     assert response.status_code == 200
     body = response.content.decode()
@@ -215,7 +221,7 @@ def test_keep_records_the_decision_and_drops_the_item(trec, alice, login, htmx):
 
 
 def test_a_correction_is_the_reviewers_annotation_retrains_and_leaves_the_list(trec, alice, login, htmx, run_jobs):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     new_key = candidate.model_keys[0]
     with run_jobs():
         response = login(alice).post(decide_url(candidate),
@@ -239,7 +245,7 @@ def test_a_correction_is_the_reviewers_annotation_retrains_and_leaves_the_list(t
 
 
 def test_send_back_makes_a_relabel_row(trec, alice, login):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.AMBIGUOUS).first()
+    candidate = first(trec.project, ReviewKind.AMBIGUOUS)
     response = login(alice).post(decide_url(candidate), {"action": "relabel", "tab": "ambiguous"})
     assert response.status_code == 302 and response["Location"].endswith("?tab=ambiguous")
     relabel = Relabel.objects.get(example_id=candidate.example_id, done_at__isnull=True)
@@ -248,7 +254,7 @@ def test_send_back_makes_a_relabel_row(trec, alice, login):
 
 
 def test_a_comment_opens_the_thread_and_the_item_stays(trec, alice, login, htmx):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     client = login(alice)
     response = client.post(decide_url(candidate), {"action": "comment", "note": "Is a 'what' question about a "
                                                    "person HUM or ENTY?", "tab": "mislabel"}, **htmx)
@@ -262,7 +268,7 @@ def test_a_comment_opens_the_thread_and_the_item_stays(trec, alice, login, htmx)
 
 
 def test_bad_decisions_change_nothing(trec, alice, login, htmx):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     client = login(alice)
     for data, message in [({"action": "change", "label": "nope"}, "not a label of this project"),
                           ({"action": "change"}, "Choose a label first."),
@@ -278,13 +284,13 @@ def test_bad_decisions_change_nothing(trec, alice, login, htmx):
 
 def test_the_page_shows_text_labels_who_gave_them_model_and_reason(trec, alice, login):
     page = login(alice).get(review_url(trec.project)).content.decode()
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     example = Example.objects.get(pk=candidate.example_id)
     item = page[page.index(f'id="review-item-{candidate.pk}"'):]
     item = item[:item.index("</article>")]
     assert "bob" in item and candidate.reason.split("“")[0][:20] in item.replace("&quot;", '"')
     assert example.text[:20].replace("'", "&#x27;").replace('"', "&quot;") in item
-    assert f"{round(candidate.model_confidence * 100)}%" in item
+    assert f"{round((candidate.model_confidence or 0) * 100)}%" in item
     counts = review_queue.counts(trec.project)
     assert f"Likely mislabels <span class=\"badge\">{counts['mislabel']}</span>" in page
     assert 'data-shortcut="1"' in item and 'data-action="keep"' in item and 'data-action="relabel"' in item
@@ -320,7 +326,7 @@ def test_conflicts_count_disagreements_nobody_adjudicated(project, alice, bob, m
 
 
 def test_pages_are_for_managers_only(trec, alice, bob, charlie, viewer, login, htmx):
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     for tab in ("mislabel", "low_precision", "ambiguous", "flags"):
         assert login(charlie).get(review_url(trec.project, tab)).status_code == 404
         assert login(bob).get(review_url(trec.project, tab)).status_code == 403
@@ -339,7 +345,7 @@ def test_pages_are_for_managers_only(trec, alice, bob, charlie, viewer, login, h
 def test_a_candidate_of_another_project_is_not_reachable(trec, team, alice, login, htmx):
     other = taxonomy.create_project(team, name="Other", task_type="single_label", created_by=alice,
                                     labels=[taxonomy.LabelSpec("A"), taxonomy.LabelSpec("B")])
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     url = reverse("annotation:review-decide", args=[other.pk, candidate.pk])
     body = login(alice).post(url, {"action": "keep", "tab": "mislabel"}, **htmx).content.decode()
     assert "no longer in the review queue" in body and not ReviewDecision.objects.exists()
@@ -380,7 +386,7 @@ def test_the_api_lists_candidates_by_kind_and_takes_decisions(trec, alice, api_c
 def test_the_api_is_for_managers_with_a_personal_token(trec, alice, bob, charlie, viewer, api_client):
     candidates = reverse("api-review-candidates", args=[trec.project.pk])
     decisions = reverse("api-review-decisions", args=[trec.project.pk])
-    candidate = review_queue.open_candidates(trec.project, ReviewKind.MISLABEL).first()
+    candidate = first(trec.project, ReviewKind.MISLABEL)
     for user, code in ((charlie, 404), (bob, 403), (viewer, 403)):
         client = api_client(user)
         assert client.get(candidates, {"kind": "mislabel"}).status_code == code
