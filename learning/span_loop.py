@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,35 +325,20 @@ def score(run: TrainingRun, fitted: SpanFitted, timings: dict[str, float]
         timings["score_s"] = time.perf_counter() - t0
         return [], labelled_ids, strategy
     tokens = ensure_tokens(project, fitted.encoder, pool_ids)
-    offsets = {pk: offsets_of(text, toks, project.language) for pk, text, toks in
-               Example.objects.filter(id__in=pool_ids.tolist()).values_list("id", "text", "tokens")
-               .iterator(chunk_size=5000)}
+
+    def chunks() -> Iterator[tuple[np.ndarray, list[np.ndarray], list[list[tuple[int, int]]]]]:
+        # The pool's token offsets are read a chunk at a time too: 100k sentences of them are ~200 MB as Python lists.
+        for part, vectors in tokens.iter_chunks(pool_ids, tokens_per_chunk=SCORE_TOKENS_PER_CHUNK):
+            rows = {pk: offsets_of(text, toks, project.language) for pk, text, toks in
+                    Example.objects.filter(id__in=part.tolist()).values_list("id", "text", "tokens")}
+            yield part, vectors, [rows.get(int(pk), []) for pk in part.tolist()]
+
+    density = store.density_of(project.pk, fitted.encoder.name, pool_ids) if spec.density else None
+    pooled = span_quality.score_pool(
+        fitted.model, chunks(), len(pool_ids), strategy=strategy, rng=rng, density=density,
+        example_vectors=lambda: emb.vectors[emb.rows_of(pool_ids)], batch_size=settings.SEED_SIZE)
+    scores, priority, confidence, suggested = pooled.scores, pooled.priority, pooled.confidence, pooled.spans
     n = len(pool_ids)
-    scores = np.zeros(n)
-    confidence = np.ones(n)
-    suggested: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    at = 0
-    for part, vectors in tokens.iter_chunks(pool_ids, tokens_per_chunk=SCORE_TOKENS_PER_CHUNK):
-        present = [k for k, v in enumerate(vectors) if len(v)]
-        if present:
-            pred = span_quality.predict_pool(fitted.model, [vectors[k] for k in present],
-                                             [offsets.get(int(part[k]), []) for k in present],
-                                             strategy=strategy, rng=rng)
-            for j, k in enumerate(present):
-                i = at + k
-                scores[i] = pred.scores[j]
-                confidence[i] = pred.confidence[j]
-                suggested[i] = pred.spans[j]
-        at += len(part)
-    if spec.density:
-        scores = scores * store.density_of(project.pk, fitted.encoder.name, pool_ids)
-    priority = scores.astype(np.float64).copy()
-    if spec.diversity:
-        X_pool = emb.vectors[emb.rows_of(pool_ids)]
-        batch = acquisition.select_batch(strategy, scores=scores, embeddings=X_pool,
-                                         batch_size=settings.SEED_SIZE, rng=rng)
-        top = float(priority.max()) if len(priority) else 0.0
-        priority[batch] = top + 1.0 + (len(batch) - np.arange(len(batch)))
     timings["score_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     now = timezone.now()

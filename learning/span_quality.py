@@ -15,7 +15,7 @@ predicted span (the precision of the spans kept at each confidence threshold).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,51 @@ def predict_pool(model: spanml.SpanModel, vectors: Sequence[np.ndarray],
                "confidence": round(float(s["confidence"]), 4)} for s in row.spans] for row in out]
     return PoolPrediction(spans, np.asarray(scores, dtype=np.float64),
                           np.array([_example_confidence(m) for m in marginals]))
+
+
+@dataclass
+class ScoredPool:
+    """A rescore of the whole pool: what the queue's rows hold."""
+
+    scores: np.ndarray  # acquisition score (times density for the strategies that weight by it)
+    priority: np.ndarray  # queue order: the diverse batch on top, then by score
+    confidence: np.ndarray
+    spans: list[list[dict[str, Any]]]
+
+
+def score_pool(model: spanml.SpanModel,
+               chunks: Iterable[tuple[np.ndarray, Sequence[np.ndarray], Sequence[Sequence[tuple[int, int]]]]],
+               n: int, *, strategy: str, rng: np.random.Generator, density: np.ndarray | None,
+               example_vectors: Callable[[], np.ndarray], batch_size: int) -> ScoredPool:
+    """Score a pool of ``n`` examples given as consecutive chunks of (ids, token vectors, token offsets), so only
+    one chunk's vectors are in memory at a time; then weight by ``density`` and spread the next ``batch_size`` for
+    diversity on the examples' sentence vectors (``example_vectors()``, read only if the strategy asks), as the
+    classification default does. An example without tokens scores 0 and gets no suggestion."""
+    spec = acquisition.get_strategy(strategy)
+    scores = np.zeros(n)
+    confidence = np.ones(n)
+    suggested: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    at = 0
+    for part, vectors, offsets in chunks:
+        present = [k for k, v in enumerate(vectors) if len(v)]
+        if present:
+            pred = predict_pool(model, [vectors[k] for k in present], [offsets[k] for k in present],
+                                strategy=strategy, rng=rng)
+            for j, k in enumerate(present):
+                scores[at + k] = pred.scores[j]
+                confidence[at + k] = pred.confidence[j]
+                suggested[at + k] = pred.spans[j]
+        at += len(part)
+    if at != n:
+        raise ValueError(f"the chunks held {at} examples, not {n}")
+    if spec.density and density is not None:
+        scores = scores * density
+    priority = scores.astype(np.float64).copy()
+    if spec.diversity and n:
+        batch = acquisition.select_batch(strategy, scores=scores, embeddings=example_vectors(),
+                                         batch_size=batch_size, rng=rng)
+        priority[batch] = float(priority.max()) + 1.0 + (len(batch) - np.arange(len(batch)))
+    return ScoredPool(scores, priority, confidence, suggested)
 
 
 class ReportInterrupted(Exception):

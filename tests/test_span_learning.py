@@ -22,6 +22,7 @@ from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects import taxonomy
 from projects.models import Example, Project
 from projects.spanformats import spans_from_tags
+from tests.browser import log_in, screenshot_dir
 
 CONLL = Path(django_settings.BASE_DIR).parent / "shared" / "data" / "conll2003" / "train.jsonl"
 ENTITY_TYPES = ("PER", "ORG", "LOC", "MISC")
@@ -361,9 +362,13 @@ def test_a_real_worker_embeds_tokens_trains_and_suggests_spans(worker, span_proj
     # The autouse fixture pointed DATA_DIR at tmp_path, the worker's LABELHUB_DATA_DIR: both see the token files.
     conll_project(span_project, alice, 160, labelled=100)
     enqueue("learning.jobs.embed_project", span_project.pk, after_commit=False)
-    wait_for(lambda: ModelVersion.objects.filter(project=span_project, report_at__isnull=False).exists()
-             or TrainingRun.objects.filter(project=span_project, status=RunStatus.FAILED).exists(),
-             timeout=420, process=worker)
+    try:
+        wait_for(lambda: ModelVersion.objects.filter(project=span_project, report_at__isnull=False).exists()
+                 or TrainingRun.objects.filter(project=span_project, status=RunStatus.FAILED).exists(),
+                 timeout=420, process=worker)
+    except AssertionError:
+        worker.terminate()
+        raise AssertionError(f"the worker said: {worker.communicate(timeout=30)[0][-4000:]}") from None
     failed = TrainingRun.objects.filter(project=span_project, status=RunStatus.FAILED).first()
     assert failed is None, failed.error
     version = ModelVersion.objects.get(project=span_project)
@@ -373,3 +378,30 @@ def test_a_real_worker_embeds_tokens_trains_and_suggests_spans(worker, span_proj
     assert all(set(s) == {"start", "end", "label", "confidence"} for row in suggested for s in row.suggested_spans)
     page = login(bob).get(reverse("learning:dashboard", args=[span_project.pk]))
     assert "Entity F1 per label" in page.text and "entity-F1" in page.text
+
+
+# --- In a real browser ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_dashboard_draws_the_span_charts(live_server, browser, span_project, alice, token_encoder, conll_project):
+    conll_project(span_project, alice, 240, labelled=160)
+    assert train_now(span_project).status == RunStatus.SUCCEEDED
+    actions.report_project(span_project.pk)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)  # a shared, loaded test machine
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, live_server, "alice")
+    drawn = {}
+    for name in ("dashboard", "model"):
+        page.goto(f"{live_server.url}/projects/{span_project.pk}/{name}/")
+        page.wait_for_load_state("load")
+        page.wait_for_timeout(1200)
+        drawn[name] = page.evaluate(
+            "() => Object.values(Chart.instances).map((c) => c.canvas.dataset.chart).sort()")
+        page.screenshot(path=str(screenshot_dir() / f"span-{name}.png"), full_page=True)
+    assert errors == []
+    assert {"span-learning-curve", "dashboard-f1", "span-errors", "span-precision"} <= set(drawn["dashboard"])
+    assert "learning-curve" not in drawn["dashboard"] and "span-learning-curve" in drawn["model"]
