@@ -62,8 +62,8 @@ MAX_TRAIN = 10_000
 MAX_TEST = 2_000
 METHODS = ("labelhub", "cleanlab_same_probs", "cleanlab_default")
 KINDS = ("uniform", "confusable")
-# ``--ablations``: our finder's variants, as extra methods "labelhub:<score>:<passes>".
-ABLATIONS = [(score, second) for score in mislabels.SCORES for second in (False, True)]
+# ``--ablations``: our finder's variants, as extra methods "labelhub:<score>:<passes>[:prior x<scale>]".
+ABLATIONS = [("self_confidence", False, 1.0), ("margin", True, 1.0), ("self_confidence", True, 4.0)]
 
 Embedder = Callable[[list[str]], np.ndarray]
 
@@ -206,7 +206,7 @@ def fixed_f1(x: np.ndarray, noisy: np.ndarray, truth: np.ndarray, rows: np.ndarr
 
 def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds: Sequence[str], repeats: int,
         seed: int = 0, embed: Embedder | None = None, name: str | None = None, ablations: bool = False,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        only_repeat: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     for rate in rates:
         if not 0.0 < rate < 1.0:
             raise BenchError(f"--noise must lie strictly between 0 and 1, got {rate}")
@@ -217,6 +217,8 @@ def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds
         raise BenchError(f"--labels must be at least 20, got {n_labels}")
     if repeats < 1:
         raise BenchError(f"--repeats must be at least 1, got {repeats}")
+    if only_repeat is not None and not 0 <= only_repeat < repeats:
+        raise BenchError(f"--only-repeat must lie in [0, {repeats}), got {only_repeat}")
     name = name or train.parent.name or train.stem
     train_texts, train_labels = capped(*read_csv(train), MAX_TRAIN, seed=0)
     test_texts, test_labels = capped(*read_csv(test), MAX_TEST, seed=1)
@@ -230,7 +232,7 @@ def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds
         n_labels = len(train_texts)
     pool_labels = np.array(train_labels)
     rows: list[dict[str, Any]] = []
-    for repeat in range(repeats):
+    for repeat in range(repeats) if only_repeat is None else [only_repeat]:
         rng = np.random.default_rng(_seed(seed, repeat, "sample"))
         sample = np.sort(rng.choice(len(train_texts), size=n_labels, replace=False))
         classes = sorted(set(pool_labels[sample].tolist()))
@@ -270,10 +272,12 @@ def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds
                 rankings["cleanlab_same_probs"] = (*cleanlab_ranking(noisy, proba),
                                                    oof_cpu + time.process_time() - cpu)
                 if ablations:
-                    for score, second in ABLATIONS:
+                    for score, second, scale in ABLATIONS:
                         variant = mislabels.analyse_in(x, noisy, n_classes=k, posterior=posterior, proba=proba,
-                                                       seed=oof_seed, score=score, second_pass=second)
-                        rankings[f"labelhub:{score}:{'two' if second else 'one'}_pass"] = (
+                                                       seed=oof_seed, score=score, second_pass=second,
+                                                       prior_scale=scale)
+                        suffix = "" if scale == 1.0 else f":prior x{scale:g}"
+                        rankings[f"labelhub:{score}:{'two' if second else 'one'}_pass{suffix}"] = (
                             variant.ranking(), variant.flagged, float("nan"))
                 cpu = time.process_time()
                 default_proba = cleanlab_default_proba(x, noisy, k, oof_seed)
@@ -336,6 +340,8 @@ def main(argv: Sequence[str] | None = None, *, embed: Embedder | None = None) ->
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="set name in the table (default: the train file's folder)")
     parser.add_argument("--ablations", action="store_true", help="also rank with our finder's variants")
+    parser.add_argument("--only-repeat", type=int,
+                        help="run only this repeat (same rows as in the full run): repeats in parallel processes")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -343,7 +349,7 @@ def main(argv: Sequence[str] | None = None, *, embed: Embedder | None = None) ->
         started, cpu = time.perf_counter(), time.process_time()
         result = run(train=args.train, test=args.test, n_labels=args.labels, rates=args.noise,
                      kinds=args.noise_kind, repeats=args.repeats, seed=args.seed, embed=embed, name=args.name,
-                     ablations=args.ablations)
+                     ablations=args.ablations, only_repeat=args.only_repeat)
         result["wall_s"] = round(time.perf_counter() - started, 1)
         result["cpu_s"] = round(time.process_time() - cpu, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ calibration fitted on the out-of-fold logits), on every labelled item instead of
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class Mislabel:
     given: int  # single-label: the given class; multi-label: the given value (0/1) of ``label``
     predicted: int  # single-label: the model's class; multi-label: the value the model expects
     probability: float  # the model's probability of ``predicted``
-    threshold: float  # the average self-confidence of ``predicted`` that ``probability`` cleared
+    threshold: float  # the average self-confidence of ``predicted`` (its per-class threshold)
     score: float  # ranking key, higher = more likely mislabelled
     reason: str
     label: int | None = None  # multi-label: the label concerned; None for single-label
@@ -100,16 +101,18 @@ def per_class_thresholds(proba: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
 
 
-SCORES = ("relative_margin", "margin", "self_confidence")
+SCORES = ("self_confidence", "margin", "relative_margin")
 
 
-def analyse(proba: np.ndarray, given: np.ndarray, *, score: str = "relative_margin") -> Analysis:
+def analyse(proba: np.ndarray, given: np.ndarray, *, score: str = "self_confidence") -> Analysis:
     """Confident-learning flags and scores of single-label items (see the module docstring).
 
-    Score: the normalized margin of the most probable other class over the given one, each
-    divided by its class threshold (p_j / t_j - p_i / t_i), so a class the model is always
-    unsure of is judged against its own level of confidence. ``score`` picks another ranking
-    (for the benchmark's ablations): ``margin`` (p_j - p_i) or ``self_confidence`` (-p_i).
+    Score (``self_confidence``, the default): one minus the model's probability of the given
+    label; measured against cleanlab on the benchmark sets it ranked the flips better than the
+    margin to the best other class, plain (``margin``) or with each probability divided by its
+    class threshold (``relative_margin``), which are kept for the benchmark's ablations. The
+    per-class thresholds act through how many items of each class are flagged, so a hard class
+    (low self-confidence everywhere, few confident other classes) is not flooded.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -130,35 +133,32 @@ def analyse(proba: np.ndarray, given: np.ndarray, *, score: str = "relative_marg
     counts = np.bincount(given, minlength=k).astype(np.float64)
     row_sums = joint.sum(axis=1).astype(np.float64)
     calibrated = joint * np.divide(counts, row_sums, out=np.zeros(k), where=row_sums > 0)[:, None]
-    off = calibrated.sum(axis=1) - np.diag(calibrated)
-    n_issues = np.rint(off).astype(np.int64)
+    # Rounded per cell: C[i, j] items labelled i are expected to belong to j.
+    expected = np.rint(calibrated).astype(np.int64)
+    np.fill_diagonal(expected, 0)
 
-    relative = proba / np.maximum(thresholds, EPS)[None, :]
-    others = relative.copy()
+    own = proba[rows, given]
+    others = proba.copy()
     others[rows, given] = -np.inf
-    best_other = others.argmax(axis=1)
-    if score == "relative_margin":
-        scores = others[rows, best_other] - relative[rows, given]
+    if score == "self_confidence":
+        scores = 1.0 - own
     elif score == "margin":
-        plain = proba.copy()
-        plain[rows, given] = -np.inf
-        scores = plain.max(axis=1) - proba[rows, given]
+        scores = others.max(axis=1) - own
     else:
-        scores = -proba[rows, given]
-    predicted = np.where(has_confident & (confident != given), confident, best_other)
+        relative = others / np.maximum(thresholds, EPS)[None, :]
+        scores = relative.max(axis=1) - own / np.maximum(thresholds[given], EPS)
+    predicted = np.where(has_confident & (confident != given), confident, others.argmax(axis=1))
 
-    # Candidates: items whose confident class is another one; within each given class the
-    # n_issues highest scores among them are flagged.
-    candidate = has_confident & (confident != given)
+    # Within each given class i, its C[i, :] off-diagonal total of items, highest scores first,
+    # less any whose most probable class is the given one (the model does not contradict it).
+    n_issues = expected.sum(axis=1)
+    contradicted = proba.argmax(axis=1) != given
     flagged = np.zeros(n, dtype=bool)
-    for cls in range(k):
-        if n_issues[cls] <= 0:
-            continue
-        members = np.flatnonzero((given == cls) & candidate)
-        if not len(members):
-            continue
+    for cls in np.flatnonzero(n_issues):
+        members = np.flatnonzero(given == cls)
         top = members[np.argsort(-scores[members], kind="stable")[: n_issues[cls]]]
         flagged[top] = True
+    flagged &= contradicted
     return Analysis(scores=scores, flagged=flagged, predicted=predicted, thresholds=thresholds,
                     confident_joint=joint)
 
@@ -245,12 +245,16 @@ def out_of_fold_proba(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_lab
 
 def second_pass_proba(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, *, n_classes: int,
                       multi_label: bool = False, posterior: bayes.Posterior | None = None,
-                      seed: int = 0) -> np.ndarray | None:
+                      seed: int = 0, prior_scale: float = 1.0) -> np.ndarray | None:
     """Probabilities of every item from models that never saw a ``flagged`` label.
 
     Kept items: out-of-fold among the kept ones. Flagged items: one model fitted on all the kept
     ones, under the calibration of the kept items' folds. None when too few items are kept.
+    ``prior_scale`` multiplies the posterior's prior precision (an ablation of the benchmark).
     """
+    if posterior is not None and prior_scale != 1.0:
+        posterior = copy.copy(posterior)
+        posterior.prior_precision *= prior_scale
     keep = ~flagged
     kept_y = y[keep]
     if keep.sum() < 2 * quality.FOLDS or (not multi_label and len(np.unique(kept_y)) < 2):
@@ -278,7 +282,7 @@ def second_pass_proba(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, *, n_cl
 
 def analyse_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, posterior: bayes.Posterior | None = None,
                proba: np.ndarray | None = None, seed: int = 0, second_pass: bool = SECOND_PASS,
-               score: str = "relative_margin") -> Analysis:
+               score: str = "self_confidence", prior_scale: float = 1.0) -> Analysis:
     """``analyse`` of single-label items from their embeddings (``proba``: the first pass's, if computed)."""
     given = np.asarray(given, dtype=np.int64)
     if proba is None:
@@ -287,7 +291,8 @@ def analyse_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, posterior: b
     first = analyse(proba, given, score=score)
     if not second_pass or not first.flagged.any():
         return first
-    again = second_pass_proba(X, given, first.flagged, n_classes=n_classes, posterior=posterior, seed=seed + 1)
+    again = second_pass_proba(X, given, first.flagged, n_classes=n_classes, posterior=posterior, seed=seed + 1,
+                              prior_scale=prior_scale)
     return first if again is None else analyse(again, given, score=score)
 
 
