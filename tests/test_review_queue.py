@@ -292,7 +292,7 @@ def test_the_page_shows_text_labels_who_gave_them_model_and_reason(trec, alice, 
     assert example.text[:20].replace("'", "&#x27;").replace('"', "&quot;") in item
     assert f"{round((candidate.model_confidence or 0) * 100)}%" in item
     counts = review_queue.counts(trec.project)
-    assert f"Likely mislabels <span class=\"badge\">{counts['mislabel']}</span>" in page
+    assert f"Likely mislabels <span class=\"count\">{counts['mislabel']}</span>" in page
     assert 'data-shortcut="1"' in item and 'data-action="keep"' in item and 'data-action="relabel"' in item
 
 
