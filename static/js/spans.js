@@ -1,10 +1,10 @@
 // Span tagging on the labelling page of a span project, keyboard first.
 //
 // The server sends the text, its tokens (character offsets) and the model's suggested spans as JSON
-// (#span-data, never executed: CSP). This script draws each token as one element once per item, then
-// every key touches only the tokens it changes: a cursor move toggles two classes, a tag repaints the
-// tokens of the spans it adds and replaces. Nothing re-renders the text, so a 50,000-character document
-// answers a key as fast as a sentence. One listener each for keys (capture phase, before label.js, which
+// (#span-data, never executed: CSP). This script draws each token as one element, a block of text at a
+// time as it nears the screen, then every key touches only the tokens it changes: a cursor move restyles
+// two tokens, a tag the tokens of the spans it adds and replaces. Nothing re-renders the text, so a
+// 50,000-character document answers a key as fast as a sentence. One listener each for keys (capture phase, before label.js, which
 // keeps skip / undo / flag / comment / panels / scrolling) and mouse events (delegated from the document):
 // they survive htmx swapping #label-item.
 (function () {
@@ -12,6 +12,8 @@
   const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
   const SENTENCE_END = /^[.!?…]+["'”’)\]]*$/;
   const JUMP = 5;
+  const BLOCK_CHARS = 1500;
+  const FIRST_CHARS = 4000; // drawn as tokens at once: more than a screenful of the box
   let S = null; // the item on screen: tokens, spans, cursor and selection
 
   function root() { return document.getElementById("label-item"); }
@@ -31,35 +33,98 @@
     const box = item.querySelector(".span-text");
     const text = data.text;
     const n = data.tokens.length;
-    const starts = new Array(n), ends = new Array(n), parts = [];
-    let pos = 0;
+    // Offsets from the server count code points; JavaScript strings count UTF-16 units. They differ only
+    // past a character outside the BMP (an emoji, say): then `starts` / `ends` (for slicing the text) are
+    // converted, and `cpStarts` / `cpEnds` keep the server's offsets for what is sent back.
+    let u16 = null;
+    if (/[\uD800-\uDFFF]/.test(text)) {
+      u16 = [];
+      let unit = 0;
+      for (const ch of text) { u16.push(unit); unit += ch.length; }
+      u16.push(unit);
+    }
+    const starts = new Array(n), ends = new Array(n), cpStarts = new Array(n), cpEnds = new Array(n);
+    // The text in blocks: each line is one (a long paragraph is cut after a sentence every BLOCK_CHARS
+    // characters). A block is first drawn as plain text; its tokens become elements when it comes near
+    // the visible part of the box (and at once for the first screenful), so a long document costs little to
+    // open, and a tag relays out one block, not the whole document.
+    const blocks = [{ first: 0, from: 0, to: text.length }];
+    let pos = 0, newline = text.indexOf("\n");
     for (let i = 0; i < n; i++) {
-      const s = data.tokens[i][0], e = data.tokens[i][1];
+      cpStarts[i] = data.tokens[i][0]; cpEnds[i] = data.tokens[i][1];
+      const s = u16 ? u16[cpStarts[i]] : cpStarts[i], e = u16 ? u16[cpEnds[i]] : cpEnds[i];
       starts[i] = s; ends[i] = e;
-      if (s > pos) parts.push(escapeHtml(text.slice(pos, s)));
-      parts.push('<span class="t" data-i="', i, '">', escapeHtml(text.slice(s, e)), "</span>");
+      const block = blocks[blocks.length - 1];
+      if (newline >= 0 && newline < pos) newline = text.indexOf("\n", pos);
+      const breaksLine = newline >= 0 && newline < s;
+      if (i > 0 && (breaksLine || (s - block.from > BLOCK_CHARS && SENTENCE_END.test(text.slice(starts[i - 1], pos))))) {
+        block.to = breaksLine ? newline : s;
+        blocks.push({ first: i, from: breaksLine ? newline + 1 : s, to: text.length });
+      }
       pos = e;
     }
-    if (pos < text.length) parts.push(escapeHtml(text.slice(pos)));
-    box.innerHTML = parts.join("");
+    blocks.forEach((block, k) => { block.last = k + 1 < blocks.length ? blocks[k + 1].first - 1 : n - 1; });
+    box.innerHTML = blocks.map((b, k) => `<div class="ln" data-b="${k}">${escapeHtml(text.slice(b.from, b.to))}</div>`).join("");
     const byShortcut = {};
     const legend = item.querySelectorAll(".span-label");
     legend.forEach((b) => { if (b.dataset.shortcut) byShortcut[b.dataset.shortcut] = b.dataset.key; });
     S = {
-      item, box, text, n, starts, ends, labels: data.labels, byShortcut,
-      els: Array.from(box.children), owner: new Array(n).fill(null), spans: new Set(),
-      startIndex: new Map(starts.map((s, i) => [s, i])), endIndex: new Map(ends.map((e, i) => [e, i])),
+      item, box, text, n, starts, ends, cpStarts, cpEnds, labels: data.labels, byShortcut, blocks,
+      blockEls: box.children, els: new Array(n).fill(null), owner: new Array(n).fill(null), spans: new Set(),
+      startIndex: new Map(cpStarts.map((s, i) => [s, i])), endIndex: new Map(cpEnds.map((e, i) => [e, i])),
       cur: 0, anchor: null, selLo: -1, selHi: -1, dragging: false, dragFrom: -1,
       active: legend.length ? legend[0].dataset.key : null,
     };
     let skipped = 0;
     for (const span of data.initial) if (!place(span, false)) skipped++;
     for (const span of data.suggested) if (!place(span, true)) skipped++;
-    if (n) S.els[0].classList.add("cur");
+    for (let k = 0, chars = 0; k < blocks.length && chars < FIRST_CHARS; k++) {
+      build(k);
+      chars += blocks[k].to - blocks[k].from;
+    }
+    const observer = new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (entry.isIntersecting) { observer.unobserve(entry.target); build(Number(entry.target.dataset.b)); }
+      }
+    }, { root: box, rootMargin: "600px 0px" });
+    for (let k = 0; k < blocks.length; k++) if (!blocks[k].built) observer.observe(S.blockEls[k]);
     markActive();
     if (skipped) say(`${skipped} suggested span${skipped > 1 ? "s were" : " was"} not on this text's tokens and ${skipped > 1 ? "are" : "is"} not shown.`);
     else if (!n) say("This text has no tokens to tag; Enter submits it as having no entity.");
+    // How long drawing took, and until the next frame was on screen (style, layout and paint included).
     performance.measure("span-render", { start: t0, end: performance.now() });
+    requestAnimationFrame(() => setTimeout(() => performance.measure("span-render-frame", { start: t0 }), 0));
+  }
+
+  // A block's tokens as elements, drawn with the spans, cursor and selection they have now.
+  function build(k) {
+    const block = S.blocks[k];
+    if (block.built) return;
+    block.built = true;
+    const parts = [];
+    let pos = block.from;
+    for (let i = block.first; i <= block.last; i++) {
+      if (S.starts[i] > pos) parts.push(escapeHtml(S.text.slice(pos, S.starts[i])));
+      parts.push('<span class="t" data-i="', i, '">', escapeHtml(S.text.slice(S.starts[i], S.ends[i])), "</span>");
+      pos = S.ends[i];
+    }
+    if (pos < block.to) parts.push(escapeHtml(S.text.slice(pos, block.to)));
+    const el = S.blockEls[k];
+    el.innerHTML = parts.join("");
+    const tokens = el.children;
+    for (let i = block.first; i <= block.last; i++) {
+      S.els[i] = tokens[i - block.first];
+      decorate(i);
+    }
+  }
+
+  function blockOf(i) {
+    let lo = 0, hi = S.blocks.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (S.blocks[mid].first <= i) lo = mid; else hi = mid - 1;
+    }
+    return lo;
   }
 
   // A span from the server (character offsets) as token indices; false when it does not fit.
@@ -74,33 +139,37 @@
   function add(span) {
     S.spans.add(span);
     for (let i = span.a; i <= span.b; i++) S.owner[i] = span;
-    paint(span, true);
+    redraw(span.a, span.b);
   }
 
   function remove(span) {
     S.spans.delete(span);
     for (let i = span.a; i <= span.b; i++) S.owner[i] = null;
-    paint(span, false);
+    redraw(span.a, span.b);
   }
 
-  function paint(span, on) {
-    const label = S.labels[span.key] || { name: span.key, colour: "#6e7781" };
-    for (let i = span.a; i <= span.b; i++) {
-      const el = S.els[i];
-      el.classList.toggle("s", on);
-      el.classList.toggle("sugg", on && span.sugg);
-      if (on) el.style.setProperty("--c", label.colour); else el.style.removeProperty("--c");
-    }
-    S.els[span.a].classList.toggle("s-first", on);
-    S.els[span.b].classList.toggle("s-last", on);
-    const last = S.els[span.b];
-    if (on) {
+  function redraw(lo, hi) { for (let i = lo; i <= hi; i++) decorate(i); }
+
+  // One token's look from the state: its span (colour, first / last, the label chip on the last), suggestion,
+  // cursor, selection. Tokens of blocks not drawn yet are skipped: build() draws them from the same state.
+  function decorate(i) {
+    const el = S.els[i];
+    if (!el) return;
+    const span = S.owner[i];
+    let cls = "t";
+    if (span) cls += (span.sugg ? " s sugg" : " s") + (i === span.a ? " s-first" : "") + (i === span.b ? " s-last" : "");
+    if (i === S.cur) cls += " cur";
+    if (S.selLo >= 0 && i >= S.selLo && i <= S.selHi) cls += " sel";
+    if (el.className !== cls) el.className = cls;
+    const label = span ? S.labels[span.key] || { name: span.key, colour: "#6e7781" } : null;
+    if (label) el.style.setProperty("--c", label.colour); else if (el.style.length) el.removeAttribute("style");
+    if (span && i === span.b) {
       const conf = span.sugg && typeof span.conf === "number" ? ` ${Math.round(span.conf * 100)}%` : "";
-      last.dataset.tag = label.name + conf;
-      last.title = span.sugg ? `Suggested ${label.name}${conf}: a accepts, x rejects` : label.name;
-    } else {
-      delete last.dataset.tag;
-      last.removeAttribute("title");
+      el.dataset.tag = label.name + conf;
+      el.title = span.sugg ? `Suggested ${label.name}${conf}: a accepts, x rejects` : label.name;
+    } else if (el.dataset.tag !== undefined) {
+      delete el.dataset.tag;
+      el.removeAttribute("title");
     }
   }
 
@@ -126,23 +195,25 @@
     if (!S.n) return;
     const i = Math.max(0, Math.min(S.n - 1, index));
     if (extend) { if (S.anchor === null) S.anchor = S.cur; } else S.anchor = null;
-    S.els[S.cur].classList.remove("cur");
+    const old = S.cur;
     S.cur = i;
-    S.els[i].classList.add("cur");
+    decorate(old);
     if (S.anchor === null) select(-1, -1); else select(Math.min(S.anchor, i), Math.max(S.anchor, i));
-    reveal(S.els[i]);
+    decorate(i);
+    reveal(i);
   }
 
   // Only the tokens that enter or leave the selection change.
   function select(lo, hi) {
     const oldLo = S.selLo, oldHi = S.selHi;
-    if (oldLo >= 0) for (let i = oldLo; i <= oldHi; i++) if (i < lo || i > hi) S.els[i].classList.remove("sel");
-    if (lo >= 0) for (let i = lo; i <= hi; i++) if (i < oldLo || i > oldHi) S.els[i].classList.add("sel");
     S.selLo = lo; S.selHi = hi;
+    if (oldLo >= 0) for (let i = oldLo; i <= oldHi; i++) if (i < lo || i > hi) decorate(i);
+    if (lo >= 0) for (let i = lo; i <= hi; i++) if (i < oldLo || i > oldHi) decorate(i);
   }
 
-  function reveal(el) {
-    const box = S.box;
+  function reveal(i) {
+    build(blockOf(i));
+    const el = S.els[i], box = S.box;
     const top = el.offsetTop, bottom = top + el.offsetHeight, margin = 24;
     if (top < box.scrollTop + margin) box.scrollTop = Math.max(0, top - margin);
     else if (bottom > box.scrollTop + box.clientHeight - margin) box.scrollTop = bottom - box.clientHeight + margin;
@@ -182,15 +253,15 @@
     if (!S.n || !S.labels[key]) return;
     const replaced = spansIn(lo, hi);
     replaced.forEach(remove);
+    S.anchor = null;
+    select(-1, -1);
+    const old = S.cur;
+    S.cur = hi;
+    decorate(old);
     const span = { a: lo, b: hi, key, sugg: false, conf: null };
     add(span);
     S.active = key;
     markActive();
-    S.anchor = null;
-    select(-1, -1);
-    S.els[S.cur].classList.remove("cur");
-    S.cur = hi;
-    S.els[hi].classList.add("cur");
     const note = replaced.length
       ? `; replaced ${replaced.map((r) => `${r.sugg ? "suggested " : ""}${nameOf(r.key)} “${clip(words(r))}”`).join(", ")}`
       : "";
@@ -217,7 +288,7 @@
     if (!span) { say("No suggestion under the cursor (Tab goes to the next one)"); return; }
     span.sugg = false;
     span.conf = null;
-    paint(span, true);
+    redraw(span.a, span.b);
     say(`Accepted ${nameOf(span.key)} “${clip(words(span))}”`);
   }
 
@@ -238,7 +309,7 @@
 
   function collect() {
     const out = [];
-    for (const span of S.spans) out.push({ start: S.starts[span.a], end: S.ends[span.b], label: span.key });
+    for (const span of S.spans) out.push({ start: S.cpStarts[span.a], end: S.cpEnds[span.b], label: span.key });
     return out.sort((x, y) => x.start - y.start);
   }
 
