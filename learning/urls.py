@@ -1,6 +1,6 @@
 from django.urls import path
 
-from learning import activity, dashboard, export_views, projection, views
+from learning import activity, dashboard, explore_views, export_views, projection, views
 
 app_name = "learning"
 urlpatterns = [
@@ -15,4 +15,8 @@ urlpatterns = [
     path("projects/<int:pk>/export/download/", export_views.export_download, name="export-download"),
     path("projects/<int:pk>/export/taxonomy-history/", export_views.taxonomy_history, name="export-taxonomy"),
     path("projects/<int:pk>/export/models/<int:number>/", export_views.model_download, name="export-model"),
+    path("projects/<int:pk>/explore/", explore_views.explore_page, name="explore"),
+    path("projects/<int:pk>/explore/run/", explore_views.explore_run, name="explore-run"),
+    path("projects/<int:pk>/explore/send/", explore_views.explore_send, name="explore-send"),
+    path("projects/<int:pk>/explore/label/", explore_views.explore_add_label, name="explore-add-label"),
 ]
