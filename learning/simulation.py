@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from learning import acquisition, bayes, metrics, quality
+from learning import acquisition, bayes, metrics, quality, spans
 
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
@@ -304,8 +305,9 @@ def run_repeats(result: dict[str, Any], strategies: Sequence[str], repeats: int,
         result["strategies"][name] = {"runs": [{"seed": seed, "points": run(name, seed)} for seed in range(repeats)]}
 
 
-def plot_curves(result: dict[str, Any], path: str, *, title: str | None = None) -> None:
-    """PNG of the mean macro-F1 curve per strategy with a min-max band over repeats."""
+def plot_curves(result: dict[str, Any], path: str, *, title: str | None = None, key: str = "macro_f1") -> None:
+    """PNG of the mean ``key`` curve (macro-F1; entity_f1 for span tagging) per strategy with a min-max
+    band over repeats."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,17 +317,268 @@ def plot_curves(result: dict[str, Any], path: str, *, title: str | None = None) 
     for name, entry in result["strategies"].items():
         runs = entry["runs"]
         n_labels = np.array([p["n_labels"] for p in runs[0]["points"]])
-        values = np.array([[p["macro_f1"] for p in run["points"]] for run in runs])
+        values = np.array([[p[key] for p in run["points"]] for run in runs])
         (line,) = ax.plot(n_labels, values.mean(axis=0), label=name, linewidth=1.8)
         ax.fill_between(n_labels, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
-    target = next(iter(result["strategies"].values()))["summary"].get("target_macro_f1")
+    target = next(iter(result["strategies"].values()))["summary"].get(f"target_{key}")
     if target is not None:
         ax.axhline(target, color="grey", linestyle=":", linewidth=1, label="random @ budget")
     ax.set_xlabel("labels")
-    ax.set_ylabel("macro-F1 (test)")
+    ax.set_ylabel(f"{key.replace('_', ' ')} (test)")
     ax.set_title(title or "Learning curves (mean, min-max over repeats)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---- span tagging (NER) ------------------------------------------------------------------------
+def _span_evaluate(model: spans.SpanModel | None, test_vectors: Sequence[np.ndarray], test_tags: Sequence[np.ndarray],
+                   tagset: spans.TagSet) -> dict[str, float]:
+    """Test figures of a span model: strict entity F1 (micro, seqeval's), its macro over labels, precision,
+    recall, token accuracy and the token tag ECE. Without a model every token is O."""
+    gold = [spans.entities_from_ids(t, tagset) for t in test_tags]
+    if model is None:
+        predicted_ids = [np.zeros(len(t), dtype=np.int64) for t in test_tags]
+        marginals = [np.eye(tagset.size, dtype=np.float32)[np.zeros(len(t), dtype=np.int64)] for t in test_tags]
+    else:
+        predictions = model.predict(test_vectors)
+        predicted_ids = [p.tags for p in predictions]
+        marginals = [p.marginals for p in predictions]
+    pred = [spans.entities_from_ids(t, tagset) for t in predicted_ids]
+    report = spans.entity_report(gold, pred, tagset.keys, n_boot=0)
+    y = np.concatenate([np.asarray(t, dtype=np.int64) for t in test_tags])
+    proba = np.concatenate(marginals)
+    return {
+        "accuracy": spans.token_accuracy(test_tags, predicted_ids),
+        "macro_f1": report["macro_f1"]["value"],
+        "entity_f1": report["f1"]["value"],
+        "entity_precision": report["precision"]["value"],
+        "entity_recall": report["recall"]["value"],
+        "ece": metrics.expected_calibration_error(proba, y),
+    }
+
+
+def run_span_strategy(
+    strategy: str,
+    *,
+    train_vectors: Sequence[np.ndarray],
+    train_tags: Sequence[np.ndarray],
+    test_vectors: Sequence[np.ndarray],
+    test_tags: Sequence[np.ndarray],
+    tagset: spans.TagSet,
+    seed_size: int,
+    batch_size: int,
+    budget: int,
+    seed: int,
+    aggregation: str = spans.DEFAULT_AGGREGATION,
+    progress: ProgressCallback | None = None,
+    report_every: int = 1,
+    trace: list[dict[str, Any]] | None = None,
+) -> list[dict[str, float]]:
+    """One span-tagging learning curve, counted in examples (sentences), as ``run_strategy``.
+
+    The app's order: a diverse seed (k-means on example vectors; random for ``random``), then per
+    update a warm refit (``SpanModel.fit`` with the previous model, which carries its calibration),
+    per-token scores of ``strategy`` aggregated per example by ``aggregation``, weighted by the
+    examples' information density and picked as a diverse batch (for the strategies that do so,
+    on the examples' mean token vectors), then the report's calibration (folds by example). Each
+    point also has ``n_tokens``, the tokens labelled so far (the annotators' cost).
+    """
+    rng = np.random.default_rng(seed)
+    spec = acquisition.get_strategy(strategy)
+    n = len(train_vectors)
+    budget = min(budget, n)
+    flat, bounds = spans.pack(train_vectors, np.float16)
+    lengths = np.diff(bounds)
+    example_vectors = spans.sentence_vectors(flat, bounds)
+    if strategy == "random":
+        labelled = rng.choice(n, size=min(seed_size, budget), replace=False)
+    else:
+        labelled = spans.select_seed(example_vectors, min(seed_size, budget), rng)
+    is_labelled = np.zeros(n, dtype=bool)
+    is_labelled[labelled] = True
+    density = (acquisition.information_density(example_vectors, rng=np.random.default_rng(seed))
+               if spec.density else None)
+    order = [int(i) for i in labelled]
+    points: list[dict[str, float]] = []
+    previous: spans.SpanModel | None = None
+    updates = 0
+    if trace is not None:
+        trace.append({"n_labels": len(order), "chosen": list(order), "seed_batch": True})
+    while True:
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        report_seed = int(rng.integers(2**31))
+        vectors = [train_vectors[i] for i in order]
+        targets = [train_tags[i] for i in order]
+        model: spans.SpanModel | None
+        try:
+            model = spans.SpanModel.fit(vectors, targets, tagset, warm=previous)
+        except bayes.ModelFitError:
+            model = None
+        remaining = budget - len(order)
+        chosen: np.ndarray = np.empty(0, dtype=np.int64)
+        if remaining > 0:
+            pool = np.flatnonzero(~is_labelled)
+            k = min(batch_size, remaining)
+            if model is None or strategy == "random":
+                chosen = pool[rng.choice(len(pool), size=k, replace=False)]
+            else:
+                # Only the pool's token rows are scored, as the app scores its unlabelled examples.
+                rows = np.repeat(bounds[pool], lengths[pool]) + (
+                    np.arange(int(lengths[pool].sum())) - np.repeat(np.cumsum(lengths[pool]) - lengths[pool],
+                                                                    lengths[pool]))
+                pool_bounds = np.concatenate([[0], np.cumsum(lengths[pool])])
+                _, scores = model.example_scores(
+                    flat[rows], pool_bounds, strategy=strategy, aggregation=aggregation,
+                    density=None if density is None else density[pool], rng=rng)
+                picked = acquisition.select_batch(strategy, scores=scores, embeddings=example_vectors[pool],
+                                                  batch_size=k, diversity=spec.diversity, rng=rng)
+                chosen = pool[picked]
+        update_seconds = time.perf_counter() - started
+        update_cpu = time.process_time() - cpu_started
+        report_started = time.perf_counter()
+        if model is not None:
+            if updates % max(1, report_every) == 0 or remaining <= 0:
+                model.calibrate(vectors, targets, rng=np.random.default_rng(report_seed))
+            previous = model
+        updates += 1
+        report_seconds = time.perf_counter() - report_started
+        point: dict[str, float] = {"n_labels": int(len(order)), "n_tokens": int(lengths[order].sum()),
+                                   **_span_evaluate(model, test_vectors, test_tags, tagset)}
+        point["update_seconds"] = float(update_seconds)
+        point["update_cpu_seconds"] = float(update_cpu)
+        point["report_seconds"] = float(report_seconds)
+        points.append(point)
+        if progress is not None:
+            progress(strategy, seed, len(order), point)
+        if trace is not None:
+            trace.append({"n_labels": len(order), "chosen": [int(i) for i in chosen]})
+        if remaining <= 0:
+            break
+        is_labelled[chosen] = True  # the simulated annotator answers with the gold tags
+        order.extend(int(i) for i in chosen)
+    return points
+
+
+def summarise_spans(result: dict[str, Any]) -> None:
+    """Each strategy's summary for span tagging: the classification keys (on macro-F1 over entity
+    labels) plus the entity-F1 ones; ``labels_to_reach_random_final`` / ``ratio_to_random`` are on
+    entity F1 here (the headline NER figure), with the tokens labelled at that point beside them."""
+    summarise(result)
+    strategies = result["strategies"]
+    target = random_budget = random_tokens = None
+    if "random" in strategies:
+        n_labels, curve = _mean_curve(strategies["random"]["runs"], "entity_f1")
+        target, random_budget = float(curve[-1]), int(n_labels[-1])
+        random_tokens = float(_mean_curve(strategies["random"]["runs"], "n_tokens")[1][-1])
+    for entry in strategies.values():
+        n_labels, curve = _mean_curve(entry["runs"], "entity_f1")
+        tokens = _mean_curve(entry["runs"], "n_tokens")[1]
+        reached = reached_tokens = None
+        if target is not None:
+            hits = np.flatnonzero(curve >= target - 1e-12)
+            if hits.size:
+                reached, reached_tokens = int(n_labels[hits[0]]), float(tokens[hits[0]])
+        entry["summary"].update({
+            "auc_entity_f1": _auc(n_labels, curve),
+            "final_entity_f1": float(curve[-1]),
+            "target_entity_f1": target,
+            "labels_to_reach_random_final": reached,
+            "ratio_to_random": (reached / random_budget) if reached is not None and random_budget else None,
+            "tokens_to_reach_random_final": reached_tokens,
+            "random_tokens_at_budget": random_tokens,
+            "token_ratio_to_random": (reached_tokens / random_tokens)
+            if reached_tokens is not None and random_tokens else None,
+            "final_tokens": float(tokens[-1]),
+        })
+
+
+def simulate_spans(
+    *,
+    train_vectors: Sequence[np.ndarray],
+    train_tags: Sequence[np.ndarray],
+    test_vectors: Sequence[np.ndarray],
+    test_tags: Sequence[np.ndarray],
+    label_names: Sequence[str],
+    strategies: Sequence[str] = ("random", acquisition.DEFAULT_STRATEGY),
+    seed_size: int = 50,
+    batch_size: int = 20,
+    budget: int = 1000,
+    repeats: int = 3,
+    aggregation: str = spans.DEFAULT_AGGREGATION,
+    progress: ProgressCallback | None = None,
+    report_every: int = 1,
+    traces: dict[tuple[str, int], list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Span-tagging learning curves in the harness's JSON shape (``simulate``'s), budget and batches in
+    examples. Tags are ids of ``spans.TagSet(label_names)``. Each point carries ``entity_f1`` (strict,
+    micro) beside ``macro_f1`` (entity F1 averaged over labels), ``accuracy`` (token), ``ece`` (token
+    tags) and ``n_tokens`` (tokens labelled)."""
+    for name in strategies:
+        acquisition.get_strategy(name)
+    if aggregation not in spans.AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; use one of {', '.join(spans.AGGREGATIONS)}")
+    tagset = spans.TagSet(label_names)
+    dim = next((int(v.shape[1]) for v in train_vectors if len(v)), 0)
+    result: dict[str, Any] = {
+        "strategies": {},
+        "config": {
+            "task": "ner",
+            "strategies": list(strategies),
+            "seed_size": seed_size,
+            "batch_size": batch_size,
+            "budget": int(min(budget, len(train_tags))),
+            "requested_budget": budget,
+            "repeats": repeats,
+            "multi_label": False,
+            "n_classes": tagset.size,
+            "label_names": list(label_names),
+            "tags": tagset.names,
+            "aggregation": aggregation,
+            "n_train": len(train_tags),
+            "n_test": len(test_tags),
+            "n_train_tokens": int(sum(len(t) for t in train_tags)),
+            "n_test_tokens": int(sum(len(t) for t in test_tags)),
+            "dim": dim,
+        },
+    }
+    with threadpool_limits(limits=1, user_api="blas"):
+        run_repeats(result, strategies, repeats, lambda name, seed: run_span_strategy(
+            name, train_vectors=train_vectors, train_tags=train_tags, test_vectors=test_vectors, test_tags=test_tags,
+            tagset=tagset, seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed,
+            aggregation=aggregation, progress=progress, report_every=report_every,
+            trace=None if traces is None else traces.setdefault((name, seed), []),
+        ))
+    summarise_spans(result)
+    return result
+
+
+def cached_token_vectors(encoder: Any, texts: Sequence[str], offsets: Sequence[Sequence[Sequence[int]]],
+                         cache_dir: str | Path, *, key: str, pooling: str | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """Token vectors of a file's texts, cached on disk per (encoder and pooling, ``key``) as float16.
+
+    ``key`` names the file's content (e.g. its sha1), so an edited file is encoded again. The
+    vectors come back float16, as the app's pool store keeps them.
+    """
+    if pooling is None:
+        from learning.encoder import DEFAULT_TOKEN_POOLING
+
+        pooling = DEFAULT_TOKEN_POOLING
+    name = encoder.token_name(pooling)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = Path(cache_dir) / safe / f"{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as data:
+            if int(data["bounds"][-1]) == sum(len(o) for o in offsets) and len(data["bounds"]) == len(texts) + 1:
+                return spans.unpack(data["flat"], data["bounds"])
+    vectors = encoder.encode_tokens(texts, offsets, pooling=pooling, progress=progress)
+    flat, bounds = spans.pack(vectors, np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, flat=flat, bounds=bounds)
+    tmp.replace(path)
+    return spans.unpack(flat, bounds)

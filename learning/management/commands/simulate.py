@@ -1,8 +1,10 @@
-"""``manage.py simulate``: replay labelled CSVs with a simulated annotator (the evaluation harness)."""
+"""``manage.py simulate``: replay labelled CSVs (classification) or tagged JSONL (``--task ner``) with a
+simulated annotator (the evaluation harness)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -14,7 +16,7 @@ import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from learning import acquisition, simulation
+from learning import acquisition, simulation, spans
 
 
 def read_labelled_csv(path: str, *, multi_label: bool) -> tuple[list[str], list[list[str]]]:
@@ -40,10 +42,56 @@ def read_labelled_csv(path: str, *, multi_label: bool) -> tuple[list[str], list[
     return texts, labels
 
 
+def read_tagged_jsonl(path: str) -> tuple[list[str], list[list[tuple[int, int]]], list[list[dict[str, Any]]]]:
+    """Texts, token offsets and char spans (label names) of a ``{"tokens", "tags"}`` JSONL file (the
+    format of the NER sets in ../shared/data), IOB/IOB2/BILOU/IO detected over the whole file."""
+    from projects.spanformats import SpanFormatError, detect_scheme, spans_from_tags
+
+    rows: list[tuple[int, list[str], list[str]]] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CommandError(f"{path}:{line_no}: not JSON ({exc.msg})") from exc
+                if not isinstance(row, dict) or not isinstance(row.get("tokens"), list) \
+                        or not isinstance(row.get("tags"), list):
+                    raise CommandError(f'{path}:{line_no}: expected an object with lists "tokens" and "tags"')
+                rows.append((line_no, row["tokens"], row["tags"]))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path}: {exc}") from exc
+    if not rows:
+        raise CommandError(f"{path}: no rows")
+    try:
+        scheme = detect_scheme(tags for _, _, tags in rows)
+    except SpanFormatError as exc:
+        raise CommandError(f"{path}: {exc}") from exc
+    texts, offsets, spans = [], [], []
+    for line_no, tokens, tags in rows:
+        try:
+            text, token_offsets, row_spans = spans_from_tags(tokens, tags, scheme)
+        except SpanFormatError as exc:
+            raise CommandError(f"{path}:{line_no}: {exc}") from exc
+        texts.append(text)
+        offsets.append(token_offsets)
+        spans.append([dict(span) for span in row_spans])
+    return texts, offsets, spans
+
+
 class Command(BaseCommand):
     help = "Compare acquisition strategies by replaying a labelled train/test split."
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--task", choices=["classification", "ner"], default="classification",
+                            help="ner: --train/--test are {tokens, tags} JSONL; budget and batches count sentences")
+        parser.add_argument("--aggregation", choices=sorted(spans.AGGREGATIONS), default=spans.DEFAULT_AGGREGATION,
+                            help="ner: how per-token scores make an example's score")
+        parser.add_argument("--pooling", choices=["first", "mean"], help="ner: a word's vector from its sub-words")
+        parser.add_argument("--report-every", type=int, default=1,
+                            help="calibrate at every n-th update only (the app skips reports under load too)")
         parser.add_argument("--train", required=True)
         parser.add_argument("--test", required=True)
         parser.add_argument("--strategy", action="append", dest="strategies", choices=sorted(acquisition.STRATEGIES))
@@ -60,6 +108,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from learning.encoder import EmbeddingCache, get_encoder
 
+        if options["task"] == "ner":
+            self.handle_ner(options)
+            return
         multi_label: bool = options["multi_label"]
         strategies = options["strategies"] or ["random", acquisition.DEFAULT_STRATEGY]
         train_texts, train_labels = read_labelled_csv(options["train"], multi_label=multi_label)
@@ -114,6 +165,7 @@ class Command(BaseCommand):
             multi_label=multi_label,
             label_names=names,
             progress=progress,
+            report_every=options["report_every"],
         )
         result["config"].update({"train": options["train"], "test": options["test"], "encoder": encoder.name})
         Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
@@ -131,5 +183,78 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{name:<18}{s['final_macro_f1']:>15.3f}{s['auc_macro_f1']:>8.3f}"
                 f"{reached if reached is not None else '-':>26}{f'{ratio:.2f}' if ratio is not None else '-':>8}"
+            )
+        self.stdout.write(self.style.SUCCESS(f"wrote {options['out']}"))
+
+
+    def handle_ner(self, options: dict[str, Any]) -> None:
+        from learning.encoder import DEFAULT_TOKEN_POOLING, get_encoder
+
+        if options["multi_label"]:
+            raise CommandError("--multi-label is for classification; span tagging tags each token once")
+        strategies = options["strategies"] or ["random", acquisition.DEFAULT_STRATEGY]
+        train = read_tagged_jsonl(options["train"])
+        test = read_tagged_jsonl(options["test"])
+        names = sorted({span["label"] for row in train[2] for span in row})
+        if not names:
+            raise CommandError(f"{options['train']}: no entity in any sentence; nothing to learn")
+        unknown = sorted({span["label"] for row in test[2] for span in row} - set(names))
+        if unknown:
+            raise CommandError(f"test entity labels not in train: {', '.join(unknown[:10])}")
+        tagset = spans.TagSet(names)
+        train_tags = [spans.tag_ids(o, s, tagset) for o, s in zip(train[1], train[2], strict=True)]
+        test_tags = [spans.tag_ids(o, s, tagset) for o, s in zip(test[1], test[2], strict=True)]
+        cache_dir = Path(options["cache_dir"] or os.environ.get("LABELHUB_CACHE_DIR")
+                         or Path(settings.BASE_DIR) / "var" / "cache" / "embeddings") / "tokens"
+        encoder = get_encoder(options["encoder"], threads=1)
+        pooling = options["pooling"] or DEFAULT_TOKEN_POOLING
+        started = time.perf_counter()
+
+        def vectors(path: str, texts: list[str], offsets: list[list[tuple[int, int]]]) -> list[Any]:
+            key = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+            def encoding(done: int, total: int) -> None:
+                if done == total or done % 1024 < encoder.batch_size:
+                    self.stdout.write(f"encoding {Path(path).name} {done}/{total}")
+
+            return simulation.cached_token_vectors(encoder, texts, offsets, cache_dir, key=key, pooling=pooling,
+                                                   progress=encoding)
+
+        train_vectors = vectors(options["train"], train[0], train[1])
+        test_vectors = vectors(options["test"], test[0], test[1])
+        self.stdout.write(f"token vectors ready in {time.perf_counter() - started:.1f}s "
+                          f"({encoder.token_name(pooling)})")
+
+        def progress(strategy: str, seed: int, n_labels: int, point: dict[str, float]) -> None:
+            self.stdout.write(
+                f"{strategy} seed={seed} labels={n_labels} tokens={int(point['n_tokens'])} "
+                f"entity_f1={point['entity_f1']:.3f} macro_f1={point['macro_f1']:.3f} ece={point['ece']:.3f} "
+                f"update={point['update_seconds']:.2f}s report={point['report_seconds']:.2f}s"
+            )
+
+        result = simulation.simulate_spans(
+            train_vectors=train_vectors, train_tags=train_tags, test_vectors=test_vectors, test_tags=test_tags,
+            label_names=names, strategies=strategies, seed_size=options["seed_size"],
+            batch_size=options["batch_size"], budget=options["budget"], repeats=options["repeats"],
+            aggregation=options["aggregation"], progress=progress, report_every=options["report_every"],
+        )
+        result["config"].update({"train": options["train"], "test": options["test"],
+                                 "encoder": encoder.token_name(pooling)})
+        Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(options["out"]).write_text(json.dumps(result, indent=1))
+        if options["plot"]:
+            simulation.plot_curves(result, options["plot"], key="entity_f1")
+        self.stdout.write("")
+        self.stdout.write(f"{'strategy':<24}{'final entity-F1':>16}{'AUC':>8}{'sentences to random@budget':>28}"
+                          f"{'ratio':>7}{'tokens':>9}{'ratio':>7}")
+        for name, entry in result["strategies"].items():
+            s = entry["summary"]
+            reached, ratio = s["labels_to_reach_random_final"], s["ratio_to_random"]
+            tokens, token_ratio = s["tokens_to_reach_random_final"], s["token_ratio_to_random"]
+            self.stdout.write(
+                f"{name:<24}{s['final_entity_f1']:>16.3f}{s['auc_entity_f1']:>8.3f}"
+                f"{reached if reached is not None else '-':>28}{f'{ratio:.2f}' if ratio is not None else '-':>7}"
+                f"{f'{tokens:.0f}' if tokens is not None else '-':>9}"
+                f"{f'{token_ratio:.2f}' if token_ratio is not None else '-':>7}"
             )
         self.stdout.write(self.style.SUCCESS(f"wrote {options['out']}"))
