@@ -137,6 +137,15 @@ class ColumnMapForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.dataset = dataset
         columns = [(c, c) for c in dataset.columns]
+        if dataset.project.is_span:
+            self.fields["text_column"].label = "Text (or tokens) column"
+            self.fields["text_column"].help_text = ("A text is split into tokens in the project's language; a list "
+                                                    "of tokens is kept as it is.")
+            self.fields["label_column"].label = "Entities column"
+            self.fields["label_column"].help_text = (
+                'Character spans ([{"start", "end", "label"}] on the text) or one tag per token (IOB2, IOB1, '
+                "BILOU, IOBES or IO). Rows with entities become annotations; a row with none (all O, or []) is "
+                "labelled \"no entity\". None: the texts are imported for labelling.")
         _choice_field(self, "text_column").choices = columns
         _choice_field(self, "label_column").choices = [("", "— none (unlabelled) —"), *columns]
         _choice_field(self, "id_column").choices = [("", "— none —"), *columns]

@@ -418,3 +418,25 @@ def test_a_span_project_is_created_with_its_language(team, alice, login):
     classification = {"team": team.pk, "name": "Overruling 2", "task_type": "single_label", "labels": "Yes\nNo"}
     assert client.post(reverse("projects:create"), classification).status_code == 302
     assert Project.objects.get(name="Overruling 2").language == "en"
+
+
+def test_the_draft_page_guesses_span_columns_and_counts_entity_labels(span_project, alice, login, htmx):
+    client = login(alice)
+    client.post(reverse("projects:upload", args=[span_project.pk]),
+                {"file": SimpleUploadedFile("sec.jsonl", (NER / "sec_filings_tokens_tags.jsonl").read_bytes())})
+    dataset = Dataset.objects.get(project=span_project)
+    url = reverse("projects:dataset", args=[span_project.pk, dataset.pk])
+    page = client.get(url)
+    assert page.context["form"].initial["text_column"] == "tokens"
+    assert page.context["form"].initial["label_column"] == "tags"
+    html = page.content.decode()
+    assert "Entities column" in html and "Entity labels in column" in html
+    rows_with = {name: sum(1 for text, spans in expected_spans(sec_rows()).items() if name in {s[2] for s in spans})
+                 for name in ("ORG", "PER")}
+    assert page.context["labels_found"]["ORG"] == rows_with["ORG"] and page.context["labels_found"]["PER"] == (
+        rows_with["PER"])
+    # Choosing the spans column over HTMX re-reads the file the same way.
+    partial = client.post(url, {"text_column": "tokens", "label_column": "tags", "action": "preview"}, **htmx)
+    assert partial.status_code == 200 and "Entity labels" in partial.content.decode()
+    dataset.refresh_from_db()
+    assert dataset.status == DatasetStatus.DRAFT
