@@ -113,8 +113,16 @@ def file_import(request: Request, pk: int) -> Response:
             dataset = imports.create_dataset_from_upload(project, upload=data["file"], user=acting_user(request),
                                                          source="api", encoding=data["encoding"],
                                                          delimiter=data["delimiter"], sheet=data["sheet"])
-            dataset = imports.start_import(dataset, text_column=data["text_column"],
-                                           label_column=data["label_column"], id_column=data["id_column"],
+            text_column, label_column = data["text_column"], data["label_column"]
+            if project.is_span:
+                # A span file says what it holds by its keys ({"tokens", "tags"}, {"text", "spans"}, CoNLL).
+                text_names, label_names = imports.column_names(project)
+                if "text_column" not in request.data:
+                    text_column = imports.guess_column(dataset.columns, text_names) or text_column
+                if "label_column" not in request.data:
+                    label_column = imports.guess_column(dataset.columns, label_names)
+            dataset = imports.start_import(dataset, text_column=text_column,
+                                           label_column=label_column, id_column=data["id_column"],
                                            add_unknown_labels=data["add_unknown_labels"],
                                            hidden_columns=data["hidden_columns"],
                                            dropped_columns=data["dropped_columns"])

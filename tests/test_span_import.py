@@ -440,3 +440,16 @@ def test_the_draft_page_guesses_span_columns_and_counts_entity_labels(span_proje
     assert partial.status_code == 200 and "Entity labels" in partial.content.decode()
     dataset.refresh_from_db()
     assert dataset.status == DatasetStatus.DRAFT
+
+
+def test_the_file_upload_api_guesses_span_columns(span_project, alice, run_jobs, api_client):
+    with run_jobs():
+        response = api_client(alice).post(
+            reverse("api-file-import", args=[span_project.pk]),
+            {"file": SimpleUploadedFile("sec.jsonl", (NER / "sec_filings_spans.jsonl").read_bytes()),
+             "add_unknown_labels": True}, format="multipart")
+    assert response.status_code == 202, response.content
+    status = api_client(alice).get(response["Location"]).json()
+    assert status["status"] == "done", status["errors"]
+    assert (status["text_column"], status["label_column"]) == ("text", "spans")
+    assert stored_spans(span_project) == expected_spans(sec_rows())
