@@ -109,7 +109,7 @@ def test_a_held_back_trec_class_shows_up_as_unexplored_clusters(team, alice, bob
     page = client.post(reverse("learning:explore-run", args=[project.pk]), **htmx).content.decode()
     assert "Clustered." in page and "Unexplored · Cluster" in page
     result = explore.current(project)
-    assert result is not None and result["model_version"] == 1 and result["k"] == 12
+    assert result is not None and result["model_version"] == 1 and result["k"] == 11
     unexplored = [row for row in result["clusters"] if row["unexplored"]]
     assert unexplored and all(row["distribution"] and row["mean_bald"] is not None for row in result["clusters"])
     # Every unexplored cluster is mostly the held-back class, most of that class is in them, the others are not.
