@@ -402,3 +402,39 @@ def test_the_schema_documents_the_review_endpoints(client):
     paths = schema["paths"]
     assert "get" in paths["/api/v1/projects/{id}/review/candidates/"]
     assert {"get", "post"} <= set(paths["/api/v1/projects/{id}/review/decisions/"])
+
+
+def test_multi_label_items_are_judged_per_label():
+    """Three independent labels; 5 items lost their label 0 and 5 got label 1 they do not have. The finder names the
+    label in question, and the ambiguous items are judged on the summed Bernoulli entropies."""
+    rng = np.random.default_rng(5)
+    n, dim = 240, 10
+    truth = (rng.random((n, 3)) < 0.4).astype(np.int8)
+    directions = rng.normal(size=(3, dim)) * 2.5
+    X = truth @ directions + rng.normal(size=(n, dim))
+    given = truth.copy()
+    lost = np.flatnonzero(truth[:, 0] == 1)[:5]
+    added = np.flatnonzero(truth[:, 1] == 0)[:5]
+    given[lost, 0] = 0
+    given[added, 1] = 1
+    pool = rng.random((60, 3)) < 0.4
+    inputs = review_candidates.Inputs(
+        label_keys=["x", "y", "z"], label_names=["Access", "Billing", "Hardware"], multi_label=True,
+        ids=np.arange(n) + 1, X=X, targets=given, posterior=bayes.fit_multilabel(X, given),
+        pool_ids=np.arange(60) + 1000, X_pool=pool.astype(np.int8) @ directions + rng.normal(size=(60, dim)))
+    found = review_candidates.find_candidates(inputs)
+    mislabels = [f for f in found if f.kind == ReviewKind.MISLABEL]
+    hits = {f.example_id - 1 for f in mislabels} & set(lost.tolist() + added.tolist())
+    assert len(hits) >= 7, (len(hits), len(mislabels))
+    assert any("Access" in f.reason for f in mislabels) and any("Billing" in f.reason for f in mislabels)
+    assert all(len(f.reason) <= 500 for f in found)
+    # No low-precision cleaning for multi-label sets (no class to train without).
+    assert not [f for f in found if f.kind == ReviewKind.LOW_PRECISION]
+
+
+def test_span_projects_have_no_candidates_yet(team, alice):
+    project = taxonomy.create_project(team, name="NER", task_type="span", created_by=alice,
+                                      labels=[taxonomy.LabelSpec("PER"), taxonomy.LabelSpec("ORG")])
+    version = ModelVersion(project=project, number=1, label_keys=[], encoder="x", strategy="bald", n_labels=0,
+                           artifact=b"")
+    assert review_candidates.inputs_for(version) is None
