@@ -315,3 +315,69 @@ def test_a_50k_character_document_with_300_spans_answers_each_key_within_50_ms(l
     page.wait_for_selector("text=Nothing left to label for you right now.")
     stored = Annotation.objects.get(example=example).spans
     assert len(stored) == on_screen and 290 <= on_screen <= 305
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+def test_an_annotator_tags_20_sentences_by_keyboard_and_accepts_the_models_suggestion(
+        worker, wait_for, live_server, browser, team, alice, bob, settings, tmp_path):
+    """The whole loop with a real rqworker: the seed batch tagged by keyboard, the worker trains the span model
+    and writes suggested spans, the annotator accepts one with `a` and submits."""
+    from learning.actions import embed_project
+    from learning.models import ModelVersion
+
+    settings.SEED_SIZE = 8
+    settings.DATA_DIR = tmp_path  # the worker's LABELHUB_DATA_DIR: both see the token vectors
+    project = make_span_project(team, alice)
+    keys = {label.name: label.key for label in project.current_taxonomy().labels.all()}
+    shortcut = {label.name: label.shortcut for label in project.current_taxonomy().labels.all()}
+    sentences = conll_sentences(90, min_entities=1)
+    by_text = {text: (offsets, spans) for text, offsets, spans in sentences}
+    for text, offsets, _spans in sentences:
+        Example.objects.create(project=project, text=text, content_hash=content_hash(text),
+                               tokens=[list(o) for o in offsets])
+    embed_project(project.pk)  # what the import job does: token vectors, and the seed batch ranked first
+
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    log_in(page, live_server, "bob")
+    page.goto(f"{live_server.url}/projects/{project.pk}/label/")
+    data = wait_for_item(page, None)
+    labelled, accepted = 0, None
+    while labelled < 45 and not (labelled >= 20 and accepted is not None):
+        if labelled == settings.SEED_SIZE + 2:
+            # The worker trains after the seed batch; give it time before going on.
+            wait_for(lambda: ModelVersion.objects.filter(project=project).exists(), timeout=400, process=worker)
+        offsets, truth = by_text[data["text"]]
+        if data["suggested"] and accepted is None:
+            # The model's spans are on screen, dashed: go to the first, accept it with `a`, submit.
+            assert page.locator("#label-item .span-text .t.sugg").count() > 0
+            page.screenshot(path=str(screenshot_dir() / "spans-model-suggestions.png"))
+            page.keyboard.press("Home")
+            first = min(data["suggested"], key=lambda s: s["start"])
+            if first["start"] != offsets[0][0]:
+                page.keyboard.press("Tab")
+            page.keyboard.press("a")
+            assert "Accepted" in page.locator("#span-status").inner_text()
+            accepted = (data["text"], {k: first[k] for k in ("start", "end", "label")})
+        else:
+            if data["suggested"]:  # later items: clear the suggestions (select all, Backspace), then tag
+                page.keyboard.press("Home")
+                page.keyboard.press("Shift+End")
+                page.keyboard.press("Backspace")
+                assert page.locator("#label-item .span-text .t.s").count() == 0
+            page.keyboard.press("Home")
+            tag_by_keyboard(page, offsets, truth, shortcut)
+        before = data["text"]
+        page.keyboard.press("Enter")
+        data = wait_for_item(page, before)
+        labelled += 1
+    assert labelled >= 20
+    assert accepted is not None, "no suggested span appeared after the seed batch"
+    text, span = accepted
+    stored = Annotation.objects.get(example__text=text, annotator=bob)
+    assert span in stored.spans
+    # Every item tagged by keys alone was stored with exactly its conll2003 entities.
+    for annotation in Annotation.objects.filter(annotator=bob).exclude(example__text=text).select_related("example"):
+        offsets, truth = by_text[annotation.example.text]
+        assert annotation.spans == [{**s, "label": keys[s["label"]]} for s in truth]
+    assert Annotation.objects.filter(annotator=bob).count() == labelled
