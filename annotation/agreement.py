@@ -161,17 +161,29 @@ class Estimate:
     items: int = 0
 
 
+def _resample_weights(n_items: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, n_items): how often each item is drawn in each of `size` resamples with replacement."""
+    drawn = rng.integers(0, n_items, size=(size, n_items)) + (np.arange(size) * n_items)[:, None]
+    return np.bincount(drawn.ravel(), minlength=size * n_items).reshape(size, n_items).astype(np.float64)
+
+
 def _bootstrap(measure: object, n_items: int, *, rng: np.random.Generator, point: float | None,
-               resamples: int = BOOTSTRAP) -> Estimate:
-    """`measure(weights)` -> (B,) values; resample items with replacement `resamples` times."""
+               resamples: int = BOOTSTRAP, shared: dict[int, list[np.ndarray]] | None = None) -> Estimate:
+    """`measure(weights)` -> (B,) values; resample items with replacement `resamples` times.
+
+    `shared` keeps the resamples per item count, so the measures of one report over the same items (overall
+    and per label) are read off the same draws: cheaper, and their intervals comparable.
+    """
     if point is None or n_items < 2 or resamples <= 0:
         return Estimate(point, None, None, n_items)
     values = []
-    for start in range(0, resamples, _BLOCK):
-        size = min(_BLOCK, resamples - start)
-        drawn = rng.integers(0, n_items, size=(size, n_items))
-        weights = np.zeros((size, n_items))
-        np.add.at(weights, (np.repeat(np.arange(size), n_items), drawn.ravel()), 1.0)
+    blocks = shared.get(n_items) if shared is not None else None
+    if blocks is None:
+        blocks = [_resample_weights(n_items, min(_BLOCK, resamples - start), rng)
+                  for start in range(0, resamples, _BLOCK)]
+        if shared is not None:
+            shared[n_items] = blocks
+    for weights in blocks:
         values.append(measure(weights))  # type: ignore[operator]
     sample = np.concatenate(values)
     sample = sample[~np.isnan(sample)]
@@ -239,6 +251,7 @@ def agreement_report(answers: Sequence[Mapping[Any, Answer]], *, label_keys: Seq
     if not rows:
         return None
     rng = np.random.default_rng(seed)
+    shared: dict[int, list[np.ndarray]] = {}  # the overall and per-label measures share the item resamples
     overall = [list(item.values()) for _, item in rows]
     counts = _counts(overall)
     n = len(counts)
@@ -246,13 +259,23 @@ def agreement_report(answers: Sequence[Mapping[Any, Answer]], *, label_keys: Seq
     assert plain is not None
     alpha_point = krippendorff_alpha(overall)
     fleiss_est = _bootstrap(lambda w: _fleiss_weighted(counts, w), n, rng=rng, point=plain.kappa,
-                            resamples=resamples)
-    alpha_est = _bootstrap(lambda w: _alpha_weighted(counts, w), n, rng=rng, point=alpha_point, resamples=resamples)
+                            resamples=resamples, shared=shared)
+    alpha_est = _bootstrap(lambda w: _alpha_weighted(counts, w), n, rng=rng, point=alpha_point, resamples=resamples,
+                           shared=shared)
 
+    # Per item: how many annotators gave each label, and how many answered.
+    label_index = {key: j for j, key in enumerate(label_keys)}
+    gave = np.zeros((n, len(label_keys)))
+    for u, (_, item) in enumerate(rows):
+        for answer in item.values():
+            for key in answer:
+                if key in label_index:
+                    gave[u, label_index[key]] += 1
+    answered = counts.sum(axis=1)
     per_label = []
     for key in label_keys:
-        given = np.array([[sum(key not in a for a in item.values()), sum(key in a for a in item.values())]
-                          for _, item in rows], dtype=np.float64)
+        yes = gave[:, label_index[key]]
+        given = np.column_stack([answered - yes, yes])
         with_key = int((given[:, 1] > 0).sum())
         if not with_key:
             continue
@@ -263,9 +286,9 @@ def agreement_report(answers: Sequence[Mapping[Any, Answer]], *, label_keys: Seq
         per_label.append(LabelAgreement(
             key=key, items=with_key,
             fleiss=_bootstrap(lambda w, g=given: _fleiss_weighted(g, w), n, rng=rng, point=f_point,
-                              resamples=resamples),
+                              resamples=resamples, shared=shared),
             alpha=_bootstrap(lambda w, g=given: _alpha_weighted(g, w), n, rng=rng, point=a_point,
-                             resamples=resamples)))
+                             resamples=resamples, shared=shared)))
 
     raters = sorted({r for _, item in rows for r in item}, key=str)
     pairs = []
