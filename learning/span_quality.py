@@ -43,15 +43,18 @@ def predict_pool(model: spanml.SpanModel, vectors: Sequence[np.ndarray],
                  offsets: Sequence[Sequence[tuple[int, int]]], *, strategy: str = acquisition.DEFAULT_STRATEGY,
                  rng: np.random.Generator | None = None) -> PoolPrediction:
     """Suggested char spans, acquisition scores (per-token scores of ``strategy`` aggregated per example by
-    ``spans.DEFAULT_AGGREGATION``) and confidences of some examples, from one pass over their token vectors."""
+    ``spans.DEFAULT_AGGREGATION``) and confidences of some examples (each with at least one token), from one pass
+    over their token vectors."""
     flat, bounds = spanml.pack(vectors, np.float32)
     proba, scores = model.example_scores(flat, bounds, strategy=strategy, rng=rng)
     marginals = spanml.unpack(proba, bounds)
     out = model.predict(vectors, offsets, marginals=marginals)
-    spans = [[{"start": int(s["start"]), "end": int(s["end"]), "label": str(s["label"]),
-               "confidence": round(float(s["confidence"]), 4)} for s in row.spans] for row in out]
-    return PoolPrediction(spans, np.asarray(scores, dtype=np.float64),
-                          np.array([_example_confidence(m) for m in marginals]))
+    spans = [[{"start": s["start"], "end": s["end"], "label": s["label"], "confidence": float(f"{s['confidence']:.4f}")}
+              for s in row.spans] for row in out]
+    # Each example's least sure token: one reduction over the chunk (every example here has tokens).
+    confidence = np.minimum.reduceat(proba.max(axis=1), bounds[:-1]).astype(np.float64) if len(proba) else \
+        np.ones(len(vectors))
+    return PoolPrediction(spans, np.asarray(scores, dtype=np.float64), confidence)
 
 
 @dataclass
