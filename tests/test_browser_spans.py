@@ -10,12 +10,10 @@ Screenshots land in $LABELHUB_SCREENSHOTS (default var/screenshots).
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 from pathlib import Path
 
-import psutil
 import pytest
 
 from annotation.models import Annotation, ExampleScore
@@ -209,19 +207,6 @@ def long_document(n_chars: int = 50_000, n_spans: int = 300) -> tuple[str, list[
     return text, offsets, [spans[int(i * step)] for i in range(n_spans)]
 
 
-def renderer_cpu_ms() -> float:
-    """CPU time (user + system) of Chromium's renderer processes under this test process, in ms."""
-    total = 0.0
-    for child in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if "--type=renderer" in " ".join(child.cmdline()):
-                times = child.cpu_times()
-                total += (times.user + times.system) * 1000
-        except psutil.Error:
-            continue
-    return total
-
-
 KEY_TIMING = """async ([key, shift, ctrl]) => {
   const t0 = performance.now();
   document.dispatchEvent(new KeyboardEvent("keydown", {key, shiftKey: shift, ctrlKey: ctrl, bubbles: true,
@@ -250,9 +235,9 @@ def test_a_50k_character_document_with_300_spans_answers_each_key_within_50_ms(l
 
     def busy() -> dict[str, float]:
         metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
-        figures = {k: metrics.get(k, 0.0) * 1000 for k in ("TaskDuration", "ScriptDuration", "LayoutDuration",
-                                                            "RecalcStyleDuration")}
-        return {**figures, "renderer_cpu": renderer_cpu_ms()}
+        # ThreadTime: CPU time of the renderer's main thread; ProcessTime: of the whole renderer process.
+        return {k: metrics.get(k, 0.0) * 1000 for k in ("ThreadTime", "ProcessTime", "TaskDuration",
+                                                         "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")}
 
     before = busy()
     page.goto(f"{live_server.url}/projects/{project.pk}/label/")
@@ -280,9 +265,9 @@ def test_a_50k_character_document_with_300_spans_answers_each_key_within_50_ms(l
     cpu = {"move": 0.0, "edit": 0.0}
     for key, shift, ctrl in plan:
         edit = key in ("2", "3", "4", "a", "x", "Backspace")
-        cpu_before = renderer_cpu_ms()
+        cpu_before = busy()["ThreadTime"]
         handled, frame = page.evaluate(KEY_TIMING, [key, shift, ctrl])
-        cpu["edit" if edit else "move"] += renderer_cpu_ms() - cpu_before
+        cpu["edit" if edit else "move"] += busy()["ThreadTime"] - cpu_before
         timings["edit" if edit else "move"].append((handled, frame))
         if edit:
             statuses.append(page.locator("#span-status").inner_text())
@@ -300,12 +285,17 @@ def test_a_50k_character_document_with_300_spans_answers_each_key_within_50_ms(l
                "render_to_frame_ms": round(render_frame, 1),
                "move": summary(timings["move"]), "edit": summary(timings["edit"]),
                "page_load_ms": {k: round(loaded[k] - before[k], 1) for k in loaded},
-               "renderer_cpu_per_key_ms": {kind: round(cpu[kind] / len(timings[kind]), 2) for kind in cpu}}
+               "main_thread_cpu_per_key_ms": {kind: round(cpu[kind] / len(timings[kind]), 2) for kind in cpu}}
     print("SPAN_PAGE_TIMING", json.dumps(figures))
     # Under 50 ms from the key to the next frame on screen (the frame wait alone is up to 16.7 ms at 60 Hz).
     assert figures["move"]["frame_p50_ms"] < 50 and figures["edit"]["frame_p50_ms"] < 50, figures
     assert figures["move"]["handler_max_ms"] < 50 and figures["edit"]["handler_max_ms"] < 50, figures
-    assert render < 250, figures
+    # CPU, which a loaded machine does not inflate as it does the wall clock: the main thread's time per key,
+    # and for opening the page (HTML, htmx, the JSON, the first blocks of tokens, style, layout).
+    assert max(figures["main_thread_cpu_per_key_ms"].values()) < 50, figures
+    # Opening it is not within 50 ms here (about 280 ms of main-thread CPU for the whole page at load 30 on 2
+    # cores; benchmarks/README.md); this bound catches drawing every token up front again (several times that).
+    assert figures["page_load_ms"]["ThreadTime"] < 500, figures
 
     assert page.locator(f"#label-item .span-text .t[data-i='{len(offsets) - 1}']").count() == 1  # End drew it
     # What the page counts (spans of the annotator's and suggestions still dashed) is what Enter stores.
