@@ -293,17 +293,17 @@ def agreement_report(answers: Sequence[Mapping[Any, Answer]], *, label_keys: Seq
     raters = sorted({r for _, item in rows for r in item}, key=str)
     pairs = []
     for a, b in combinations(raters, 2):
-        shared = [(item[a], item[b]) for _, item in rows if a in item and b in item]
-        if not shared:
+        both = [(item[a], item[b]) for _, item in rows if a in item and b in item]
+        if not both:
             continue
         index: dict[Answer, int] = {}
-        ia = np.array([index.setdefault(x, len(index)) for x, _ in shared])
-        ib = np.array([index.setdefault(y, len(index)) for _, y in shared])
+        ia = np.array([index.setdefault(x, len(index)) for x, _ in both])
+        ib = np.array([index.setdefault(y, len(index)) for _, y in both])
         k = len(index)
-        point = _value(_cohen_weighted(ia, ib, k, np.ones((1, len(shared)))))
+        point = _value(_cohen_weighted(ia, ib, k, np.ones((1, len(both)))))
         pairs.append(PairAgreement(
-            a=a, b=b, items=len(shared), observed=float((ia == ib).mean()),
-            kappa=_bootstrap(lambda w, x=ia, y=ib, c=k: _cohen_weighted(x, y, c, w), len(shared), rng=rng,
+            a=a, b=b, items=len(both), observed=float((ia == ib).mean()),
+            kappa=_bootstrap(lambda w, x=ia, y=ib, c=k: _cohen_weighted(x, y, c, w), len(both), rng=rng,
                              point=point, resamples=resamples)))
 
     annotators = []
