@@ -53,7 +53,14 @@ def _may_route(request: Request, project: Project) -> bool:
     "409 while the project has no model yet. Needs an API key with the `predict` scope, or a member's token.\n\n"
     "Routing puts inputs at the head of the annotation queue, so it needs an API key with the `predict` scope "
     "or a personal token of an annotator or manager. A viewer's request predicts but routes nothing: `route` "
-    "defaults to false for viewers, and an explicit `\"route\": true` from a viewer is refused with 403.",
+    "defaults to false for viewers, and an explicit `\"route\": true` from a viewer is refused with 403.\n\n"
+    "Span (NER) projects: each answer has `spans` (`start`, `end` character offsets, `text`, `label`, "
+    "`confidence`, the probability that exactly this span is right) in text order, empty when the model finds "
+    "no entity. The text is split with the project language's tokenizer and every span lies on its tokens. An "
+    "input is routed when any span's confidence, or `token_confidence` (its least sure token: a possibly missed "
+    "entity), is below the threshold; with a target accuracy the threshold is the lowest whose cross-validated "
+    "predicted spans reach that precision (the model version's span precision-vs-coverage curve). The person's "
+    "spans come back on `GET …/predictions/{id}/` under `human.spans` and in the `prediction.labelled` webhook.",
 )
 @api_view(["POST"])
 @accepts_api_keys

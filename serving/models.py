@@ -142,6 +142,11 @@ class Prediction(models.Model):
     is_uncertain = models.BooleanField(default=False)
     is_routed = models.BooleanField(default=False)
     example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Span projects only (null for classification): the predicted spans, [{"start", "end", "text", "label": key,
+    # "confidence"}], and the example's own confidence (its least sure token's probability of its most probable
+    # tag: low when the model may have missed an entity). `confidence` is then the lowest of the two.
+    spans = models.JSONField(null=True, blank=True)
+    token_confidence = models.FloatField(null=True, blank=True)
     # float16 input embedding, compared with the training data for drift.
     embedding = models.BinaryField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

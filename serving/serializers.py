@@ -48,6 +48,20 @@ class PredictRequestSerializer(serializers.Serializer):
         return texts
 
 
+class SpanSerializer(serializers.Serializer):
+    start = serializers.IntegerField(help_text="Character offset of the span's first character.")
+    end = serializers.IntegerField(help_text="Character offset just after the span (end exclusive).")
+    text = serializers.CharField(help_text="The text's characters start to end.")
+    label = serializers.CharField(help_text="The entity label's name.")  # type: ignore[assignment]
+    label_key = serializers.CharField(help_text="The label's stable key.")
+    confidence = serializers.FloatField(required=False, help_text=(
+        "Probability that exactly this span (start, end and label) is right (model spans only)."))
+
+
+class HumanSpanSerializer(SpanSerializer):
+    confidence = None  # type: ignore[assignment]  # a person's span has none
+
+
 class HumanLabelSerializer(serializers.Serializer):
     # `label` is an API field, not Field.label: DRF's metaclass moves declared fields off the class.
     label = serializers.CharField(  # type: ignore[assignment]
@@ -55,10 +69,18 @@ class HumanLabelSerializer(serializers.Serializer):
     labels = serializers.ListField(child=serializers.CharField())
     label_keys = serializers.ListField(child=serializers.CharField())
     labelled_at = serializers.DateTimeField()
+    spans = HumanSpanSerializer(many=True, required=False, help_text=(
+        "Span projects: the person's spans ([] means they found no entity)."))
 
 
 class PredictionSerializer(serializers.Serializer):
     prediction_id = serializers.UUIDField()
+    spans = SpanSerializer(many=True, required=False, help_text=(
+        "Span projects only: the predicted entities, in text order (empty when the model finds none). "
+        "`label` is then null and `probabilities` empty; `labels` are the distinct entity labels."))
+    token_confidence = serializers.FloatField(required=False, allow_null=True, help_text=(
+        "Span projects only: the least sure token's probability of its most probable tag (low when an "
+        "entity may have been missed). `confidence` is the lowest of it and the spans' confidences."))
     label = serializers.CharField(  # type: ignore[assignment]  # an API field, as above
         allow_null=True, help_text="The predicted label's name (single-label projects), else null.")
     labels = serializers.ListField(

@@ -24,7 +24,7 @@ from django.utils import timezone
 from annotation.models import Annotation
 from labelhub.errors import ActionError
 from learning import actions as learning_actions
-from learning import bayes, store
+from learning import bayes, span_loop, store
 from learning.models import Metrics, ModelVersion
 from projects.models import Label, Project, TaxonomyVersion
 from serving import monitoring, webhooks
@@ -129,9 +129,24 @@ class CurvePoint(TypedDict):
     accuracy: float | None  # stored NaN (no item kept) comes back as null
 
 
+def is_span_report(metrics: Metrics | None) -> bool:
+    """A span model's report (learning.span_quality): its routing curve is per predicted span."""
+    return metrics is not None and metrics.raw.get("task") == "span"
+
+
 def curve_of(metrics: Metrics | None) -> list[CurvePoint]:
-    """The version's accuracy-vs-coverage points (cross-validated), [] for versions trained before it existed."""
-    points = metrics.accuracy_coverage if metrics is not None else []
+    """The version's accuracy-vs-coverage points (cross-validated), [] for versions trained before it existed.
+
+    Span models: the span-level precision-vs-coverage curve of the report's cross-validated predictions
+    (`span_precision_coverage`: at each confidence threshold, the share of predicted spans at or above it and
+    the share of those that are exactly right, start, end and label). "accuracy" is then that precision, and
+    the threshold a target accuracy picks is the lowest whose kept spans reach it.
+    """
+    if is_span_report(metrics):
+        assert metrics is not None
+        points = list(metrics.raw.get("span_precision_coverage") or [])
+    else:
+        points = metrics.accuracy_coverage if metrics is not None else []
     clean: list[CurvePoint] = []
     for p in points:
         try:
@@ -154,22 +169,30 @@ def threshold_for(state: ServingState | ServingConfig, metrics: Metrics | None) 
     curve = curve_of(metrics)
     mode = state.threshold_mode
     if mode == ThresholdMode.TARGET and state.target_accuracy is not None:
+        what = "span precision" if is_span_report(metrics) else "accuracy"
         if not curve:
             return Threshold(state.confidence_threshold, ThresholdMode.CONFIDENCE, None, None,
-                             "This model version has no accuracy-vs-coverage curve: retrain to get the curve. "
+                             f"This model version has no {what}-vs-coverage curve: retrain to get the curve. "
                              "Until then the confidence threshold applies.")
         meeting = [p for p in curve if p["accuracy"] is not None and p["coverage"] > 0
                    and p["accuracy"] >= state.target_accuracy]
         if not meeting:
             return Threshold(1.0 + 1e-9, mode, 0.0, None,
-                             f"No threshold reaches {state.target_accuracy:.0%} accuracy yet: every input goes "
+                             f"No threshold reaches {state.target_accuracy:.0%} {what} yet: every input goes "
                              "to a person until the model improves.")
         best = meeting[0]
-        return Threshold(best["threshold"], mode, best["coverage"], best["accuracy"])
+        return Threshold(best["threshold"], mode, best["coverage"], best["accuracy"], SPAN_NOTE
+                         if is_span_report(metrics) else "")
     point = point_at(curve, state.confidence_threshold) if curve else None
     return Threshold(state.confidence_threshold, ThresholdMode.CONFIDENCE,
                      point["coverage"] if point else None, point["accuracy"] if point else None,
-                     "" if curve else "Retrain to get the accuracy-vs-coverage curve of this version.")
+                     (SPAN_NOTE if is_span_report(metrics) else "") if curve
+                     else "Retrain to get the accuracy-vs-coverage curve of this version.")
+
+
+SPAN_NOTE = ("Span model: the figures are per predicted span (cross-validated): the share of spans at or above the "
+             "threshold and their precision. An input goes to a person when any of its spans, or its least sure "
+             "token, is below the threshold, so fewer inputs than spans are automated.")
 
 
 # --- The loaded model, cached per process -------------------------------------------------------------------------
@@ -192,6 +215,13 @@ class ServedModel:
     # The serving settings `threshold` was derived from (mode, confidence threshold, target accuracy):
     # it is derived again only when they change, not on every request.
     threshold_inputs: tuple[str, float, float | None] | None = None
+    # Span projects: the learning.spans.SpanModel (its `posterior` is the one above); None for classification.
+    span_model: Any | None = None
+    language: str = "en"  # span projects: the tokenizer's language
+
+    @property
+    def is_span(self) -> bool:
+        return self.span_model is not None
 
 
 _models: dict[int, ServedModel] = {}
@@ -229,13 +259,25 @@ def served_model(project_id: int) -> ServedModel:
                                "names": _label_names(version, state.taxonomy_id),
                                "threshold": threshold_for(state, cached.metrics), "threshold_inputs": inputs})
     else:
-        version = ModelVersion.objects.get(pk=state.version_id)
+        version = ModelVersion.objects.select_related("project").get(pk=state.version_id)
+        span_model = None
+        try:
+            if version.project.is_span:
+                span_model = span_loop.load_span_model(version)
+                posterior = span_model.posterior
+            else:
+                posterior = bayes.Posterior.from_bytes(bytes(version.artifact))
+        except (ValueError, KeyError, OSError) as exc:  # a damaged or foreign artifact: say so, never a 500
+            logger.exception("model version %s could not be loaded", version.pk)
+            raise NoModelError(f"Model v{version.number} could not be loaded ({exc.__class__.__name__}); promote "
+                               "another version or retrain.") from exc
         model = ServedModel(
             version_id=version.pk, number=version.number, label_keys=list(version.label_keys),
-            encoder=version.encoder, posterior=bayes.Posterior.from_bytes(bytes(version.artifact)),
+            encoder=version.encoder, posterior=posterior,
             metrics=version.report, taxonomy_id=state.taxonomy_id,
             names=_label_names(version, state.taxonomy_id), threshold=threshold_for(state, version.report),
-            report_at=version.report_at, threshold_inputs=inputs,
+            report_at=version.report_at, threshold_inputs=inputs, span_model=span_model,
+            language=version.project.language or "en",
         )
     with _lock:
         _models[project_id] = model
