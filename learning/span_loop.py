@@ -197,28 +197,31 @@ def tag_targets(data: SpanTrainingSet, tagset: spanml.TagSet) -> list[np.ndarray
 
 # --- Model versions ----------------------------------------------------------------------------------------------
 
-_models: dict[int, Any] = {}
+_models: dict[tuple[int, str], spanml.SpanModel] = {}
 _models_lock = threading.Lock()
 
 
-def load_span_model(version: ModelVersion) -> Any:
+def load_span_model(version: ModelVersion) -> spanml.SpanModel:
     """The ``learning.spans.SpanModel`` of a span project's model version, cached per process.
 
-    For serving: ``load_span_model(version).predict(...)`` on ``encoder.encode_tokens`` vectors of the
-    version's encoder (``version.encoder``; ``learning.actions.encoder_named`` finds it). The version's
-    ``label_keys`` are the tag set's entity keys, in order. Raises ValueError for a classification version.
+    For serving: ``load_span_model(version).predict(vectors, offsets)`` on ``encoder.encode_tokens(texts, offsets)``
+    vectors of the version's encoder (``version.encoder``; ``learning.actions.encoder_named`` finds it). The
+    version's ``label_keys`` are the tag set's entity keys, in order. The cache is keyed by the version and its
+    ``report_at``: the quality report replaces the artifact with its calibrated model, which a serving process then
+    loads anew. Raises ValueError for a classification version or an unreadable artifact.
     """
     if not version.project.is_span:
         raise ValueError(f"model version {version.pk} is a classification model")
+    key = (version.pk, version.report_at.isoformat() if version.report_at else "")
     with _models_lock:
-        cached = _models.get(version.pk)
+        cached = _models.get(key)
     if cached is not None:
         return cached
     model = spanml.SpanModel.from_npz(bytes(version.artifact))
     with _models_lock:
         if len(_models) > 16:
             _models.clear()
-        _models[version.pk] = model
+        _models[key] = model
     return model
 
 
@@ -373,7 +376,7 @@ def record(run: TrainingRun, fitted: SpanFitted, rows: list[ExampleScore], label
         ExampleScore.objects.filter(project=project, example_id__in=labelled_ids.tolist()).delete()
         actions._upsert_scores(rows)
     with _models_lock:
-        _models[version.pk] = fitted.model
+        _models[(version.pk, "")] = fitted.model
     timings["write_s"] = time.perf_counter() - t0
     return version
 
@@ -412,7 +415,5 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
         metrics=metrics, artifact=model.to_npz(), report_at=timezone.now())
     if not updated:
         return None
-    with _models_lock:
-        _models.pop(version.pk, None)
     version.refresh_from_db()
     return version
