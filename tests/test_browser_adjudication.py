@@ -3,7 +3,7 @@ final label by its key, then settles the tie left at the top; the training targe
 refused by the Content Security Policy.
 
 Screenshots land in $LABELHUB_SCREENSHOTS (default var/screenshots): adjudication-1-open.png, -2-decided.png,
-and agreement.png (the agreement page with its pair heat map).
+agreement.png (the agreement page with its pair heat map) and explore.png.
 """
 from __future__ import annotations
 
@@ -71,4 +71,29 @@ def test_a_manager_adjudicates_disagreements_by_keyboard(live_server, browser, p
     targets = training_targets(project)
     assert targets.conflicts == [] and targets.keys[first_id] == [keys["No"]]
     assert targets.keys[second_id] == [keys["Yes"]]
+    assert not refused, refused
+
+
+def test_the_explore_page_clusters_and_sends_a_cluster_to_the_queue(live_server, browser, project, alice,
+                                                                    clustered_examples):
+    """Not keyboard work, but the page a manager reaches from the same nav: drawn, clustered, acted on."""
+    clustered_examples(project, alice, 60, labelled=0)
+    labelled = Example.objects.filter(project=project).order_by("id")[:10]
+    keys = list(project.current_taxonomy().labels.values_list("key", flat=True))
+    # Label only items of the first group (even positions): the other group stays unexplored.
+    Annotation.objects.bulk_create(Annotation(example=e, annotator=alice, taxonomy_version=project.current_taxonomy(),
+                                              label_keys=[keys[0]], source=AnnotationSource.UI)
+                                   for i, e in enumerate(labelled) if i % 2 == 0)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+    log_in(page, live_server, "alice")
+    page.goto(f"{live_server.url}/projects/{project.pk}/")
+    page.click("nav.tabs >> text=Explore")
+    page.click("text=Cluster the pool")
+    expect(page.locator("#explore-results p.notice")).to_contain_text("Clustered.")
+    expect(page.locator("article.cluster.unexplored").first).to_be_visible()
+    page.screenshot(path=str(screenshot_dir() / "explore.png"), full_page=True)
+    page.locator("article.cluster.unexplored").first.locator("text=Label these first").click()
+    expect(page.locator("#explore-results p.notice")).to_contain_text("go to the front of the labelling queue")
     assert not refused, refused
