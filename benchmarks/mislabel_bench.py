@@ -206,7 +206,8 @@ def fixed_f1(x: np.ndarray, noisy: np.ndarray, truth: np.ndarray, rows: np.ndarr
 
 def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds: Sequence[str], repeats: int,
         seed: int = 0, embed: Embedder | None = None, name: str | None = None, ablations: bool = False,
-        only_repeat: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+        only_repeat: int | None = None, log: Callable[[str], None] = print,
+        on_setting: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     for rate in rates:
         if not 0.0 < rate < 1.0:
             raise BenchError(f"--noise must lie strictly between 0 and 1, got {rate}")
@@ -223,18 +224,24 @@ def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds
     train_texts, train_labels = capped(*read_csv(train), MAX_TRAIN, seed=0)
     test_texts, test_labels = capped(*read_csv(test), MAX_TEST, seed=1)
     embed = embed or cache_embedder()
-    started = time.perf_counter()
-    x_pool = np.asarray(embed(train_texts), dtype=np.float32)
-    x_test_all = np.asarray(embed(test_texts), dtype=np.float32)
-    log(f"[{name}] embeddings {x_pool.shape} + {x_test_all.shape} in {time.perf_counter() - started:.1f}s")
     if n_labels > len(train_texts):
         log(f"[{name}] --labels {n_labels} > {len(train_texts)} train rows: using all of them")
         n_labels = len(train_texts)
     pool_labels = np.array(train_labels)
+    todo = list(range(repeats)) if only_repeat is None else [only_repeat]
+    samples = {r: np.sort(np.random.default_rng(_seed(seed, r, "sample")).choice(
+        len(train_texts), size=n_labels, replace=False)) for r in todo}
+    # Only the sampled rows are encoded: a 1,000-label run on a 10,000-row pool need not pay for the rest.
+    needed = np.unique(np.concatenate(list(samples.values())))
+    started = time.perf_counter()
+    x_needed = np.asarray(embed([train_texts[i] for i in needed]), dtype=np.float32)
+    x_pool = np.zeros((len(train_texts), x_needed.shape[1]), dtype=np.float32)
+    x_pool[needed] = x_needed
+    x_test_all = np.asarray(embed(test_texts), dtype=np.float32)
+    log(f"[{name}] embeddings {x_needed.shape} + {x_test_all.shape} in {time.perf_counter() - started:.1f}s")
     rows: list[dict[str, Any]] = []
-    for repeat in range(repeats) if only_repeat is None else [only_repeat]:
-        rng = np.random.default_rng(_seed(seed, repeat, "sample"))
-        sample = np.sort(rng.choice(len(train_texts), size=n_labels, replace=False))
+    for repeat in todo:
+        sample = samples[repeat]
         classes = sorted(set(pool_labels[sample].tolist()))
         if len(classes) < 2:
             raise BenchError(f"{train}: the {n_labels} sampled rows hold a single class; use more --labels")
@@ -297,6 +304,8 @@ def run(*, train: Path, test: Path, n_labels: int, rates: Sequence[float], kinds
                         "set": name, "n_labels": n_labels, "n_classes": k, "k": n_flipped,
                         "cpu_s": round(method_cpu, 2),
                     })
+                if on_setting is not None:
+                    on_setting(rows)
                 last = rows[-len(rankings):]
                 log(f"[{name}] N={n_labels} {kind} {rate:.2f} repeat {repeat}: "
                     + ", ".join(f"{r['method']} p@k {r['precision_at_k']:.3f}" for r in last))
@@ -345,15 +354,20 @@ def main(argv: Sequence[str] | None = None, *, embed: Embedder | None = None) ->
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
+    def save(rows: list[dict[str, Any]], **extra: Any) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"results": rows, **extra}, indent=1, allow_nan=True) + "\n")
+
     with threadpool_limits(1):
         started, cpu = time.perf_counter(), time.process_time()
         result = run(train=args.train, test=args.test, n_labels=args.labels, rates=args.noise,
                      kinds=args.noise_kind, repeats=args.repeats, seed=args.seed, embed=embed, name=args.name,
-                     ablations=args.ablations, only_repeat=args.only_repeat)
+                     ablations=args.ablations, only_repeat=args.only_repeat,
+                     log=lambda line: print(line, flush=True),
+                     on_setting=lambda rows: save(rows, partial=True))
         result["wall_s"] = round(time.perf_counter() - started, 1)
         result["cpu_s"] = round(time.process_time() - cpu, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
+    save(result["results"], **{key: value for key, value in result.items() if key != "results"})
     print(table(result["results"]))
     print(f"wall {result['wall_s']}s, CPU {result['cpu_s']}s -> {args.out}")
     return result

@@ -6,7 +6,7 @@ SET=$1; N=$2; shift 2
 D=${LABELHUB_DATA_DIR:-../shared/data}/$SET
 OUT=benchmarks/results/issue15
 for R in 0 1 2; do
-  OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 nohup .venv/bin/python benchmarks/mislabel_bench.py \
+  OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 nohup .venv/bin/python -u benchmarks/mislabel_bench.py \
     --train "$D/train.csv" --test "$D/test.csv" --labels "$N" --noise 0.05 0.1 0.2 \
     --noise-kind uniform confusable --repeats 3 --only-repeat $R "$@" \
     --out "$OUT/$SET-$N-r$R.json" > "$OUT/$SET-$N-r$R.log" 2>&1 &
