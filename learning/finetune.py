@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -265,7 +266,9 @@ def _setfit(model_path: str | os.PathLike[str], texts: Sequence[str], y: np.ndar
                 progress(int(seen["step"]), max_steps, seen["loss"])
             return control
 
+    scratch = tempfile.mkdtemp(prefix="labelhub-setfit-")  # its Trainer writes checkpoints otherwise into the cwd
     arguments = TrainingArguments(
+        output_dir=scratch, save_strategy="no",
         batch_size=config.batch_size, num_epochs=1, num_iterations=config.setfit_iterations,
         max_steps=max_steps, body_learning_rate=config.learning_rate / 2.5, max_length=config.max_length,
         seed=config.seed, report_to="none", show_progress_bar=False, logging_steps=1,
@@ -274,7 +277,10 @@ def _setfit(model_path: str | os.PathLike[str], texts: Sequence[str], y: np.ndar
     data = Dataset.from_dict({"text": list(texts), "label": [int(v) for v in y]})
     trainer = Trainer(model=model, args=arguments, train_dataset=data, callbacks=[Progress()])
     # Only the contrastive body: the Bayesian layer replaces SetFit's logistic head.
-    trainer.train_embeddings(*trainer.dataset_to_parameters(data), args=arguments)
+    try:
+        trainer.train_embeddings(*trainer.dataset_to_parameters(data), args=arguments)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     body = model.model_body
     out.mkdir(parents=True, exist_ok=True)
     body.save(str(out))
