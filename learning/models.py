@@ -132,8 +132,12 @@ class Metrics:
         return int(value) if value is not None else None
 
     def headline(self) -> dict[str, Any]:
-        """Accuracy and macro-F1 with their intervals, and ECE: what lists and webhooks show."""
-        return {"accuracy": self.raw.get("accuracy"), "macro_f1": self.raw.get("macro_f1"), "ece": self.ece}
+        """Accuracy and macro-F1 with their intervals, and ECE: what lists and webhooks show (span models: also
+        entity-level F1, precision and recall; their accuracy is the share of examples entirely right)."""
+        figures = {"accuracy": self.raw.get("accuracy"), "macro_f1": self.raw.get("macro_f1"), "ece": self.ece}
+        if self.is_span:
+            figures.update({name: self.raw.get(name) for name in ("entity_f1", "entity_precision", "entity_recall")})
+        return figures
 
     @property
     def is_span(self) -> bool:

@@ -191,6 +191,7 @@ def test_it_embeds_tokens_trains_suggests_spans_and_reports_entity_quality(
         assert sum(row[kind] for row in errors["per_label"]) == errors[kind]
     assert metrics["span_precision_coverage"][0]["coverage"] == 1.0
     assert metrics["n_tokens"] > 1000
+    assert version.report.headline()["entity_f1"] == f1  # what lists and webhooks show
 
     # The dashboard and the model page show them to the team, not to others.
     page = login(bob).get(reverse("learning:dashboard", args=[span_project.pk]))
