@@ -7,6 +7,7 @@ import importlib.util
 import json
 import zlib
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_bad_input_says_what_is_wrong() -> None:
 
 
 # ---- the benchmark script ---------------------------------------------------------------------
-def load_bench():  # type: ignore[no-untyped-def]
+def load_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("mislabel_bench", ROOT / "benchmarks" / "mislabel_bench.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -2,10 +2,15 @@
 
 Usage: .venv/bin/python benchmarks/results/issue15/table.py benchmarks/results/issue15/*.json
 Means over repeats per set, N, noise kind and rate; "ours >= both" compares precision@k means.
+A run that was stopped before it wrote its JSON (runs started before the benchmark saved after
+every setting) still left one line per finished setting in its .log, with each method's
+precision@k: those settings are read from the log, with only that figure ("–" for the others).
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -16,14 +21,44 @@ MAIN = ("labelhub", "cleanlab_same_probs", "cleanlab_default")
 SETS = ("ag_news", "trec", "hwu64", "it_service_tickets", "sms_spam")
 
 
+LINE = re.compile(r"^\[(?P<set>[^\]]+)\] N=(?P<n>\d+) (?P<kind>\w+) (?P<rate>[\d.]+) repeat (?P<rep>\d+): "
+                  r"(?P<rest>.*)$")
+
+
+def from_log(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        match = LINE.match(line)
+        if not match:
+            continue
+        for part in match["rest"].split(", "):
+            method, _, value = part.rpartition(" p@k ")
+            rows.append({"set": match["set"], "n_labels": int(match["n"]), "kind": match["kind"],
+                         "noise": float(match["rate"]), "repeat": int(match["rep"]), "method": method,
+                         "precision_at_k": float(value), **{f: math.nan for f in FIELDS}})
+    return rows
+
+
+FIELDS = ("recall", "auprc", "macro_f1_after_fix", "macro_f1_after_random_fix", "macro_f1_clean", "cpu_s")
+
+
 def main(paths: list[str]) -> None:
-    rows = [r for p in paths for r in json.loads(Path(p).read_text())["results"]]
+    rows = []
+    for name in paths:
+        path = Path(name)
+        if path.suffix == ".json":
+            rows += json.loads(path.read_text())["results"]
+        elif not path.with_suffix(".json").exists():
+            rows += from_log(path)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["set"], r["n_labels"], r["kind"], r["noise"], r["method"])].append(r)
 
     def mean(key: tuple, field: str) -> float:
         return float(np.mean([g[field] for g in groups[key]])) if key in groups else float("nan")
+
+    def fmt(value: float, digits: int = 3) -> str:
+        return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
     settings = sorted({k[:4] for k in groups}, key=lambda s: (SETS.index(s[0]) if s[0] in SETS else 99, *s[1:]))
     print("| set | N | noise | rate | reps | P@k ours | P@k cl same probs | P@k cl default | ours >= both "
@@ -38,12 +73,11 @@ def main(paths: list[str]) -> None:
         reps = len(groups[(*s, "labelhub")])
         print(f"| {s[0]} | {s[1]} | {s[2]} | {s[3]:.2f} | {reps} | {p[0]:.3f} | {p[1]:.3f} | {p[2]:.3f} | "
               f"{'yes' if ok else '**no**'} | "
-              + " / ".join(f"{mean((*s, m), 'recall'):.2f}" for m in MAIN) + " | "
-              + " / ".join(f"{mean((*s, m), 'auprc'):.2f}" for m in MAIN) + " | "
-              + f"{mean((*s, 'labelhub'), 'macro_f1_after_fix'):.3f} / "
-              f"{mean((*s, 'cleanlab_default'), 'macro_f1_after_fix'):.3f} / "
-              f"{mean((*s, 'labelhub'), 'macro_f1_after_random_fix'):.3f} | "
-              f"{mean((*s, 'labelhub'), 'macro_f1_clean'):.3f} |")
+              + " / ".join(fmt(mean((*s, m), "recall"), 2) for m in MAIN) + " | "
+              + " / ".join(fmt(mean((*s, m), "auprc"), 2) for m in MAIN) + " | "
+              + " / ".join(fmt(mean((*s, m), "macro_f1_after_fix")) for m in ("labelhub", "cleanlab_default"))
+              + f" / {fmt(mean((*s, 'labelhub'), 'macro_f1_after_random_fix'))} | "
+              f"{fmt(mean((*s, 'labelhub'), 'macro_f1_clean'))} |")
     print(f"\nours >= both cleanlab pipelines on precision@k: {wins} of {total} settings")
     variants = sorted({k[4] for k in groups} - set(MAIN))
     if variants:
@@ -57,7 +91,7 @@ def main(paths: list[str]) -> None:
             print(f"| {v} | {len(keys)} | {np.mean(vals):.3f} | {np.mean(base):.3f} |")
     cpu = defaultdict(list)
     for r in rows:
-        if r["method"] in MAIN:
+        if r["method"] in MAIN and not math.isnan(r["cpu_s"]):
             cpu[(r["set"], r["n_labels"], r["method"])].append(r["cpu_s"])
     print("\nCPU seconds per run (mean; ours and cl same probs include the shared out-of-fold fits):\n")
     for key in sorted(cpu):
