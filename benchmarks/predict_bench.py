@@ -16,6 +16,13 @@ loopback port. Then, with texts the model has not seen:
 2. --clients concurrent clients, one text per request: p50 / p99 and requests/s;
 3. --clients concurrent clients, --batch texts per request: texts/s.
 
+4. span projects (--span-requests, default 200; 0 skips it): a span (NER) project from
+   ../shared/data/sec_filings_ner (the first --span-train training sentences with their entities, token
+   vectors from the same encoder, a learning.spans.SpanModel saved as model v1 the way the learning
+   loop saves it), then one client, one unseen test sentence per request, and right after each the raw
+   forward pass in this process (spaCy tokenizer + Encoder.encode_tokens + SpanModel.predict): p50 / p99
+   and CPU per call of both. --span-only runs this part alone.
+
 The server encodes with LABELHUB_ENCODER_BACKEND (default auto: ONNX Runtime on CPU); the int8
 forward pass uses the float model's posterior, which is right for timing only. The project is
 deleted at the end. The threshold is 0 so no request writes routed examples (routing writes
@@ -36,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +66,7 @@ from serving import keys  # noqa: E402
 from serving import served as serving  # noqa: E402
 
 DEMO = ROOT / "demo" / "legal_overruling.csv"
+NER = ROOT.parent / "shared" / "data" / "sec_filings_ner"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -95,6 +104,98 @@ def set_up(train_rows: int, threshold: float) -> tuple[Project, str, list[str]]:
     key = keys.create_api_key(project, name="bench", scopes=["predict"], user=user)[1]
     unseen = [r["text"] for r in rows[train_rows:]]
     return project, key, unseen
+
+
+def set_up_span(train_rows: int, user: User) -> tuple[Project, str, list[str]]:
+    """A span project with model v1 fitted on the first train_rows NER sentences; its key and unseen texts."""
+    from annotation.models import Annotation, AnnotationSource
+    from learning import spans as spanml
+    from projects.importing import content_hash
+    from projects.models import Example
+    from projects.spanformats import spans_from_tags
+
+    def read(name: str) -> list[tuple[str, list[tuple[int, int]], list[Any]]]:
+        rows = [json.loads(line) for line in (NER / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [spans_from_tags(r["tokens"], r["tags"]) for r in rows]
+
+    train = read("train.jsonl")[:train_rows]
+    names = sorted({str(sp["label"]) for _, _, spans in train for sp in spans})
+    team, _ = Team.objects.get_or_create(name="Prediction benchmark (spans)")
+    Project.objects.filter(team=team).delete()
+    project = taxonomy.create_project(team, name="Span prediction benchmark", task_type="span", created_by=user,
+                                     labels=[taxonomy.LabelSpec(n) for n in names])
+    version = project.current_taxonomy()
+    key_of = dict(version.labels.values_list("name", "key"))
+    t0 = time.perf_counter()
+    examples = Example.objects.bulk_create(
+        Example(project=project, text=text, content_hash=content_hash(text), tokens=[list(o) for o in offsets])
+        for text, offsets, _ in train)
+    keyed = [[{"start": sp["start"], "end": sp["end"], "label": key_of[str(sp["label"])]} for sp in spans]
+             for _, _, spans in train]
+    Annotation.objects.bulk_create(
+        Annotation(example=e, annotator=user, taxonomy_version=version, spans=sp,
+                   label_keys=sorted({str(x["label"]) for x in sp}), source=AnnotationSource.UI)
+        for e, sp in zip(examples, keyed, strict=True))
+    encoder = learning_actions.current_encoder()
+    offsets = [o for _, o, _ in train]
+    vectors = encoder.encode_tokens([t for t, _, _ in train], offsets)
+    label_keys = [key_of[n] for n in names]
+    tagset = spanml.TagSet(label_keys)
+    model = spanml.SpanModel.fit(vectors, [spanml.tag_ids(o, sp, tagset) for o, sp in zip(offsets, keyed,
+                                                                                          strict=True)], tagset)
+    ModelVersion.objects.create(project=project, number=1, taxonomy_version=version, label_keys=label_keys,
+                                encoder=encoder.name, strategy="bald", n_labels=len(train),
+                                artifact=model.to_npz(), metrics={"task": "span"})
+    print(f"set-up (spans): {len(train)} sentences of sec_filings_ner ({len(names)} labels) encoded token by token "
+          f"and the span model fitted in {time.perf_counter() - t0:.1f} s")
+    serving.set_threshold(project, mode="confidence", confidence_threshold=0.0)
+    key = keys.create_api_key(project, name="bench", scopes=["predict"], user=user)[1]
+    return project, key, [text for text, _, _ in read("test.jsonl")]
+
+
+def span_forward(project: Project) -> Callable[[str], tuple[float, float]]:
+    """Tokenizer + encode_tokens + SpanModel.predict on one text, in process (what the API wraps)."""
+    from projects.spanformats import tokenize
+
+    encoder = learning_actions.current_encoder()
+    model = serving.served_model(project.pk)
+    assert model.span_model is not None
+    span_model = model.span_model
+    encoder.encode_tokens(["warm-up text"], [tokenize("warm-up text", model.language)])
+
+    def run(text: str) -> tuple[float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
+        offsets = tokenize(text, model.language)
+        span_model.predict(encoder.encode_tokens([text], [offsets]), [offsets])
+        return time.perf_counter() - started, time.process_time() - cpu
+
+    return run
+
+
+def span_interleaved(port: int, project: Project, key: str, texts: list[str],
+                     server: subprocess.Popen[bytes]) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """The span project's API and raw forward pass, one text at a time, interleaved (as `interleaved`)."""
+    import torch
+
+    torch.set_num_threads(1)
+    run = span_forward(project)
+    times: dict[str, list[float]] = {"api": [], "app": [], "raw": []}
+    cpu = {"api": 0.0, "raw": 0.0}
+    failed = 0
+    for _ in range(10):  # every worker loads the span model and PyTorch's copy of the encoder
+        request(port, project.pk, key, [texts[0]])
+    api_cpu = server_cpu(server)
+    for text in texts:
+        seconds, status = request(port, project.pk, key, [text], times["app"])
+        times["api"].append(seconds)
+        failed += status != 200
+        wall, used = run(text)
+        times["raw"].append(wall)
+        cpu["raw"] += used
+    cpu["api"] = server_cpu(server) - api_cpu
+    if failed:
+        print(f"{failed} span API requests failed")
+    return times, {name: value / len(texts) for name, value in cpu.items()}
 
 
 def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -230,10 +331,31 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="single-client requests")
     parser.add_argument("--batch", type=int, default=32, help="texts per request in the batch test")
     parser.add_argument("--route", action="store_true", help="threshold 1.0: every input is routed to a person")
+    parser.add_argument("--span-requests", type=int, default=200,
+                        help="single-client requests to a span (NER) project (0: no span part)")
+    parser.add_argument("--span-train", type=int, default=300, help="NER sentences to fit the span model on")
+    parser.add_argument("--span-only", action="store_true", help="only the span part")
     args = parser.parse_args()
 
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
     call_command("migrate", verbosity=0)
+    span = None
+    if args.span_requests:
+        user, _ = User.objects.get_or_create(username="predict-bench")
+        span = set_up_span(args.span_train, user)
+    if args.span_only:
+        assert span is not None, "--span-only needs --span-requests > 0"
+        port = free_port()
+        server = start_server(port, args.workers)
+        try:
+            wait_ready(port, span[0].pk, span[1], span[2][0])
+            span_times, span_cpu = span_interleaved(port, span[0], span[1], span[2][:args.span_requests], server)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        print_span(args, span_times, span_cpu, header=True)
+        Project.objects.filter(pk=span[0].pk).delete()
+        return
     project, key, texts = set_up(args.train, 1.0 if args.route else 0.0)
     port = free_port()
     server = start_server(port, args.workers)
@@ -248,6 +370,8 @@ def main() -> None:
         batch_requests = max(per_client // 4, 4)
         batches, batch_wall, failed_b = load(port, project.pk, key, texts, clients=args.clients,
                                              per_request=args.batch, requests_per_client=batch_requests)
+        if span is not None:
+            span_times, span_cpu = span_interleaved(port, span[0], span[1], span[2][:args.span_requests], server)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -280,7 +404,32 @@ def main() -> None:
     served_by = "onnx" if backend in ("auto", "onnx") else backend
     print(f"API p50 − raw {served_by} p50 = {(percentile(api, 50) - percentile(single[served_by], 50)) * ms:.1f} ms")
     print(f"target p99 ≤ 20 ms for one text (API, 1 client): {'met' if percentile(api, 99) <= 0.02 else 'NOT met'}")
+    if span is not None:
+        print_span(args, span_times, span_cpu, header=False)
+        Project.objects.filter(pk=span[0].pk).delete()
     Project.objects.filter(pk=project.pk).delete()
+
+
+def print_span(args: argparse.Namespace, times: dict[str, list[float]], cpu: dict[str, float], *,
+               header: bool) -> None:
+    """The span project's rows, in the classification table's columns."""
+    ms = 1000.0
+    if header:
+        print()
+        print(f"server: gunicorn, {args.workers} sync workers, DEBUG off, encoder backend "
+              f"{os.environ.get('LABELHUB_ENCODER_BACKEND', 'auto')} (token vectors: PyTorch); /proc/loadavg at "
+              f"the end: {Path('/proc/loadavg').read_text().strip()}")
+        print("| load | requests | p50 | p99 | CPU per call | throughput | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+    api, raw, app = times["api"], times["raw"], times["app"]
+    print(f"| span project: API, 1 client, 1 text | {len(api)} | {percentile(api, 50) * ms:.1f} ms | "
+          f"{percentile(api, 99) * ms:.1f} ms | {cpu['api'] * ms:.1f} ms | {len(api) / sum(api):.0f} req/s | – |")
+    if app:
+        print(f"| span project: API, server side (Server-Timing) | {len(app)} | {percentile(app, 50) * ms:.1f} ms | "
+              f"{percentile(app, 99) * ms:.1f} ms | – | – | – |")
+    print(f"| span project: raw tokenize + encode_tokens + SpanModel.predict (in process, 1 text, interleaved) | "
+          f"{len(raw)} | {percentile(raw, 50) * ms:.1f} ms | {percentile(raw, 99) * ms:.1f} ms | "
+          f"{cpu['raw'] * ms:.1f} ms | {len(raw) / sum(raw):.0f} texts/s | – |")
 
 
 if __name__ == "__main__":
