@@ -66,14 +66,15 @@ def fill(project: Project, user: User, rows: int) -> None:
             [project.pk, rows])
         cursor.execute(
             f"INSERT INTO {Annotation._meta.db_table} (example_id, annotator_id, taxonomy_version_id, label_keys, "
-            "source, created_at) SELECT id, %s, %s, jsonb_build_array(CASE WHEN id %% 2 = 0 THEN %s ELSE %s END), "
-            f"'ui', now() FROM {Example._meta.db_table} WHERE project_id = %s AND id %% 10 < 3",
+            "spans, source, created_at) SELECT id, %s, %s, "
+            "jsonb_build_array(CASE WHEN id %% 2 = 0 THEN %s ELSE %s END), "
+            f"'[]', 'ui', now() FROM {Example._meta.db_table} WHERE project_id = %s AND id %% 10 < 3",
             [user.pk, version.pk, yes, no, project.pk])
         cursor.execute(
             f"INSERT INTO {ExampleScore._meta.db_table} (example_id, project_id, model_version_number, predicted_keys,"
-            " confidence, score, priority, is_seed, is_routed, updated_at) SELECT id, project_id, 1, "
+            " confidence, score, priority, is_seed, is_routed, suggested_spans, updated_at) SELECT id, project_id, 1, "
             "jsonb_build_array(CASE WHEN id %% 3 = 0 THEN %s ELSE %s END), 0.5 + (id %% 50) / 100.0, 0, 0, false, "
-            f"false, now() FROM {Example._meta.db_table} WHERE project_id = %s AND id %% 10 >= 3",
+            f"false, '[]', now() FROM {Example._meta.db_table} WHERE project_id = %s AND id %% 10 >= 3",
             [yes, no, project.pk])
 
 
