@@ -228,8 +228,8 @@ def request(port: int, project_id: int, key: str, texts: list[str],
     return time.perf_counter() - started, response.status
 
 
-def wait_ready(port: int, project_id: int, key: str, text: str) -> None:
-    deadline = time.time() + 120
+def wait_ready(port: int, project_id: int, key: str, text: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
     while time.time() < deadline:
         try:
             _, status = request(port, project_id, key, [text])
@@ -335,6 +335,8 @@ def main() -> None:
                         help="single-client requests to a span (NER) project (0: no span part)")
     parser.add_argument("--span-train", type=int, default=300, help="NER sentences to fit the span model on")
     parser.add_argument("--span-only", action="store_true", help="only the span part")
+    parser.add_argument("--span-in-process", action="store_true",
+                        help="with --span-only: only the raw in-process forward pass, no server")
     args = parser.parse_args()
 
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
@@ -345,10 +347,24 @@ def main() -> None:
         span = set_up_span(args.span_train, user)
     if args.span_only:
         assert span is not None, "--span-only needs --span-requests > 0"
+        if args.span_in_process:
+            run = span_forward(span[0])
+            raw, used = [], 0.0
+            for text in span[2][:args.span_requests]:
+                wall, cpu_s = run(text)
+                raw.append(wall)
+                used += cpu_s
+            print(f"| span project: raw tokenize + encode_tokens + SpanModel.predict (in process, 1 text) | "
+                  f"{len(raw)} | {percentile(raw, 50) * 1000:.1f} ms | {percentile(raw, 99) * 1000:.1f} ms | "
+                  f"{used / len(raw) * 1000:.1f} ms | {len(raw) / sum(raw):.0f} texts/s | – |")
+            print(f"/proc/loadavg at the end: {Path('/proc/loadavg').read_text().strip()}")
+            Project.objects.filter(pk=span[0].pk).delete()
+            return
         port = free_port()
         server = start_server(port, args.workers)
         try:
-            wait_ready(port, span[0].pk, span[1], span[2][0])
+            # The first span request loads PyTorch's copy of the encoder: minutes on a loaded machine.
+            wait_ready(port, span[0].pk, span[1], span[2][0], seconds=600)
             span_times, span_cpu = span_interleaved(port, span[0], span[1], span[2][:args.span_requests], server)
         finally:
             server.send_signal(signal.SIGTERM)
