@@ -86,8 +86,10 @@ def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Ite
         assert item is not None
         if project.is_span:
             context["span_data"] = _span_data(project, item, suggested, by_key)
-            suggested_spans = [{k: s[k] for k in ("start", "end", "label")} for s in context["span_data"]["suggested"]]
-            context.update(span_suggestions=len(suggested_spans), span_suggested_json=json.dumps(suggested_spans))
+            suggested_spans = context["span_data"]["suggested"]
+            accepted = [{k: s[k] for k in ("start", "end", "label")} for s in suggested_spans if _accepted_on_enter(s)]
+            context.update(span_suggestions=len(suggested_spans), span_accepted=len(accepted),
+                           span_accept_percent=round(SPAN_ACCEPT_AT * 100), span_suggested_json=json.dumps(accepted))
         context.update(
             suggestion=None if project.is_span else _suggestion(predicted, confidence, by_key),
             comments=list(Comment.objects.filter(example=example).select_related("author")) if n_comments else [],
@@ -96,6 +98,17 @@ def _item_context(request: AuthenticatedHttpRequest, project: Project, item: Ite
             previous=_previous_labels(example, by_key) if item.relabel is not None else None,
         )
     return context
+
+
+# A suggested span this confident or more is taken by Enter; a weaker one is drawn fainter and is only
+# kept when the annotator accepts it with `a`. Early models suggest spans at 10-20 %: accepting those
+# with the item would store the model's guesses as people's labels.
+SPAN_ACCEPT_AT = 0.5
+
+
+def _accepted_on_enter(span: dict[str, Any]) -> bool:
+    confidence = span.get("confidence")
+    return confidence is None or float(confidence) >= SPAN_ACCEPT_AT
 
 
 def _span_data(project: Project, item: Item, suggested: Any, by_key: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +128,7 @@ def _span_data(project: Project, item: Item, suggested: Any, by_key: dict[str, A
                        "confidence": s.get("confidence")}
                       for s in suggested or [] if isinstance(s, dict) and s.get("label") in active],
         "initial": previous,
+        "accept_at": SPAN_ACCEPT_AT,
         "labels": {key: {"name": label.name, "colour": label.colour, "shortcut": label.shortcut}
                    for key, label in active.items()},
     }

@@ -92,6 +92,22 @@ def test_the_page_sends_tokens_suggestions_and_a_legend_instead_of_whole_item_la
     assert "The model suggests 1 span" in body
 
 
+def test_weak_suggestions_are_shown_but_not_taken_by_enter(span_project, bob, login):
+    """An early model suggests spans at 10-20 %: Submit must not store those as the annotator's labels."""
+    keys = keys_of(span_project)
+    first = Example.objects.get(text__startswith="EU")
+    ExampleScore.objects.filter(example=first).update(model_version_number=1, suggested_spans=[
+        {"start": 0, "end": 2, "label": keys["ORG"], "confidence": 0.72},
+        {"start": 11, "end": 17, "label": keys["MISC"], "confidence": 0.13},
+    ])
+    body = login(bob).get(url("label", span_project)).content.decode()
+    data = span_data(body)
+    assert len(data["suggested"]) == 2 and data["accept_at"] == 0.5  # both drawn; the script fades the weak one
+    hidden = re.search(r'name="spans" value="([^"]*)"', body).group(1).replace("&quot;", '"')
+    assert json.loads(hidden) == [{"start": 0, "end": 2, "label": keys["ORG"]}]
+    assert "accepts the 1 at 50% or more" in body
+
+
 @pytest.mark.parametrize("hx", [False, True])
 def test_submitting_spans_stores_them_sorted_with_their_keys_and_does_what_a_label_does(
         span_project, bob, hx, htmx, login, trained, django_capture_on_commit_callbacks):

@@ -73,7 +73,7 @@
       blockEls: box.children, els: new Array(n).fill(null), owner: new Array(n).fill(null), spans: new Set(),
       startIndex: new Map(cpStarts.map((s, i) => [s, i])), endIndex: new Map(cpEnds.map((e, i) => [e, i])),
       cur: 0, anchor: null, selLo: -1, selHi: -1, dragging: false, dragFrom: -1,
-      active: legend.length ? legend[0].dataset.key : null,
+      active: legend.length ? legend[0].dataset.key : null, acceptAt: data.accept_at,
     };
     let skipped = 0;
     for (const span of data.initial) if (!place(span, false)) skipped++;
@@ -132,7 +132,10 @@
     const a = S.startIndex.get(span.start), b = S.endIndex.get(span.end);
     if (a === undefined || b === undefined || b < a || !S.labels[span.label]) return false;
     for (let i = a; i <= b; i++) if (S.owner[i]) return false;
-    add({ a, b, key: span.label, sugg: suggested, conf: suggested ? span.confidence : null });
+    const conf = suggested ? span.confidence : null;
+    // A weak suggestion (below the page's accept_at) is drawn fainter and left out on Enter unless accepted with a.
+    const weak = suggested && typeof conf === "number" && conf < (S.acceptAt ?? 0.5);
+    add({ a, b, key: span.label, sugg: suggested, conf, weak });
     return true;
   }
 
@@ -157,7 +160,7 @@
     if (!el) return;
     const span = S.owner[i];
     let cls = "t";
-    if (span) cls += (span.sugg ? " s sugg" : " s") + (i === span.a ? " s-first" : "") + (i === span.b ? " s-last" : "");
+    if (span) cls += (span.sugg ? (span.weak ? " s sugg weak" : " s sugg") : " s") + (i === span.a ? " s-first" : "") + (i === span.b ? " s-last" : "");
     if (i === S.cur) cls += " cur";
     if (S.selLo >= 0 && i >= S.selLo && i <= S.selHi) cls += " sel";
     if (el.className !== cls) el.className = cls;
@@ -166,7 +169,9 @@
     if (span && i === span.b) {
       const conf = span.sugg && typeof span.conf === "number" ? ` ${Math.round(span.conf * 100)}%` : "";
       el.dataset.tag = label.name + conf;
-      el.title = span.sugg ? `Suggested ${label.name}${conf}: a accepts, x rejects` : label.name;
+      el.title = span.sugg
+        ? `Suggested ${label.name}${conf}: a accepts, x rejects` + (span.weak ? " (left out on Enter unless accepted)" : "")
+        : label.name;
     } else if (el.dataset.tag !== undefined) {
       delete el.dataset.tag;
       el.removeAttribute("title");
@@ -179,9 +184,11 @@
 
   function say(message) {
     const status = S.item.querySelector("#span-status");
-    let user = 0, sugg = 0;
-    for (const span of S.spans) { if (span.sugg) sugg++; else user++; }
-    const counts = `${user} span${user === 1 ? "" : "s"}` + (sugg ? `, ${sugg} suggested (Enter accepts them)` : "");
+    let user = 0, sugg = 0, weak = 0;
+    for (const span of S.spans) { if (span.sugg) { sugg++; if (span.weak) weak++; } else user++; }
+    const taken = weak ? (weak === sugg ? "Enter leaves them out; a accepts one" : `Enter accepts ${sugg - weak}, not the ${weak} fainter`)
+      : "Enter accepts them";
+    const counts = `${user} span${user === 1 ? "" : "s"}` + (sugg ? `, ${sugg} suggested (${taken})` : "");
     if (status) status.textContent = message ? `${message} · ${counts}` : counts;
   }
 
@@ -287,6 +294,7 @@
     const span = suggestionAt();
     if (!span) { say("No suggestion under the cursor (Tab goes to the next one)"); return; }
     span.sugg = false;
+    span.weak = false;
     span.conf = null;
     redraw(span.a, span.b);
     say(`Accepted ${nameOf(span.key)} “${clip(words(span))}”`);
@@ -309,7 +317,10 @@
 
   function collect() {
     const out = [];
-    for (const span of S.spans) out.push({ start: S.cpStarts[span.a], end: S.cpEnds[span.b], label: span.key });
+    for (const span of S.spans) {
+      if (span.sugg && span.weak) continue;
+      out.push({ start: S.cpStarts[span.a], end: S.cpEnds[span.b], label: span.key });
+    }
     return out.sort((x, y) => x.start - y.start);
   }
 
