@@ -150,8 +150,8 @@ def inject(y: np.ndarray, rate: float, kind: str, n_classes: int, targets: np.nd
 
 def cleanlab_ranking(noisy: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ranking of every item, flagged mask) from cleanlab's defaults."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
+    from cleanlab.filter import find_label_issues  # type: ignore[import-untyped]
+    from cleanlab.rank import get_label_quality_scores  # type: ignore[import-untyped]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -165,8 +165,8 @@ def cleanlab_ranking(noisy: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, 
 
 def cleanlab_default_proba(x: np.ndarray, noisy: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
     """Out-of-fold probabilities of scikit-learn's LogisticRegression, 5 stratified folds."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict  # type: ignore[import-untyped]
 
     counts = np.bincount(noisy, minlength=n_classes)
     folds = int(max(2, min(5, counts[counts > 0].min())))
@@ -182,7 +182,7 @@ def cleanlab_default_proba(x: np.ndarray, noisy: np.ndarray, n_classes: int, see
 
 
 def score_ranking(ranking: np.ndarray, flagged: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score
+    from sklearn.metrics import average_precision_score  # type: ignore[import-untyped]
 
     k = int(flipped.sum())
     rank_score = np.empty(len(ranking))
