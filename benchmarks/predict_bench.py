@@ -342,6 +342,9 @@ def main() -> None:
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
     call_command("migrate", verbosity=0)
     span = None
+    if args.span_requests and not (NER / "train.jsonl").exists():
+        print(f"span part skipped: {NER / 'train.jsonl'} is not there (it needs ../shared/data)")
+        args.span_requests = 0
     if args.span_requests:
         user, _ = User.objects.get_or_create(username="predict-bench")
         span = set_up_span(args.span_train, user)
