@@ -20,41 +20,12 @@ from annotation.adjudication import training_targets
 from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
 from learning import acquisition, bayes, decisions, events, quality, store
+from learning.loop_base import TrainingError, current_encoder, upsert_scores
 from learning.models import EmbeddingChunk, ModelVersion, RunStatus, TrainingRun
 from projects.models import Example, Label, Project, TaskType
 
 logger = logging.getLogger(__name__)
 
-UPSERT_BATCH = 5000
-
-
-class TrainingError(Exception):
-    """Why a model could not be fitted, in words a project manager can act on."""
-
-
-def current_encoder() -> Any:
-    # Imported on first use, not with this module: it loads transformers and a model, which a
-    # web process that never predicts (and every management command) should not pay for.
-    from learning.encoder import get_encoder
-
-    return get_encoder(settings.ENCODER or None, backend=settings.ENCODER_BACKEND,
-                       threads=settings.ENCODER_THREADS or None, onnx_dir=settings.ONNX_DIR)
-
-
-def encoder_named(name: str) -> Any | None:
-    """The configured model on the backend whose vectors are called ``name``, or None.
-
-    A model trained before the backend changed (say PyTorch to int8 ONNX) keeps serving with
-    the backend it was trained on until a retrain replaces it.
-    """
-    from learning.encoder import cuda_available, encoder_name, get_encoder
-
-    model = settings.ENCODER or None
-    for backend in ("onnx-int8", "torch" if cuda_available() else "onnx"):
-        if encoder_name(model, backend=backend) == name:
-            return get_encoder(model, backend=backend, threads=settings.ENCODER_THREADS or None,
-                               onnx_dir=settings.ONNX_DIR)
-    return None
 
 
 # --- Embeddings -------------------------------------------------------------------------------------------------
@@ -212,7 +183,7 @@ def seed_queue(project: Project) -> int:
     ]
     with transaction.atomic():
         ExampleScore.objects.filter(project=project, model_version_number__isnull=True).delete()
-        _upsert_scores(scores)
+        upsert_scores(scores)
     return len(scores)
 
 
@@ -513,7 +484,7 @@ def record(run: TrainingRun, fitted: Fitted, scored: Scored, timings: dict[str, 
         # Only labelled items leave the queue: an input routed to a person after this
         # update read the pool keeps its row (and its routed flag).
         ExampleScore.objects.filter(project=project, example_id__in=scored.labelled_ids.tolist()).delete()
-        _upsert_scores(scored.rows)
+        upsert_scores(scored.rows)
     timings["write_s"] = time.perf_counter() - t4
     return version
 
@@ -605,16 +576,8 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     if not updated:
         return None
     version.refresh_from_db()
-    from learning import review_candidates  # the review queue's candidates come from this report's model
-
-    review_candidates.refresh_after_report(version)
+    # The review queue's candidates come from this report's model (learning.receivers).
+    events.model_version_reported.send(sender=ModelVersion, version=version)
     return version
 
 
-def _upsert_scores(scores: list[ExampleScore]) -> None:
-    for start in range(0, len(scores), UPSERT_BATCH):
-        ExampleScore.objects.bulk_create(
-            scores[start:start + UPSERT_BATCH], update_conflicts=True, unique_fields=["example"],
-            update_fields=["model_version_number", "predicted_keys", "confidence", "score", "priority", "is_seed",
-                           "suggested_spans", "updated_at"],
-        )

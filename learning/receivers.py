@@ -1,5 +1,6 @@
 """How the learning layer follows what the layers below announce: labels given, taxonomy
-changes and finished imports start model work."""
+changes and finished imports start model work; and what it announces to itself: a finished
+quality report refreshes the review queue's candidates."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +10,8 @@ from django.db import transaction
 from annotation import events as annotation_events
 from annotation.models import Annotation
 from labelhub.jobs import enqueue
-from learning import actions, store
+from learning import actions, events, review_candidates, store
+from learning.models import ModelVersion
 from projects import events as project_events
 from projects.models import Dataset, DatasetStatus, Example, Project, TaxonomyVersion
 
@@ -39,6 +41,11 @@ def forget_deleted_examples(*, project: Project, example_ids: list[int], reason:
     transaction.on_commit(lambda: actions.request_training(project, reason=reason))
 
 
+def refresh_review_candidates(*, version: ModelVersion, **_: Any) -> None:
+    # Likely mislabels, low-precision classes and ambiguous items come from the reported model.
+    review_candidates.refresh_after_report(version)
+
+
 def connect() -> None:
     annotation_events.labels_given.connect(retrain_after_labels, sender=Annotation,
                                            dispatch_uid="learning.retrain_after_labels")
@@ -48,3 +55,5 @@ def connect() -> None:
                                             dispatch_uid="learning.embed_after_import")
     annotation_events.examples_deleted.connect(forget_deleted_examples, sender=Example,
                                                dispatch_uid="learning.forget_deleted_examples")
+    events.model_version_reported.connect(refresh_review_candidates, sender=ModelVersion,
+                                          dispatch_uid="learning.refresh_review_candidates")

@@ -40,7 +40,7 @@ from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
 from annotation.models import Annotation, ReviewCandidate, ReviewDecision, ReviewKind
-from learning import acquisition, bayes, metrics, mislabels, quality
+from learning import acquisition, actions, bayes, metrics, mislabels, quality
 from learning.models import ModelVersion
 from projects.models import Example, Project
 
@@ -306,8 +306,6 @@ def _subset(ids: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray
 def inputs_for(version: ModelVersion) -> Inputs | None:
     """The report's model and the project's labels and pool as they are now; None where there is nothing
     to review (span project, changed taxonomy, fewer than two labelled items with embeddings)."""
-    from learning import actions  # the learning loop imports this module
-
     project = version.project
     if getattr(project, "is_span", False):
         return None

@@ -27,7 +27,7 @@ from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
 from annotation.models import Annotation, ExampleScore
-from learning import acquisition, actions, span_quality, store, token_store
+from learning import acquisition, loop_base, span_quality, store, token_store
 from learning import spans as spanml
 from learning.models import ModelVersion, TrainingRun
 from projects.models import Example, Label, Project
@@ -205,7 +205,7 @@ def load_span_model(version: ModelVersion) -> spanml.SpanModel:
     """The ``learning.spans.SpanModel`` of a span project's model version, cached per process.
 
     For serving: ``load_span_model(version).predict(vectors, offsets)`` on ``encoder.encode_tokens(texts, offsets)``
-    vectors of the version's encoder (``version.encoder``; ``learning.actions.encoder_named`` finds it). The
+    vectors of the version's encoder (``version.encoder``; ``learning.loop_base.encoder_named`` finds it). The
     version's ``label_keys`` are the tag set's entity keys, in order. The cache is keyed by the version and its
     ``report_at``: the quality report replaces the artifact with its calibrated model, which a serving process then
     loads anew. Raises ValueError for a classification version or an unreadable artifact.
@@ -262,7 +262,7 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> SpanFitted:
     data = span_training_set(project)
     run.n_labels = len(data.example_ids)
     if not data.label_keys:
-        raise actions.TrainingError("The taxonomy has no active entity label: add one before a model can learn.")
+        raise loop_base.TrainingError("The taxonomy has no active entity label: add one before a model can learn.")
     notes = []
     if data.skipped_deprecated:
         notes.append(f"{data.skipped_deprecated} left out for tagging a deprecated label")
@@ -272,21 +272,21 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> SpanFitted:
         notes.append(f"{data.skipped_invalid} left out for a span that covers no token")
     left_out = f" ({'; '.join(notes)})" if notes else ""
     if len(data.example_ids) < 2:
-        raise actions.TrainingError(
+        raise loop_base.TrainingError(
             f"{len(data.example_ids)} usable labelled example(s){left_out}: a model needs at least two. Label more.")
     if data.n_entities == 0:
-        raise actions.TrainingError(
+        raise loop_base.TrainingError(
             f"None of the {len(data.example_ids)} labelled examples has an entity tagged (all were answered "
             f"'no entity'){left_out}: the model needs tagged entities to learn from. Tag the entities of a few "
             "examples that have some. The previous model keeps serving.")
-    encoder = actions.current_encoder()
+    encoder = loop_base.current_encoder()
     tagset = spanml.TagSet(data.label_keys)
     targets = tag_targets(data, tagset)
     tokens = ensure_tokens(project, encoder, data.example_ids)
     vectors = tokens.get(data.example_ids)
     for v, t, pk in zip(vectors, targets, data.example_ids.tolist(), strict=True):
         if len(v) != len(t):
-            raise actions.TrainingError(
+            raise loop_base.TrainingError(
                 f"Example {pk}: {len(t)} tokens but {len(v)} token vectors (its tokens changed since it was "
                 "encoded). Re-import it.")
     previous = (ModelVersion.objects.filter(project=project).order_by("-number")
@@ -305,7 +305,7 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> SpanFitted:
     try:
         model = spanml.SpanModel.fit(vectors, targets, tagset, warm=warm)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
-        raise actions.TrainingError(f"The span model could not be fitted: {exc}. The previous model keeps serving."
+        raise loop_base.TrainingError(f"The span model could not be fitted: {exc}. The previous model keeps serving."
                                     ) from exc
     timings["fit_s"] = time.perf_counter() - t1
     timings["warm_start"] = float(warm is not None)
@@ -374,7 +374,7 @@ def record(run: TrainingRun, fitted: SpanFitted, rows: list[ExampleScore], label
         for row in rows:
             row.model_version_number = version.number
         ExampleScore.objects.filter(project=project, example_id__in=labelled_ids.tolist()).delete()
-        actions._upsert_scores(rows)
+        loop_base.upsert_scores(rows)
     with _models_lock:
         _models[(version.pk, "")] = fitted.model
     timings["write_s"] = time.perf_counter() - t0
@@ -393,7 +393,7 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
         return None  # the taxonomy changed: the update it started records a version to measure
     if len(data.example_ids) < 2 or data.n_entities == 0:
         return None
-    encoder = actions.encoder_named(version.encoder) or actions.current_encoder()
+    encoder = loop_base.encoder_named(version.encoder) or loop_base.current_encoder()
     if encoder.name != version.encoder:
         return None
     tagset = spanml.TagSet(data.label_keys)

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from annotation.models import Annotation, ExampleScore
 from learning import actions as learning_actions
-from learning import decisions
+from learning import decisions, loop_base
 from learning import spans as spanml
 from learning.models import EmbeddingChunk
 from projects.importing import content_hash
@@ -49,7 +49,7 @@ def predict(project: Project, *, texts: list[str], api_key: ApiKey | None = None
     encoder = learning_actions.current_encoder()
     if encoder.name != model.encoder:
         # Trained before the encoder backend changed: served with the backend it was trained on.
-        encoder = learning_actions.encoder_named(model.encoder) or encoder
+        encoder = loop_base.encoder_named(model.encoder) or encoder
     if encoder.name != model.encoder:
         raise EncoderMismatchError(
             f"Model v{model.number} was trained on {model.encoder} embeddings but this server encodes with "

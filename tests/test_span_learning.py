@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from annotation.models import Annotation, AnnotationSource, ExampleScore
 from labelhub.jobs import enqueue
-from learning import actions, span_loop, store, token_store
+from learning import actions, loop_base, span_loop, store, token_store
 from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects import taxonomy
 from projects.models import Example, Project
@@ -88,7 +88,9 @@ def _own_data_dir(settings: Any, tmp_path: Path) -> Iterator[None]:
 @pytest.fixture
 def token_encoder(monkeypatch: Any) -> FakeTokenEncoder:
     encoder = FakeTokenEncoder()
+    # The classification loop (actions) and the span loop (loop_base) both ask for the encoder in use.
     monkeypatch.setattr(actions, "current_encoder", lambda: encoder)
+    monkeypatch.setattr(loop_base, "current_encoder", lambda: encoder)
     return encoder
 
 
@@ -304,6 +306,7 @@ def test_a_model_that_predicts_no_span_is_recorded_and_says_so(span_project, ali
                                                                login):
     encoder = ConstantTokenEncoder()
     monkeypatch.setattr(actions, "current_encoder", lambda: encoder)
+    monkeypatch.setattr(loop_base, "current_encoder", lambda: encoder)
     conll_project(span_project, alice, 120, labelled=60)
     run = train_now(span_project)
     assert run.status == RunStatus.SUCCEEDED, run.error

@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 
 from annotation.models import Annotation, AnnotationSource, ExampleScore
 from learning import actions as learning_actions
+from learning import loop_base
 from learning import spans as spanml
 from learning.models import EmbeddingChunk, ModelVersion
 from projects import taxonomy
@@ -64,6 +65,7 @@ class FakeTokenEncoder:
 def token_encoder(monkeypatch: Any) -> Iterator[FakeTokenEncoder]:
     encoder = FakeTokenEncoder()
     monkeypatch.setattr(learning_actions, "current_encoder", lambda: encoder)
+    monkeypatch.setattr(loop_base, "current_encoder", lambda: encoder)
     served.forget()
     yield encoder
     served.forget()

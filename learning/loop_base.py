@@ -1,0 +1,54 @@
+"""What the classification loop (learning.actions) and the span loop (learning.span_loop) share:
+the encoder in use, the error a run fails with, and the queue's upsert.
+
+Its own module so that the span loop needs nothing from `learning.actions`, which dispatches to it:
+the two would otherwise import each other.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from annotation.models import ExampleScore
+
+UPSERT_BATCH = 5000
+
+
+class TrainingError(Exception):
+    """Why a model could not be fitted, in words a project manager can act on."""
+
+
+def current_encoder() -> Any:
+    # Imported on first use, not with this module: it loads transformers and a model, which a
+    # web process that never predicts (and every management command) should not pay for.
+    from learning.encoder import get_encoder
+
+    return get_encoder(settings.ENCODER or None, backend=settings.ENCODER_BACKEND,
+                       threads=settings.ENCODER_THREADS or None, onnx_dir=settings.ONNX_DIR)
+
+
+def encoder_named(name: str) -> Any | None:
+    """The configured model on the backend whose vectors are called ``name``, or None.
+
+    A model trained before the backend changed (say PyTorch to int8 ONNX) keeps serving with
+    the backend it was trained on until a retrain replaces it.
+    """
+    from learning.encoder import cuda_available, encoder_name, get_encoder
+
+    model = settings.ENCODER or None
+    for backend in ("onnx-int8", "torch" if cuda_available() else "onnx"):
+        if encoder_name(model, backend=backend) == name:
+            return get_encoder(model, backend=backend, threads=settings.ENCODER_THREADS or None,
+                               onnx_dir=settings.ONNX_DIR)
+    return None
+
+
+def upsert_scores(scores: list[ExampleScore]) -> None:
+    """Write the queue's rows for a new model version (insert or replace, in batches)."""
+    for start in range(0, len(scores), UPSERT_BATCH):
+        ExampleScore.objects.bulk_create(
+            scores[start:start + UPSERT_BATCH], update_conflicts=True, unique_fields=["example"],
+            update_fields=["model_version_number", "predicted_keys", "confidence", "score", "priority", "is_seed",
+                           "suggested_spans", "updated_at"],
+        )
