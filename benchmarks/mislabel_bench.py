@@ -155,7 +155,10 @@ def cleanlab_ranking(noisy: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        issues = np.asarray(find_label_issues(noisy, proba, return_indices_ranked_by="self_confidence"), dtype=int)
+        # n_jobs=1: the same result without a multiprocessing pool, whose fork deadlocks in a process that has
+        # run torch (the test suite) and would break the one-thread-per-benchmark rule anyway.
+        issues = np.asarray(find_label_issues(noisy, proba, return_indices_ranked_by="self_confidence", n_jobs=1),
+                            dtype=int)
         quality = get_label_quality_scores(noisy, proba, method="self_confidence")
     flagged = np.zeros(len(noisy), dtype=bool)
     flagged[issues] = True
