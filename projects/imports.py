@@ -496,7 +496,9 @@ class _Refused(Exception):
         self.check = check
 
 
-def _import_in_one_pass(dataset: Dataset, project: Project, report: ProgressCallback) -> Dataset:
+def _import_in_one_pass(dataset: Dataset, project: Project, report: ProgressCallback, *,
+                        check_and_write: Callable[[Dataset, Project, ProgressCallback], tuple[_Check, int, int]]
+                        | None = None) -> Dataset:
     """PostgreSQL: check every row and COPY it into a staging table in the same pass, inside the import's
     transaction; a bad row stops the copying, the checks go on to the end for the report, and the
     transaction rolls back, so nothing is imported. One parse of the file instead of two."""
@@ -506,7 +508,7 @@ def _import_in_one_pass(dataset: Dataset, project: Project, report: ProgressCall
         dataset.mark_started(DatasetStatus.IMPORTING)
         report(0, dataset.total_rows, DatasetStatus.VALIDATING)
         with transaction.atomic():
-            check, imported, labelled = _check_and_copy(dataset, project, report)
+            check, imported, labelled = (check_and_write or _check_and_copy)(dataset, project, report)
             dataset.labels_found = check.labels_found
             dataset.mark_done(imported=imported, duplicates=check.valid - imported, labelled=labelled,
                               total=check.valid)
@@ -620,26 +622,7 @@ def _import_spans(dataset: Dataset, project: Project, report: ProgressCallback) 
     """Span projects: check each row (tokens, tags, spans, entity labels) and insert it with its tokens in the
     same pass, inside the import's transaction; a bad row stops the inserting, the checks go on to the end
     for the report, and the transaction rolls back, so nothing is imported."""
-    try:
-        dataset.total_rows = importing.count_rows(dataset.file.path, dataset.file_format, dialect_of(dataset))
-        dataset.save(update_fields=["total_rows"])
-        dataset.mark_started(DatasetStatus.IMPORTING)
-        report(0, dataset.total_rows, DatasetStatus.VALIDATING)
-        with transaction.atomic():
-            check, imported, labelled = _check_and_insert_spans(dataset, project, report)
-            dataset.labels_found = check.labels_found
-            dataset.mark_done(imported=imported, duplicates=check.valid - imported, labelled=labelled,
-                              total=check.valid)
-    except _Refused as refused:
-        check = refused.check
-        dataset.labels_found = check.labels_found
-        if check.error_count:
-            dataset.mark_failed(check.errors, error_count=check.error_count, groups=check.groups())
-        else:
-            dataset.mark_failed([_file_error(dataset, "The file has no data rows.")])
-    except (ImportFormatError, ActionError, IntegrityError) as exc:
-        dataset.mark_failed([_file_error(dataset, str(exc))])
-    return dataset
+    return _import_in_one_pass(dataset, project, report, check_and_write=_check_and_insert_spans)
 
 
 def _check_and_insert_spans(dataset: Dataset, project: Project, report: ProgressCallback
