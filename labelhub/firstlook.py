@@ -197,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         web = [python, "manage.py", "runserver", "--noreload", f"{args.host}:{args.port}"]
         if os.environ["REDIS_URL"]:
             queues = worker_queues()
-            # Imports get a worker of their own: a long import never holds up the model updates.
-            learning = [q for q in queues if q != "imports"]
-            log(f"starting RQ workers on {', '.join(learning)} and on imports ({os.environ['REDIS_URL']})")
+            # Imports get a worker of their own: a long import never holds up the model updates; so does the
+            # gpu queue (fine-tuning the encoder: minutes on a CPU, while the fast loop keeps updating).
+            learning = [q for q in queues if q not in ("imports", "gpu")]
+            log(f"starting RQ workers on {', '.join(learning)}, on imports and on gpu ({os.environ['REDIS_URL']})")
             supervisor.start("worker", [python, "manage.py", "rqworker", *learning, "--with-scheduler"])
-            if "imports" in queues:
-                supervisor.start("import worker", [python, "manage.py", "rqworker", "imports"])
+            for queue in ("imports", "gpu"):
+                if queue in queues:
+                    supervisor.start(f"{queue} worker", [python, "manage.py", "rqworker", queue])
         supervisor.start("web server", web)
         log(f"LabelHub is at {url} (Ctrl-C stops the server, the worker and Redis)")
         return supervisor.watch()

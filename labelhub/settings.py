@@ -341,6 +341,28 @@ TRAIN_DEBOUNCE_SECONDS = float(os.environ.get("LABELHUB_TRAIN_DEBOUNCE_SECONDS",
 # A model update still queued or running after this long was lost (worker killed) and is re-queued.
 TRAIN_STALE_SECONDS = int(os.environ.get("LABELHUB_TRAIN_STALE_SECONDS", "900"))
 EMBED_BATCH = int(os.environ.get("LABELHUB_EMBED_BATCH", "2048"))
+
+# Fine-tuning the encoder (learning/finetuning.py, the `gpu` queue). Auto: after a model update, when the labels
+# have grown by FINETUNE_GROWTH since the last fine-tune and number at least FINETUNE_MIN_LABELS (also the
+# least a fine-tune from the button needs). On by default: a CPU fine-tune costs minutes of one core on the worker
+# that takes the `gpu` queue, at most once per 50 % more labels, and the candidate only replaces the model if better.
+FINETUNE_AUTO = env_bool("LABELHUB_FINETUNE_AUTO", True)
+FINETUNE_GROWTH = float(os.environ.get("LABELHUB_FINETUNE_GROWTH", "0.5"))
+FINETUNE_MIN_LABELS = int(os.environ.get("LABELHUB_FINETUNE_MIN_LABELS", "200"))
+# The share of labelled items held out (stratified) to compare the candidate with the current model.
+FINETUNE_HELDOUT = float(os.environ.get("LABELHUB_FINETUNE_HELDOUT", "0.2"))
+# Where fine-tuned encoders are kept (a folder every web and worker process reads: shared storage).
+FINETUNE_DIR = Path(os.environ.get("LABELHUB_FINETUNE_DIR", str(DATA_DIR / "finetuned"))).resolve()
+# "cpu", "cuda" or "auto" (CUDA when the worker has it); the method and the recipe overrides of
+# learning.finetune.FinetuneConfig (empty: the device's defaults).
+FINETUNE_DEVICE = os.environ.get("LABELHUB_FINETUNE_DEVICE", "auto")
+FINETUNE_METHOD = os.environ.get("LABELHUB_FINETUNE_METHOD", "classifier")
+FINETUNE_EPOCHS = int(os.environ.get("LABELHUB_FINETUNE_EPOCHS", "0"))
+FINETUNE_MIN_STEPS = int(os.environ.get("LABELHUB_FINETUNE_MIN_STEPS", "0"))
+FINETUNE_BATCH_SIZE = int(os.environ.get("LABELHUB_FINETUNE_BATCH_SIZE", "0"))
+FINETUNE_MAX_LENGTH = int(os.environ.get("LABELHUB_FINETUNE_MAX_LENGTH", "0"))
+# A running fine-tune whose worker has not written its heartbeat for this long is marked failed.
+FINETUNE_STALE_SECONDS = int(os.environ.get("LABELHUB_FINETUNE_STALE_SECONDS", "120"))
 SEED_SIZE = int(os.environ.get("LABELHUB_SEED_SIZE", "20"))
 
 # Annotation queue

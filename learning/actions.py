@@ -20,12 +20,27 @@ from annotation.adjudication import training_targets
 from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
 from learning import acquisition, bayes, decisions, events, quality, store
-from learning.loop_base import TrainingError, current_encoder, upsert_scores
-from learning.models import EmbeddingChunk, ModelVersion, RunStatus, TrainingRun
+from learning.loop_base import TrainingError, current_encoder, finetuned_encoder, upsert_scores
+from learning.models import EmbeddingChunk, ModelVersion, ProjectEncoder, RunStatus, TrainingRun
 from projects.models import Example, Label, Project, TaskType
 
 logger = logging.getLogger(__name__)
 
+
+def project_encoder(project_id: int) -> Any:
+    """The encoder the project's fast loop embeds, fits and scores with: the fine-tuned one a manager or a won
+    comparison promoted (learning.finetuning), else the configured one."""
+    choice = (ProjectEncoder.objects.filter(project_id=project_id, finetune_run__isnull=False)
+              .values_list("finetune_run__encoder_path", "finetune_run__number").first())
+    if choice is None or not choice[0]:
+        return current_encoder()
+    try:
+        return finetuned_encoder(choice[0])
+    except OSError as exc:
+        # Never fall back silently: vectors of another encoder would mix with the fine-tuned ones' model.
+        raise TrainingError(f"The project's fine-tuned encoder (fine-tune {choice[1]}) cannot be loaded from "
+                            f"{choice[0]} under LABELHUB_FINETUNE_DIR ({exc}). Make that folder readable here, "
+                            "or promote a version of another encoder on the Versions page.") from exc
 
 
 # --- Embeddings -------------------------------------------------------------------------------------------------
@@ -120,7 +135,7 @@ def embed_project(project_id: int, *, progress: Callable[[int, int], None] | Non
 
 
 def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None) -> int:
-    encoder = current_encoder()
+    encoder = project_encoder(project_id)
     is_span = Project.objects.filter(pk=project_id, task_type=TaskType.SPAN).exists()
     have = store.load(project_id, encoder.name).example_ids
     all_ids = np.fromiter(Example.objects.filter(project_id=project_id).values_list("id", flat=True), dtype=np.int64)
@@ -168,7 +183,7 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
 
 def seed_queue(project: Project) -> int:
     """Before any model: rank a diverse, representative seed batch first in the queue."""
-    emb = store.load(project.pk, current_encoder().name)
+    emb = store.load(project.pk, project_encoder(project.pk).name)
     labelled = Annotation.objects.in_project(project).labelled_ids()
     pool = np.setdiff1d(emb.example_ids, labelled, assume_unique=True)
     if len(pool) == 0:
@@ -381,16 +396,17 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
     return version
 
 
-def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
-    """Fit the posterior on every current label, warm-started from the previous version, whose calibration it keeps
-    until its own report (``report_project``)."""
+def fit(run: TrainingRun, timings: dict[str, float], *, encoder_name: str | None = None) -> Fitted:
+    """Fit the posterior on every current label, warm-started from the previous version of the same encoder, whose
+    calibration it keeps until its own report (``report_project``). ``encoder_name``: the vectors to fit on (a
+    fine-tune's candidate encoder), else the project's encoder's."""
     project = run.project
     t0 = time.perf_counter()
     data = training_set(project)
     if len(data.label_keys) < (1 if project.is_multi_label else 2):
         raise TrainingError("The taxonomy needs at least two active labels before a model can learn.")
-    encoder = current_encoder()
-    emb, ids, X, targets = embedded_labels(project, encoder.name, data)
+    name = encoder_name or project_encoder(project.pk).name
+    emb, ids, X, targets = embedded_labels(project, name, data)
     run.n_labels = int(len(ids))
     if len(ids) < 2:
         raise TrainingError(
@@ -400,11 +416,12 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
     # The previous model of the same outputs warm-starts the fit (same posterior, a fraction of
     # the time: see bayes.fit); a changed taxonomy or encoder, or an unreadable artifact, means a
     # cold fit.
-    previous = (ModelVersion.objects.filter(project=project).order_by("-number")
+    # (A fine-tune's candidate of another encoder may be the newest version: it is no warm start for this one.)
+    previous = (ModelVersion.objects.filter(project=project, encoder=name).order_by("-number")
                 .only("artifact", "encoder", "label_keys", "metrics", "number").first())
     warm: bayes.Posterior | None = None
     carried: dict[str, Any] = {}
-    if previous is not None and previous.encoder == encoder.name and previous.label_keys == data.label_keys:
+    if previous is not None and previous.label_keys == data.label_keys:
         try:
             warm = bayes.Posterior.from_bytes(bytes(previous.artifact))
         except (ValueError, KeyError, OSError):
@@ -425,7 +442,7 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> Fitted:
     timings["fit_s"] = time.perf_counter() - t1
     timings["warm_start"] = float(posterior.info.get("warm_start", 0))
     timings["evidence_iterations"] = float(posterior.info.get("evidence_iterations", 0))
-    return Fitted(data, encoder.name, emb, len(ids), posterior, carried)
+    return Fitted(data, name, emb, len(ids), posterior, carried)
 
 
 def score(run: TrainingRun, fitted: Fitted, timings: dict[str, float]) -> Scored:
@@ -472,6 +489,9 @@ def record(run: TrainingRun, fitted: Fitted, scored: Scored, timings: dict[str, 
     project = run.project
     t4 = time.perf_counter()
     with transaction.atomic():
+        # The project's row lock numbers versions one at a time: a fine-tune's candidate may be recorded
+        # while a model update records its own.
+        Project.objects.select_for_update().filter(pk=project.pk).first()
         number = (ModelVersion.objects.filter(project=project).order_by("-number")
                   .values_list("number", flat=True).first() or 0) + 1
         version = ModelVersion.objects.create(

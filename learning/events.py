@@ -6,3 +6,7 @@ model_version_recorded = Signal()
 
 # A model version's quality report landed (its cross-validated figures and calibration). kwargs: version.
 model_version_reported = Signal()
+
+# A version now serves (promotion, rollback or automatic), sent by the serving layer inside its transaction: the
+# fast loop follows that version's encoder (learning.finetuning.version_promoted). kwargs: version.
+model_version_promoted = Signal()

@@ -100,15 +100,15 @@ def cluster_embeddings(X: np.ndarray, labelled: np.ndarray, *, k: int, seed: int
 # --- The project's clustering, cached per model version -----------------------------------------------------------
 
 
-def _encoder_name() -> str:
-    from learning.actions import current_encoder
+def _encoder_name(project: Project) -> str:
+    from learning.actions import project_encoder
 
-    return str(current_encoder().name)
+    return str(project_encoder(project.pk).name)
 
 
 def _state(project: Project) -> tuple[str, int | None, str]:
     """(cache key, model version number, encoder) of what a clustering now would be computed from."""
-    encoder = _encoder_name()
+    encoder = _encoder_name(project)
     emb = store.load(project.pk, encoder)
     version = ModelVersion.objects.filter(project=project).aggregate(n=Max("number"))["n"]
     raw = f"{project.pk}:{encoder}:{version}:{len(emb.example_ids)}:{emb.last_chunk_id}"
@@ -219,7 +219,7 @@ def _model_view(project: Project, version_number: int | None, encoder: str,
 
 def start(project: Project) -> str:
     """Cluster now (small pools) or in the background; 'done' or 'queued'."""
-    n = len(store.load(project.pk, _encoder_name()).example_ids)
+    n = len(store.load(project.pk, _encoder_name(project)).example_ids)
     if n <= INLINE_LIMIT:
         compute(project)
         return "done"

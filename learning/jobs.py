@@ -17,3 +17,10 @@ def train_project(project_id: int) -> None:
 
 def report_project(project_id: int) -> None:
     actions.report_project(project_id)
+
+
+def finetune_project(run_id: int) -> None:
+    # On the `gpu` queue: minutes of work that must not hold up the model updates on `default`.
+    from learning import finetuning
+
+    finetuning.run_finetune(run_id)

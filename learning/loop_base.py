@@ -6,6 +6,8 @@ the two would otherwise import each other.
 """
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -41,7 +43,42 @@ def encoder_named(name: str) -> Any | None:
         if encoder_name(model, backend=backend) == name:
             return get_encoder(model, backend=backend, threads=settings.ENCODER_THREADS or None,
                                onnx_dir=settings.ONNX_DIR)
-    return None
+    return finetuned_named(name)
+
+
+# Fine-tuned encoders' folders by vector name, as found: a name is a fingerprint of the weights, so it never moves.
+_finetuned: dict[str, str] = {}
+_finetuned_lock = threading.Lock()
+
+
+def finetuned_encoder(path: str) -> Any:
+    """The fine-tuned encoder in folder ``path`` (relative to FINETUNE_DIR), loaded once per process."""
+    from learning.encoder import get_encoder
+
+    return get_encoder(Path(settings.FINETUNE_DIR) / path, backend=settings.ENCODER_BACKEND,
+                       threads=settings.ENCODER_THREADS or None, onnx_dir=settings.ONNX_DIR)
+
+
+def finetuned_named(name: str) -> Any | None:
+    """The fine-tuned encoder (learning.finetuning) whose vectors are called ``name``, or None."""
+    from learning.models import FinetuneRun
+
+    with _finetuned_lock:
+        path = _finetuned.get(name)
+    if path is None:
+        path = (FinetuneRun.objects.filter(encoder=name).exclude(encoder_path="")
+                .values_list("encoder_path", flat=True).first())
+        if not path:
+            return None
+    try:
+        encoder = finetuned_encoder(path)
+    except OSError:
+        return None  # the folder is gone (or not mounted here): the caller says the encoder is missing
+    if encoder.name != name:
+        return None
+    with _finetuned_lock:
+        _finetuned[name] = path
+    return encoder
 
 
 def upsert_scores(scores: list[ExampleScore]) -> None:

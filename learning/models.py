@@ -215,3 +215,96 @@ class ProjectionSetting(models.Model):
     def stop_gain_points_of(cls, project: Project) -> float:
         value = cls.objects.filter(project=project).values_list("stop_gain_points", flat=True).first()
         return cls.DEFAULT_STOP_GAIN_POINTS if value is None else float(value)
+
+
+class FinetuneStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINETUNE_ACTIVE = (FinetuneStatus.QUEUED, FinetuneStatus.RUNNING)
+
+
+class FinetuneRun(models.Model):
+    """One fine-tune of a project's encoder (the slow loop, `learning.finetuning`): its progress while it runs, then
+    the candidate model version it produced and how it compared with the current model on held-out labels."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="finetune_runs")
+    number = models.PositiveIntegerField(help_text="Per project; names the encoder folder (v<number>).")
+    status = models.CharField(max_length=10, choices=FinetuneStatus.choices, default=FinetuneStatus.QUEUED)
+    reason = models.CharField(max_length=200, blank=True, help_text="Why it was asked for.")
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Written every few seconds by the worker while it runs: a running row whose heartbeat is old lost its worker.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    method = models.CharField(max_length=20, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    n_labels = models.PositiveIntegerField(default=0, help_text="Labelled examples when it started.")
+    n_train = models.PositiveIntegerField(default=0, help_text="Of them, the ones the encoder was fine-tuned on.")
+    n_heldout = models.PositiveIntegerField(default=0, help_text="Of them, the ones held out for the comparison.")
+    # Progress: the phase, the optimiser steps (fine-tuning) or items (re-embedding) done of total, the epoch.
+    phase = models.CharField(max_length=20, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    epoch = models.PositiveIntegerField(default=0)
+    epochs = models.PositiveIntegerField(default=0)
+    embedded = models.PositiveIntegerField(default=0)
+    to_embed = models.PositiveIntegerField(default=0)
+    seconds_left = models.FloatField(null=True, blank=True, help_text="Estimate for the current phase.")
+    base_encoder = models.CharField(max_length=200, blank=True)
+    encoder = models.CharField(max_length=200, blank=True, help_text="The fine-tuned encoder's vector name.")
+    encoder_path = models.CharField(max_length=500, blank=True, help_text="Its folder, under FINETUNE_DIR.")
+    finetune_seconds = models.FloatField(null=True, blank=True)
+    heldout_ids = models.JSONField(default=list, blank=True)
+    candidate_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                          related_name="+")
+    current_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+", help_text="The version serving when it was compared.")
+    comparison = models.JSONField(default=dict, blank=True)
+    is_promoted = models.BooleanField(default=False, help_text="Its encoder became the project's.")
+    promoted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [
+            # One fine-tune at a time per project: a second request while one waits or runs is refused.
+            models.UniqueConstraint(fields=["project"], condition=Q(status__in=["queued", "running"]),
+                                    name="one_active_finetune_per_project"),
+            models.UniqueConstraint(fields=["project", "number"], name="unique_finetune_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"fine-tune {self.number} of {self.project} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in FINETUNE_ACTIVE
+
+    @property
+    def won(self) -> bool | None:
+        """Whether the candidate beat the current model on the held-out items (None before the comparison)."""
+        value = (self.comparison or {}).get("candidate_wins")
+        return None if value is None else bool(value)
+
+    def progress(self) -> dict[str, Any]:
+        """What the Versions page and the API show while it runs."""
+        return {"phase": self.phase, "step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
+                "epochs": self.epochs, "embedded": self.embedded, "to_embed": self.to_embed,
+                "seconds_left": None if self.seconds_left is None else round(self.seconds_left, 1)}
+
+
+class ProjectEncoder(models.Model):
+    """Which encoder a project's fast loop embeds, fits and scores with: a fine-tuned one once a fine-tune's
+    candidate was promoted, else (no row, or no run) the configured LABELHUB_ENCODER. Serving follows the
+    encoder of the version it serves (`learning.loop_base.encoder_named`)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, primary_key=True, related_name="encoder_choice")
+    finetune_run = models.ForeignKey(FinetuneRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField(default=timezone.now)

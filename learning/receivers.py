@@ -10,7 +10,7 @@ from django.db import transaction
 from annotation import events as annotation_events
 from annotation.models import Annotation
 from labelhub.jobs import enqueue
-from learning import actions, events, review_candidates, store
+from learning import actions, events, finetuning, review_candidates, store
 from learning.models import ModelVersion
 from projects import events as project_events
 from projects.models import Dataset, DatasetStatus, Example, Project, TaxonomyVersion
@@ -46,6 +46,15 @@ def refresh_review_candidates(*, version: ModelVersion, **_: Any) -> None:
     review_candidates.refresh_after_report(version)
 
 
+def finetune_when_labels_grew(*, version: ModelVersion, **_: Any) -> None:
+    # The slow loop: a fine-tune once the labels have grown enough since the last one (LABELHUB_FINETUNE_*).
+    finetuning.finetune_when_labels_grew(version)
+
+
+def follow_promoted_encoder(*, version: ModelVersion, **_: Any) -> None:
+    finetuning.version_promoted(version)
+
+
 def connect() -> None:
     annotation_events.labels_given.connect(retrain_after_labels, sender=Annotation,
                                            dispatch_uid="learning.retrain_after_labels")
@@ -57,3 +66,7 @@ def connect() -> None:
                                                dispatch_uid="learning.forget_deleted_examples")
     events.model_version_reported.connect(refresh_review_candidates, sender=ModelVersion,
                                           dispatch_uid="learning.refresh_review_candidates")
+    events.model_version_recorded.connect(finetune_when_labels_grew, sender=ModelVersion,
+                                          dispatch_uid="learning.finetune_when_labels_grew")
+    events.model_version_promoted.connect(follow_promoted_encoder, sender=ModelVersion,
+                                          dispatch_uid="learning.follow_promoted_encoder")

@@ -19,6 +19,8 @@ from threadpoolctl import threadpool_limits
 from learning import acquisition, bayes, metrics, quality, spans
 
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
+# New features for (train, test) after a fine-tune on the labelled rows: (rows, seed) -> (X_train, X_test, seconds).
+Refeaturize = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, float]]
 
 
 def _update(
@@ -96,8 +98,15 @@ def run_strategy(
     progress: ProgressCallback | None = None,
     report_every: int = 1,
     trace: list[dict[str, Any]] | None = None,
+    finetune_at: Sequence[int] = (),
+    refeaturize: Refeaturize | None = None,
 ) -> list[dict[str, float]]:
     """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``.
+
+    ``finetune_at`` (with ``refeaturize``): at the first update with at least that many labels, the encoder is
+    fine-tuned on the labels so far and the curve goes on with the new features of train and test (the app's slow
+    loop, learning.finetuning, re-embeds the pool likewise); the Bayesian layer then fits cold on them, as the
+    candidate of a fine-tune does. Points then carry ``finetunes`` (how many so far) and ``finetune_seconds``.
 
     Each point's ``update_seconds`` is what a project waits for between labels and new
     suggestions (refit, rescore, next batch); ``report_seconds`` is the quality report's time
@@ -113,6 +122,10 @@ def run_strategy(
     temperature and variance scale, and the pool rows picked), for the benchmarks' ablations;
     the curve points do not change.
     """
+    if finetune_at and refeaturize is None:
+        raise ValueError("finetune_at needs a refeaturize function (new features after each fine-tune)")
+    pending = sorted(int(n) for n in finetune_at)
+    finetunes = 0
     rng = np.random.default_rng(seed)
     n = X_train.shape[0]
     budget = min(budget, n)
@@ -134,8 +147,18 @@ def run_strategy(
     if trace is not None:
         trace.append({"n_labels": len(order), "chosen": [int(i) for i in labelled], "seed_batch": True})
     while True:
-        started = time.perf_counter()
         idx = np.array(order)
+        finetune_seconds = 0.0
+        if pending and len(order) >= pending[0]:
+            assert refeaturize is not None
+            while pending and len(order) >= pending[0]:
+                pending.pop(0)
+            X_train, X_test, finetune_seconds = refeaturize(idx, seed)
+            finetunes += 1
+            previous = None  # other features: the layer fits cold, as a fine-tune's candidate does
+            density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
+                       if spec.density else None)
+        started = time.perf_counter()
         posterior: bayes.Posterior | None
         report_seed = int(rng.integers(2**31))
         try:
@@ -187,6 +210,9 @@ def run_strategy(
         point = {"n_labels": int(len(order)), **_evaluate(posterior, X_test, y_test, n_classes, multi_label, fallback)}
         point["update_seconds"] = float(update_seconds)
         point["report_seconds"] = float(report_seconds)
+        if finetune_at:
+            point["finetunes"] = finetunes
+            point["finetune_seconds"] = float(finetune_seconds)
         points.append(point)
         if progress is not None:
             progress(strategy, seed, len(order), point)
@@ -257,6 +283,8 @@ def simulate(
     progress: ProgressCallback | None = None,
     report_every: int = 1,
     traces: dict[tuple[str, int], list[dict[str, Any]]] | None = None,
+    finetune_at: Sequence[int] = (),
+    refeaturize: Refeaturize | None = None,
 ) -> dict[str, Any]:
     """Learning curves for each strategy and repeat, in the harness's JSON shape.
 
@@ -285,6 +313,8 @@ def simulate(
             "dim": int(X_train.shape[1]),
         },
     }
+    if finetune_at:
+        result["config"]["finetune_at"] = sorted(int(n) for n in finetune_at)
     # One BLAS thread, as the worker's jobs run (learning.actions): on a few shared cores a
     # multi-threaded BLAS is several times slower, and the timings must be the worker's.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -293,9 +323,38 @@ def simulate(
             seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, multi_label=multi_label,
             progress=progress, report_every=report_every,
             trace=None if traces is None else traces.setdefault((name, seed), []),
+            finetune_at=finetune_at, refeaturize=refeaturize,
         ))
     summarise(result)
     return result
+
+
+def finetune_refeaturizer(train_texts: Sequence[str], test_texts: Sequence[str], y_train: np.ndarray, *,
+                          n_classes: int, model_path: str | Path, config: Any, workdir: str | Path,
+                          threads: int | None = 1) -> Refeaturize:
+    """``refeaturize`` for ``simulate(finetune_at=…)``: fine-tune the encoder at ``model_path`` on the labelled
+    rows (`learning.finetune`, ``config`` a FinetuneConfig, its seed the repeat's) and embed train and test with
+    it. Each fine-tune starts from ``model_path`` on every label so far; its folder is removed afterwards."""
+    from dataclasses import replace
+
+    from learning.encoder import Encoder
+    from learning.finetune import finetune
+
+    def refeaturize(rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="simulate-finetune-", dir=str(workdir)))
+        try:
+            done = finetune(model_path, [train_texts[i] for i in rows], np.asarray(y_train)[rows],
+                            n_classes=n_classes, out=folder / "encoder", config=replace(config, seed=seed))
+            # Not the process-wide cache of get_encoder: each fine-tune's weights are used once.
+            encoder = Encoder(folder / "encoder", backend="torch", device=config.device, threads=threads)
+            return encoder.encode(list(train_texts)), encoder.encode(list(test_texts)), float(done.seconds)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return refeaturize
 
 
 def run_repeats(result: dict[str, Any], strategies: Sequence[str], repeats: int,

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from learning import activity, dashboard, explore_views, export_views, projection, views
+from learning import activity, dashboard, explore_views, export_views, finetune_views, projection, views
 
 app_name = "learning"
 urlpatterns = [
@@ -19,4 +19,9 @@ urlpatterns = [
     path("projects/<int:pk>/explore/run/", explore_views.explore_run, name="explore-run"),
     path("projects/<int:pk>/explore/send/", explore_views.explore_send, name="explore-send"),
     path("projects/<int:pk>/explore/label/", explore_views.explore_add_label, name="explore-add-label"),
+    path("projects/<int:pk>/finetune/", finetune_views.finetune_panel, name="finetune"),
+    path("projects/<int:pk>/finetune/start/", finetune_views.finetune_start, name="finetune-start"),
+    path("projects/<int:pk>/finetune/cancel/", finetune_views.finetune_cancel, name="finetune-cancel"),
+    path("projects/<int:pk>/finetune/<int:number>/download/", finetune_views.finetune_download,
+         name="finetune-download"),
 ]

@@ -14,6 +14,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, TypedDict
 
 import numpy as np
@@ -23,8 +24,8 @@ from django.utils import timezone
 
 from annotation.models import Annotation
 from labelhub.errors import ActionError
-from learning import actions as learning_actions
 from learning import bayes, span_loop, store
+from learning import events as learning_events
 from learning.models import Metrics, ModelVersion
 from projects.models import Label, Project, TaxonomyVersion
 from serving import monitoring, webhooks
@@ -303,6 +304,8 @@ def promote_version(project: Project, *, version: ModelVersion, user: Any,
     if version.project_id != project.pk:
         raise ActionError("That model version belongs to another project.")
     config = ServingConfig.objects.select_for_update().get_or_create(project=project)[0]
+    # The fast loop follows the serving version's encoder (a fine-tuned one, or back to the configured one).
+    learning_events.model_version_promoted.send(sender=ModelVersion, version=version)
     versions = ModelVersion.objects.filter(project=project).order_by("-number").values_list("id", flat=True)
     newest = versions.first()
     # Before any promotion the newest version serves; a version trained just now did not serve yet.
@@ -391,7 +394,8 @@ def version_recorded(version_id: int) -> None:
 
 def build_drift_reference(version: ModelVersion) -> DriftReference | None:
     """Store a sample of the training embeddings and their typical nearest-neighbour distance."""
-    encoder = learning_actions.current_encoder()
+    # The vectors the version was trained on (a fine-tuned encoder's, maybe), not the configured encoder's.
+    encoder = SimpleNamespace(name=version.encoder)
     emb = store.load(version.project_id, encoder.name)
     labelled = Annotation.objects.in_project(version.project).labelled_ids()
     ids = labelled[emb.has(labelled)] if len(labelled) else labelled

@@ -104,6 +104,10 @@ class Command(BaseCommand):
         parser.add_argument("--multi-label", action="store_true")
         parser.add_argument("--encoder", help="path to a sentence-transformers model folder")
         parser.add_argument("--cache-dir")
+        parser.add_argument("--finetune-at", default="",
+                            help="comma-separated label counts (e.g. 500,1000) at which the encoder is fine-tuned on "
+                                 "the labels so far and the curve goes on with the new features (classification, "
+                                 "single-label; LABELHUB_FINETUNE_* settings)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from learning.encoder import EmbeddingCache, get_encoder
@@ -112,6 +116,14 @@ class Command(BaseCommand):
             self.handle_ner(options)
             return
         multi_label: bool = options["multi_label"]
+        try:
+            finetune_at = sorted({int(v) for v in options["finetune_at"].split(",") if v.strip()})
+        except ValueError as exc:
+            raise CommandError(f"--finetune-at: label counts separated by commas, e.g. 500,1000 ({exc})") from exc
+        if any(n < 2 for n in finetune_at):
+            raise CommandError("--finetune-at: each label count must be at least 2")
+        if finetune_at and multi_label:
+            raise CommandError("--finetune-at fine-tunes single-label classification; drop --multi-label")
         strategies = options["strategies"] or ["random", acquisition.DEFAULT_STRATEGY]
         train_texts, train_labels = read_labelled_csv(options["train"], multi_label=multi_label)
         test_texts, test_labels = read_labelled_csv(options["test"], multi_label=multi_label)
@@ -145,11 +157,21 @@ class Command(BaseCommand):
         self.stdout.write(f"embeddings ready in {time.perf_counter() - started:.1f}s ({encoder.name})")
 
         def progress(strategy: str, seed: int, n_labels: int, point: dict[str, float]) -> None:
+            tuned = (f" finetunes={point['finetunes']} finetune={point['finetune_seconds']:.1f}s"
+                     if "finetunes" in point else "")
             self.stdout.write(
                 f"{strategy} seed={seed} labels={n_labels} accuracy={point['accuracy']:.3f} "
                 f"macro_f1={point['macro_f1']:.3f} ece={point['ece']:.3f} update={point['update_seconds']:.2f}s "
-                f"report={point['report_seconds']:.2f}s"
+                f"report={point['report_seconds']:.2f}s{tuned}"
             )
+
+        refeaturize = None
+        if finetune_at:
+            from learning.finetuning import finetune_config
+
+            refeaturize = simulation.finetune_refeaturizer(
+                train_texts, test_texts, y_train, n_classes=len(names), model_path=encoder.model_path,
+                config=finetune_config(), workdir=Path(cache_dir).parent, threads=settings.ENCODER_THREADS or 1)
 
         result = simulation.simulate(
             X_train=X_train,
@@ -166,6 +188,8 @@ class Command(BaseCommand):
             label_names=names,
             progress=progress,
             report_every=options["report_every"],
+            finetune_at=finetune_at,
+            refeaturize=refeaturize,
         )
         result["config"].update({"train": options["train"], "test": options["test"], "encoder": encoder.name})
         Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
