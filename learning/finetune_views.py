@@ -11,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
@@ -31,7 +32,7 @@ def panel_context(access: ProjectAccess, *, error: str = "") -> dict[str, Any]:
     in_use = finetuning.active_encoder_run(project)
     return {
         "project": project, "is_manager": access.is_manager, "runs": runs, "active": active, "compared": compared,
-        "in_use": in_use, "error": error, "labelled": finetuning.label_counts(project),
+        "in_use": in_use, "error": error, "labelled": finetuning.labelled_count(project),
         "min_labels": finetuning.settings.FINETUNE_MIN_LABELS, "auto": finetuning.settings.FINETUNE_AUTO,
         "growth": finetuning.settings.FINETUNE_GROWTH,
     }
@@ -109,7 +110,7 @@ def finetune_download(request: AuthenticatedHttpRequest, pk: int, number: int) -
 
 
 @extend_schema(summary="Fine-tunes of the project's encoder: progress, candidate against current on held-out labels",
-               responses={200: dict})
+               responses={200: OpenApiTypes.OBJECT})
 @api_view(["GET"])
 @accepts_api_keys
 def finetune_runs_api(request: Request, pk: int) -> Response:

@@ -45,6 +45,7 @@ from django.db.models import Max
 from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
+from annotation.models import Annotation
 from labelhub.errors import ActionError, ConflictError
 from labelhub.jobs import enqueue, job_waiting, uses_rq
 from learning import actions, bayes, events, exports, metrics, store
@@ -440,7 +441,8 @@ def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
     train_ids, held_ids = ids[train_rows], ids[held_rows]
     current_version = (ModelVersion.objects.filter(project=project, encoder=base.name).order_by("-number").first())
     tracker.update(n_labels=len(ids), n_train=len(train_rows), n_heldout=len(held_rows), base_encoder=base.name,
-                   heldout_ids=[int(i) for i in held_ids], current_version=current_version)
+                   heldout_ids=[int(i) for i in held_ids], current_version=current_version,
+                   to_embed=Example.objects.filter(project=project).count())
 
     # 2. The current encoder's model, fitted without the held-out items.
     tracker.phase("comparing")
@@ -467,6 +469,7 @@ def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
     _mark_folder(scratch, run, base)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(scratch, final)
+    tracker.phase("loading the fine-tuned encoder")  # with ONNX Runtime: its graph is exported once, here
     encoder = finetuned_encoder(folder_name)
     tracker.update(encoder=encoder.name, encoder_path=folder_name, finetune_seconds=result.seconds,
                    step=result.steps, total_steps=max(result.steps, 1))
@@ -663,6 +666,7 @@ def active_encoder_run(project: Project) -> FinetuneRun | None:
     return choice.finetune_run if choice else None
 
 
-def label_counts(project: Project) -> int:
-    return len(actions.training_set(project).example_ids)
+def labelled_count(project: Project) -> int:
+    """Labelled examples, as the page says it (one count query; a fine-tune itself counts its training targets)."""
+    return Annotation.objects.in_project(project).labelled_count()
 

@@ -250,7 +250,7 @@ class FinetuneRun(models.Model):
     n_train = models.PositiveIntegerField(default=0, help_text="Of them, the ones the encoder was fine-tuned on.")
     n_heldout = models.PositiveIntegerField(default=0, help_text="Of them, the ones held out for the comparison.")
     # Progress: the phase, the optimiser steps (fine-tuning) or items (re-embedding) done of total, the epoch.
-    phase = models.CharField(max_length=20, blank=True)
+    phase = models.CharField(max_length=40, blank=True)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     epoch = models.PositiveIntegerField(default=0)

@@ -33,7 +33,7 @@ class Migration(migrations.Migration):
                 ('n_labels', models.PositiveIntegerField(default=0, help_text='Labelled examples when it started.')),
                 ('n_train', models.PositiveIntegerField(default=0, help_text='Of them, the ones the encoder was fine-tuned on.')),
                 ('n_heldout', models.PositiveIntegerField(default=0, help_text='Of them, the ones held out for the comparison.')),
-                ('phase', models.CharField(blank=True, max_length=20)),
+                ('phase', models.CharField(blank=True, max_length=40)),
                 ('step', models.PositiveIntegerField(default=0)),
                 ('total_steps', models.PositiveIntegerField(default=0)),
                 ('epoch', models.PositiveIntegerField(default=0)),
