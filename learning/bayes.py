@@ -6,8 +6,9 @@ Model
 -----
 Single-label: multinomial (softmax) logistic regression, logits f = W^T [x, 1].
 Multi-label: one independent sigmoid logistic regression per label.
-Prior: w ~ N(0, lambda^-1 I) on every weight, bias included (embeddings are unit norm, so
-the bias feature has the same scale as the others).
+Prior: w ~ N(0, lambda^-1 I) on every weight of the centred, scaled features; the bias column
+is ``BIAS_FEATURE`` (10), not 1, so the bias's own prior is 100 times weaker and class
+frequencies far from uniform are not shrunk towards it.
 
 Posterior
 ---------
@@ -90,6 +91,14 @@ MIN_PRIOR_PRECISION = 1e-4
 MAX_PRIOR_PRECISION = 1e4
 # 2: Kronecker factors (in_basis, in_eig, out_eig) instead of per-output Cholesky factors.
 FORMAT_VERSION = 2
+# The design's bias column c (see ``Posterior.bias_feature``): the bias's prior precision is
+# lambda / c^2, 100 times weaker than the weights'. With c = 1 the evidence's lambda (hundreds on
+# a binary set) pinned the bias near 0 around the centred embeddings, so a 13 %-positive set was
+# modelled as if balanced, and the mislabel finder lost to cleanlab's logistic regression (whose
+# intercept is free) on every sms_spam setting (benchmarks/README.md, "Mislabel finder": before and
+# after). 10 keeps the column on the scale of the standardised features (|z| is about sqrt(D)), so
+# L-BFGS's conditioning is unchanged.
+BIAS_FEATURE = 10.0
 # Input directions kept exact by ``Posterior.pool_moments`` (the rest share one average variance).
 POOL_RANK = 64
 
@@ -98,8 +107,8 @@ class ModelFitError(ValueError):
     """The data cannot give a model (too few classes, non-finite values, failed optimisation)."""
 
 
-def _with_bias(X: np.ndarray) -> np.ndarray:
-    return np.concatenate([X, np.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
+def _with_bias(X: np.ndarray, bias_feature: float = 1.0) -> np.ndarray:
+    return np.concatenate([X, np.full((X.shape[0], 1), bias_feature, dtype=X.dtype)], axis=1)
 
 
 def _check_X(X: np.ndarray) -> np.ndarray:
@@ -156,6 +165,9 @@ class Posterior:
     log_evidence: float = float("nan")
     n_train: int = 0
     info: dict[str, float | int | str] = field(default_factory=dict)
+    # The bias column's value c in the design [z, c]: the bias weight is c * mean[-1], so its prior
+    # precision is lambda / c^2 (1 in artifacts written before BIAS_FEATURE existed).
+    bias_feature: float = 1.0
 
     @property
     def n_classes(self) -> int:
@@ -171,15 +183,15 @@ class Posterior:
 
     def design(self, X: np.ndarray) -> np.ndarray:
         """Standardised features with the bias column, float64 (N, D+1)."""
-        return _with_bias((np.asarray(X, dtype=np.float64) - self.shift) / self.scale)
+        return _with_bias((np.asarray(X, dtype=np.float64) - self.shift) / self.scale, self.bias_feature)
 
     def raw_weights(self, W: np.ndarray) -> np.ndarray:
         """Fold the standardisation into weights (..., D+1, K) so raw X @ W[:D] + W[D] gives logits."""
         linear = W[..., :-1, :] / self.scale
-        bias = W[..., -1:, :] - np.einsum("d,...dk->...k", self.shift, linear)[..., None, :]
+        bias = self.bias_feature * W[..., -1:, :] - np.einsum("d,...dk->...k", self.shift, linear)[..., None, :]
         return np.concatenate([linear, bias], axis=-2)
 
-    def mean_for(self, shift: np.ndarray, scale: float) -> np.ndarray:
+    def mean_for(self, shift: np.ndarray, scale: float, bias_feature: float = 1.0) -> np.ndarray:
         """The posterior mean (D+1, K) re-expressed around another feature centre and scale.
 
         Same function of raw embeddings, so a refit whose standardisation moved a little (a few
@@ -187,7 +199,7 @@ class Posterior:
         """
         raw = self.raw_weights(self.mean)
         linear = raw[:-1] * scale
-        bias = raw[-1:] + np.asarray(shift, dtype=np.float64) @ raw[:-1]
+        bias = (raw[-1:] + np.asarray(shift, dtype=np.float64) @ raw[:-1]) / bias_feature
         return np.concatenate([linear, bias], axis=0)
 
     # ---- predictive -------------------------------------------------------------------
@@ -292,6 +304,7 @@ class Posterior:
             "log_evidence": self.log_evidence,
             "n_train": self.n_train,
             "info": self.info,
+            "bias_feature": self.bias_feature,
         }
         buffer = io.BytesIO()
         np.savez_compressed(
@@ -333,6 +346,7 @@ class Posterior:
                 log_evidence=float(meta["log_evidence"]),
                 n_train=int(meta["n_train"]),
                 info=dict(meta.get("info", {})),
+                bias_feature=float(meta.get("bias_feature", 1.0)),
             )
 
 
@@ -384,6 +398,7 @@ class PoolMoments:
         self.bias = np.concatenate([raw[-1], [0.0]]).astype(np.float32)[:, None]
         self.shift_norm2 = float(shift @ shift)
         self.inv_scale2 = 1.0 / posterior.scale**2
+        self.bias2 = posterior.bias_feature**2
 
     def __call__(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean (K, B), variance (K, B)) float32, class-major, for raw embeddings ``chunk`` (B, D)."""
@@ -394,8 +409,8 @@ class PoolMoments:
         mean = F[:k]
         Z = F[k : k + r]
         Z *= Z
-        # |[(x - shift) / scale, 1]|^2, from |x|^2 and x . shift (the product's last row).
-        norm2 = (np.einsum("bd,bd->b", chunk, chunk) - 2.0 * F[-1] + self.shift_norm2) * self.inv_scale2 + 1.0
+        # |[(x - shift) / scale, c]|^2, from |x|^2 and x . shift (the product's last row).
+        norm2 = (np.einsum("bd,bd->b", chunk, chunk) - 2.0 * F[-1] + self.shift_norm2) * self.inv_scale2 + self.bias2
         rest = np.maximum(norm2 - Z.sum(axis=0), 0.0).astype(np.float32)
         var = self.inverse_kept.T @ Z
         var += self.inverse_rest[:, None] * rest[None, :]
@@ -641,7 +656,7 @@ def _fit(
     if not np.isfinite(scale) or scale < 1e-12:
         scale = 1.0
     centred *= 1.0 / scale
-    Xb[:, -1] = 1.0
+    Xb[:, -1] = BIAS_FEATURE
     warm = _compatible(warm_start, X.shape[1], targets.shape[1], multi_label)
     # The previous factors precondition only a fit on about as many labels: a cross-validation
     # fold on a subsample has far less curvature than the model it starts from, and there the
@@ -651,7 +666,7 @@ def _fit(
     if init_mean is not None and init_mean.shape == objective.shape:
         W = init_mean.copy()
     elif warm is not None:
-        W = warm.mean_for(shift, scale)
+        W = warm.mean_for(shift, scale, BIAS_FEATURE)
     else:
         W = np.zeros(objective.shape)
     n = int(X.shape[0])
@@ -705,6 +720,7 @@ def _fit(
         multi_label=multi_label,
         log_evidence=_log_evidence(nll, W, a, g, lam),
         n_train=n,
+        bias_feature=BIAS_FEATURE,
         info={"evidence_iterations": maps, "evidence_n": searched_at, "lbfgs_iterations": steps,
               "warm_start": int(warm is not None)},
     )

@@ -262,11 +262,13 @@ def test_its_weight_samples_have_the_logit_variance_it_reports() -> None:
     assert np.allclose(samples.var(axis=0), var, rtol=0.1)
 
 
-def test_it_loads_a_format_1_artifact_with_per_output_cholesky_factors() -> None:
+def test_it_loads_a_format_1_artifact_with_per_output_cholesky_factors(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
     import json
 
     X, y = blobs(200, k=2, d=12, spread=1.0, seed=25)
+    # Format-1 models had a bias column of 1 (their artifacts carry no ``bias_feature``).
+    monkeypatch.setattr(bayes, "BIAS_FEATURE", 1.0)
     post = bayes.fit(X, y, n_classes=2)
     # What the block-diagonal model stored: each output's precision X^T diag(h) X + lambda I.
     Xb = post.design(X)
@@ -282,7 +284,39 @@ def test_it_loads_a_format_1_artifact_with_per_output_cholesky_factors() -> None
     assert old.temperature == 0.9 and old.variance_scale == 0.5
     assert np.allclose(old.logit_mean_var(X)[1], post.logit_mean_var(X)[1], rtol=1e-3)
     # It warm-starts the next fit like a current artifact.
-    assert bayes.fit(X, y, n_classes=2, warm_start=old).info["warm_start"] == 1
+    monkeypatch.undo()
+    warm = bayes.fit(X, y, n_classes=2, warm_start=old)
+    assert warm.info["warm_start"] == 1 and warm.bias_feature == bayes.BIAS_FEATURE
+
+
+@pytest.mark.parametrize("minority", [0.05, 0.15, 0.3])
+def test_class_frequencies_are_not_shrunk_towards_uniform(minority: float) -> None:
+    """Embeddings that carry no signal: the evidence picks a strong prior on the weights, and the
+    model should then predict the label frequencies, not 50/50 (the bias has its own, weak prior)."""
+    rng = np.random.default_rng(31)
+    X = rng.normal(size=(600, 16))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = (rng.random(600) < minority).astype(int)
+    post = bayes.fit(X, y, n_classes=2)
+    # At the embeddings' centre the logit is the bias alone.
+    centre = bayes.softmax(post.design(post.shift[None]) @ post.mean)[0, 1]
+    assert abs(centre - y.mean()) < 0.01
+    # On fresh noise the predictive (its variance widens it a little) stays near the frequency; with a
+    # penalised bias the evidence chose a weak prior to let the bias grow and the weights fitted noise
+    # (0.23 predicted for 4 % positives).
+    predicted = post.predict_proba(rng.normal(size=(200, 16)))[:, 1].mean()
+    assert abs(predicted - y.mean()) < 0.07
+
+
+def test_an_artifact_keeps_its_bias_feature() -> None:
+    X, y = blobs(120, k=3, d=6, seed=32)
+    post = bayes.fit(X, y, n_classes=3)
+    again = bayes.Posterior.from_bytes(post.to_bytes())
+    assert again.bias_feature == post.bias_feature == bayes.BIAS_FEATURE
+    assert np.allclose(again.logit_mean_var(X)[0], post.logit_mean_var(X)[0])
+    # Raw weights (the serving path) give the same logits as the standardised design.
+    raw = post.raw_weights(post.mean)
+    assert np.allclose(X @ raw[:-1] + raw[-1], post.design(X) @ post.mean, atol=1e-8)
 
 
 @settings(max_examples=15, deadline=None)
