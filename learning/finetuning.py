@@ -483,6 +483,9 @@ def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
     # 5. The candidate's model on the new vectors of the same rest, scored on the same held-out items.
     tracker.phase("comparing")
     emb = store.load(project.pk, encoder.name)
+    if not emb.has(ids).all():
+        raise TrainingError("Labelled examples were deleted while the fine-tune ran, so the comparison has lost "
+                            "its items; fine-tune again.")
     X_new = emb.vectors[emb.rows_of(ids)]
     candidate_proba = _fit_and_predict(X_new[train_rows], y[train_rows], X_new[held_rows], n_classes)
     comparison = compare(y[held_rows], current_proba, candidate_proba, n_classes, seed=run.pk)

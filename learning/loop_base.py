@@ -38,6 +38,11 @@ def encoder_named(name: str) -> Any | None:
     """
     from learning.encoder import cuda_available, encoder_name, get_encoder
 
+    with _finetuned_lock:
+        known = name in _finetuned
+    if known:
+        # A fine-tuned version serving: found on every prediction, so without hashing the base model's files.
+        return finetuned_named(name)
     model = settings.ENCODER or None
     for backend in ("onnx-int8", "torch" if cuda_available() else "onnx"):
         if encoder_name(model, backend=backend) == name:
