@@ -323,7 +323,8 @@ class ReviewCandidate(models.Model):
     # Why it was flagged, in words a reviewer reads ("the model gives 'refund' 0.93; the threshold for
     # 'billing' is 0.61").
     reason = models.CharField(max_length=500, blank=True)
-    # Span projects: the spans in question ({"start", "end", "label", "model_label", "confidence"}).
+    # Span projects: the spans in question ({"start", "end", "label", "model_label", "confidence", "problem"}:
+    # learning.span_mislabels; "label" None for a missed entity, "model_label" None for "not an entity").
     spans = models.JSONField(default=list, blank=True)
     model_version_number = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -357,6 +358,9 @@ class ReviewDecision(models.Model):
     action = models.CharField(max_length=16, choices=ReviewAction.choices)
     previous_keys = models.JSONField(default=list)
     new_keys = models.JSONField(default=list)
+    # Span projects: the spans before and after ([{"start", "end", "label"}], Annotation.spans' shape).
+    previous_spans = models.JSONField(default=list, blank=True)
+    new_spans = models.JSONField(default=list, blank=True)
     note = models.TextField(blank=True, max_length=5000)
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     decided_at = models.DateTimeField(default=timezone.now)

@@ -3,6 +3,7 @@ items: ``annotation.review_queue``), worked by keyboard, and the items annotator
 manager or sent back. Conflicts between annotators have their own page (adjudication), linked from here."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -68,12 +69,17 @@ def adjudication_url(project: Project) -> str | None:
         return None
 
 
+def tabs_of(project: Project) -> tuple[str, ...]:
+    """The queue's tabs: span projects get likely mislabels (their spans) and flags only."""
+    return (ReviewKind.MISLABEL, FLAGS) if project.is_span else TABS
+
+
 def _tabs(project: Project, current: str) -> list[dict[str, Any]]:
     found = review_queue.counts(project)
     found[FLAGS] = open_flag_count(project)
     base = reverse("annotation:review", args=[project.pk])
     return [{"kind": tab, "title": TAB_TITLES[tab], "count": found[tab], "url": f"{base}?tab={tab}",
-             "current": tab == current} for tab in TABS]
+             "current": tab == current} for tab in tabs_of(project)]
 
 
 def queue_context(project: Project, kind: str, *, number: Any = None, notice: str = "",
@@ -86,6 +92,7 @@ def queue_context(project: Project, kind: str, *, number: Any = None, notice: st
     labels = [label for label in progress.labels_of(taxonomy) if not label.is_deprecated]
     return {
         "project": project, "tab": kind, "tabs": _tabs(project, kind), "page": page, "labels": labels,
+        "is_span": project.is_span,
         "taxonomy": taxonomy, "action_keys": ACTION_KEYS, "notice": notice, "error": error,
         "adjudication_url": adjudication_url(project),
     }
@@ -136,10 +143,11 @@ def decide(request: AuthenticatedHttpRequest, pk: int, candidate_pk: int) -> Htt
     version = request.POST.get("taxonomy_version", "")
     error = notice = ""
     try:
+        spans, accept = _span_answer(request) if project.is_span else (None, None)
         decision = review_queue.decide(
             project, candidate_pk, user=request.user, action=request.POST.get("action", ""),
             label_keys=request.POST.getlist("label"), note=request.POST.get("note", ""),
-            taxonomy_number=int(version) if version.isdigit() else None)
+            taxonomy_number=int(version) if version.isdigit() else None, spans=spans, accept=accept)
     except ActionError as exc:
         error = str(exc)
     else:
@@ -155,6 +163,27 @@ def decide(request: AuthenticatedHttpRequest, pk: int, candidate_pk: int) -> Htt
     # htmx swaps only 2xx answers: the refusal is shown in the list itself.
     context = queue_context(project, tab, number=request.POST.get("page"), notice=notice, error=error)
     return render(request, "annotation/partials/review-queue.html", context)
+
+
+def _span_answer(request: AuthenticatedHttpRequest) -> tuple[Any, list[int] | str | None]:
+    """A span correction from the form: ``spans`` (the sentence's span list as JSON, what span-review.js sends) or
+    ``accept`` (positions of the spans in question whose model reading is taken; ``all`` for every one)."""
+    raw = request.POST.get("spans", "")
+    if raw:
+        if len(raw) > 200_000:
+            raise ActionError("The spans sent are too long; reload the page.")
+        try:
+            return json.loads(raw), None
+        except ValueError:
+            raise ActionError("The spans were not readable JSON; reload the page and try again.") from None
+    accept = request.POST.getlist("accept")
+    if not accept:
+        return None, None
+    if accept == ["all"]:
+        return None, review_queue.ACCEPT_ALL
+    if not all(a.isdigit() for a in accept):
+        raise ActionError("Choose the spans to accept by their position in the list.")
+    return None, [int(a) for a in accept]
 
 
 DECISION_NOTICES = {

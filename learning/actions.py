@@ -571,7 +571,11 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     if project.is_span:
         from learning import span_loop
 
-        return span_loop.measure(version, should_stop=lambda: _update_waiting(project.pk))
+        measured = span_loop.measure(version, should_stop=lambda: _update_waiting(project.pk))
+        if measured is not None:
+            # Span projects' likely mislabels come from this report's model too (learning.receivers).
+            events.model_version_reported.send(sender=ModelVersion, version=measured)
+        return measured
     data = training_set(project)
     if data.label_keys != version.label_keys:
         return None  # the taxonomy changed: the update it started records a version to measure

@@ -40,7 +40,8 @@ from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
 from annotation.models import Annotation, ReviewCandidate, ReviewDecision, ReviewKind
-from learning import acquisition, actions, bayes, metrics, mislabels, quality
+from learning import acquisition, actions, bayes, loop_base, metrics, mislabels, quality, span_loop, span_mislabels
+from learning import spans as spanml
 from learning.models import ModelVersion
 from projects.models import Example, Project
 
@@ -66,6 +67,8 @@ MAX_AMBIGUOUS = 500
 MAX_POOL_ITEMS = 100000
 BALD_SAMPLES = 32
 MAX_MISLABELS = 1000
+# Span projects: out-of-fold tag marginals for up to this many labelled sentences (a random subset above it).
+MAX_OOF_SENTENCES = 5000
 
 REVIEW_KINDS = (ReviewKind.MISLABEL, ReviewKind.LOW_PRECISION, ReviewKind.AMBIGUOUS)
 
@@ -81,6 +84,7 @@ class Found:
     model_keys: list[str]
     model_confidence: float | None
     reason: str
+    spans: list[dict[str, Any]] = field(default_factory=list)  # span projects: the spans in question
 
 
 @dataclass
@@ -349,7 +353,7 @@ def write(project: Project, version: ModelVersion, found: list[Found], *, since:
     now = timezone.now()
     rows = [ReviewCandidate(project=project, example_id=f.example_id, kind=f.kind, score=f.score,
                             given_keys=f.given_keys, model_keys=f.model_keys, model_confidence=f.model_confidence,
-                            reason=f.reason, model_version_number=version.number, created_at=now)
+                            reason=f.reason, spans=f.spans, model_version_number=version.number, created_at=now)
             for f in found if f.example_id in existing and f.example_id not in settled
             and f.example_id not in relabelled]
     with transaction.atomic():
@@ -358,9 +362,77 @@ def write(project: Project, version: ModelVersion, found: list[Found], *, since:
     return len(rows)
 
 
+# --- Span projects ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpanInputs:
+    """What a span project's candidates are computed from (Django-free, so tests can build it directly)."""
+
+    tagset: spanml.TagSet
+    label_names: list[str]
+    ids: np.ndarray  # (N,) labelled example ids
+    texts: list[str]
+    offsets: list[list[tuple[int, int]]]
+    vectors: list[np.ndarray]  # per sentence, (n_tokens, dim)
+    targets: list[np.ndarray]  # per sentence, the given IOB2 tag ids
+    model: spanml.SpanModel  # the reported (calibrated) model
+    seed: int = 0
+
+
+def span_inputs_for(version: ModelVersion) -> SpanInputs | None:
+    """A span project's report model and labelled sentences as they are now (at most ``MAX_OOF_SENTENCES``); None
+    where there is nothing to review (changed taxonomy or encoder, too few sentences, no entity tagged)."""
+    project = version.project
+    data = span_loop.span_training_set(project)
+    if data.label_keys != version.label_keys or len(data.example_ids) < 2 * span_mislabels.FOLDS \
+            or data.n_entities == 0:
+        return None
+    encoder = loop_base.encoder_named(version.encoder) or loop_base.current_encoder()
+    if encoder.name != version.encoder:
+        return None
+    rng = np.random.default_rng(version.pk)
+    keep = _subset(data.example_ids, MAX_OOF_SENTENCES, rng)
+    ids = data.example_ids[keep]
+    tagset = spanml.TagSet(data.label_keys)
+    offsets = [data.offsets[i] for i in keep.tolist()]
+    spans = [data.spans[i] for i in keep.tolist()]
+    targets = [spanml.tag_ids(o, s, tagset) for o, s in zip(offsets, spans, strict=True)]
+    vectors = span_loop.ensure_tokens(project, encoder, ids).get(ids)
+    if any(len(v) != len(t) for v, t in zip(vectors, targets, strict=True)):
+        return None  # tokens changed since they were encoded: the next update re-encodes and reports again
+    return SpanInputs(tagset=tagset, label_names=data.label_names, ids=ids,
+                      texts=[data.texts[i] for i in keep.tolist()], offsets=offsets, vectors=vectors, targets=targets,
+                      model=spanml.SpanModel.from_npz(bytes(version.artifact)), seed=version.pk)
+
+
+def find_span_candidates(inputs: SpanInputs) -> list[Found]:
+    """``learning.span_mislabels`` on out-of-fold tag marginals: one likely-mislabel candidate per sentence with
+    a span in question."""
+    oof = span_mislabels.out_of_fold_marginals(inputs.vectors, inputs.targets, inputs.tagset, model=inputs.model,
+                                               seed=inputs.seed)
+    findings, _ = span_mislabels.find_span_issues(oof.marginals, inputs.targets, inputs.tagset, use=oof.fitted)
+    names = dict(zip(inputs.tagset.keys, inputs.label_names, strict=True))
+    found = []
+    for f in findings[:MAX_MISLABELS]:
+        i = f.index
+        text, offsets = inputs.texts[i], inputs.offsets[i]
+        given = sorted({s.label for s in f.issues if s.label is not None})
+        model = sorted({s.model_label for s in f.issues if s.model_label is not None})
+        found.append(Found(ReviewKind.MISLABEL, int(inputs.ids[i]), float(f.score), given, model,
+                           float(f.issues[0].confidence), span_mislabels.reason(f, text, offsets, names)[:500],
+                           spans=span_mislabels.char_spans(f, offsets)))
+    return found
+
+
 def refresh(version: ModelVersion) -> int | None:
     """Compute and write the candidates of ``version``'s project; None when there was nothing to compute."""
     since = timezone.now()
+    if version.project.is_span:
+        span_inputs = span_inputs_for(version)
+        if span_inputs is None:
+            return None
+        return write(version.project, version, find_span_candidates(span_inputs), since=since)
     inputs = inputs_for(version)
     if inputs is None:
         return None
