@@ -92,7 +92,7 @@ def queue_context(project: Project, kind: str, *, number: Any = None, notice: st
     labels = [label for label in progress.labels_of(taxonomy) if not label.is_deprecated]
     return {
         "project": project, "tab": kind, "tabs": _tabs(project, kind), "page": page, "labels": labels,
-        "is_span": project.is_span,
+        "is_span": project.is_span, "span_action_keys": SPAN_ACTION_KEYS,
         "taxonomy": taxonomy, "action_keys": ACTION_KEYS, "notice": notice, "error": error,
         "adjudication_url": adjudication_url(project),
     }
@@ -100,6 +100,8 @@ def queue_context(project: Project, kind: str, *, number: Any = None, notice: st
 
 # The queue's own keys; a label whose shortcut is one of them is chosen by click there.
 ACTION_KEYS = "krc"
+# Span items also take a (accept the model's reading under the cursor), A (all of them) and x (no entity).
+SPAN_ACTION_KEYS = "krcaAx"
 
 
 @require_GET

@@ -35,6 +35,25 @@ class GivenLabelSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+class SpanQuestionSerializer(serializers.Serializer):
+    start = serializers.IntegerField(help_text="Character offset where the span starts.")
+    end = serializers.IntegerField(help_text="Character offset where it ends (exclusive).")
+    label = serializers.CharField(allow_null=True,  # type: ignore[assignment]
+                                  help_text="The given label key; null for an entity nobody tagged.")
+    model_label = serializers.CharField(allow_null=True,
+                                        help_text="The model's label key; null when the model says it is no entity.")
+    confidence = serializers.FloatField(help_text="The model's probability of its reading (out of fold).")
+    problem = serializers.ChoiceField(choices=["wrong_type", "missed", "not_entity"],
+                                      help_text="wrong_type: the model types the span differently; missed: a "
+                                      "confident entity nobody tagged; not_entity: the model says it is no entity.")
+
+
+class ReviewSpanSerializer(serializers.Serializer):
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    label = serializers.CharField(max_length=64)  # type: ignore[assignment]
+
+
 class CandidateSerializer(serializers.Serializer):
     id = serializers.IntegerField(help_text="The candidate to post a decision on.")
     example_id = serializers.IntegerField()
@@ -49,6 +68,10 @@ class CandidateSerializer(serializers.Serializer):
     model_keys = serializers.ListField(child=serializers.CharField(), help_text="The model's label(s).")
     model_confidence = serializers.FloatField(allow_null=True, help_text="The model's probability of them.")
     model_version = serializers.IntegerField(allow_null=True)
+    spans = SpanQuestionSerializer(many=True, help_text="Span projects: the spans in question, strongest first "
+                                   "(empty for classification projects).")
+    current_spans = ReviewSpanSerializer(many=True, help_text="Span projects: the newest annotation's spans (what a "
+                                   "decision changes).")
     created_at = serializers.DateTimeField()
 
 
@@ -70,6 +93,14 @@ class DecisionInputSerializer(serializers.Serializer):
                                        max_length=200, help_text="For `change`: the new label key(s).")
     note = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000,
                                  help_text="The comment (required for `comment`), or a note with the decision.")
+    spans = ReviewSpanSerializer(many=True, required=False, default=None,
+                           help_text="Span projects, for `change`: the sentence's corrected spans (all of them; an "
+                           "empty list says it has no entity).")
+    accept = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=10000), required=False,
+                                   default=None, max_length=1000,
+                                   help_text="Span projects, for `change` instead of `spans`: positions in the "
+                                   "candidate's `spans` whose model reading to take (the given spans stand "
+                                   "otherwise).")
 
 
 class DecisionSerializer(serializers.ModelSerializer):
@@ -77,7 +108,8 @@ class DecisionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ReviewDecision
-        fields = ["id", "example", "kind", "action", "previous_keys", "new_keys", "note", "decided_by", "decided_at"]
+        fields = ["id", "example", "kind", "action", "previous_keys", "new_keys", "previous_spans", "new_spans", "note",
+                  "decided_by", "decided_at"]
 
 
 def _candidate_data(project: Any, rows: list[review_queue.Row]) -> list[dict[str, Any]]:
@@ -90,7 +122,7 @@ def _candidate_data(project: Any, rows: list[review_queue.Row]) -> list[dict[str
                    "created_at": g["created_at"]} for g in row.given],
         "current_keys": row.current_keys, "model_keys": row.candidate.model_keys,
         "model_confidence": row.candidate.model_confidence, "model_version": row.candidate.model_version_number,
-        "created_at": row.candidate.created_at,
+        "spans": row.candidate.spans, "current_spans": row.current_spans, "created_at": row.candidate.created_at,
     } for row in rows]
 
 
@@ -105,8 +137,9 @@ def _int(value: str | None, default: int, *, name: str, low: int, high: int) -> 
 @extend_schema(
     summary="Review candidates of one kind, best first",
     description="Likely mislabels, items of low-precision classes, or ambiguous items, as the review queue shows "
-    "them (items labelled or decided on since the last quality report are left out). Managers (personal token) "
-    "only.",
+    "them (items labelled or decided on since the last quality report are left out). Span projects have likely "
+    "mislabels only: one per sentence, with the spans in question (`spans`) and the given ones (`current_spans`). "
+    "Managers (personal token) only.",
     parameters=[
         OpenApiParameter("kind", str, enum=list(review_queue.QUEUE_KINDS), required=True),
         OpenApiParameter("limit", int, description=f"At most this many (1-{MAX_LIMIT}, default 50)."),
@@ -136,7 +169,8 @@ def candidate_list(request: Request, pk: int) -> Response:
     methods=["POST"], request=DecisionInputSerializer,
     responses={201: DecisionSerializer, 400: ReviewErrorSerializer, 409: ReviewErrorSerializer},
     summary="Decide on a review candidate",
-    description="Records who decided what, when, and the labels before and after. `change` adds your annotation "
+    description="Records who decided what, when, and the labels (span projects: spans) before and after. `change` "
+    "(span projects: with `spans` or `accept`) adds your annotation "
     "and retrains the model; keep, change and relabel take the item out of the queue. 409 when the candidate is "
     "gone (decided on or labelled meanwhile). Managers (personal token) only.",
 )
@@ -159,12 +193,18 @@ def decisions(request: Request, pk: int) -> Response:
         detail = "; ".join(f"{field}: {' '.join(str(e) for e in errors)}" for field, errors in form.errors.items())
         return Response({"detail": detail}, status=status.HTTP_400_BAD_REQUEST)
     values = form.validated_data
-    if values["action"] == ReviewAction.CHANGE and not values["label_keys"]:
+    if values["action"] == ReviewAction.CHANGE and project.is_span:
+        if values["spans"] is None and values["accept"] is None:
+            return Response({"detail": "spans: a change of a span project needs the corrected `spans` or the "
+                             "positions to `accept`."}, status=status.HTTP_400_BAD_REQUEST)
+    elif values["action"] == ReviewAction.CHANGE and not values["label_keys"]:
         return Response({"detail": "label_keys: a change needs the new label key(s)."},
                         status=status.HTTP_400_BAD_REQUEST)
+    spans = None if values["spans"] is None else [dict(span) for span in values["spans"]]
     try:
         decision = review_queue.decide(project, values["candidate"], user=request.user, action=values["action"],
-                                       label_keys=values["label_keys"], note=values["note"])
+                                       label_keys=values["label_keys"], note=values["note"], spans=spans,
+                                       accept=values["accept"])
     except ActionError as exc:
         return Response({"detail": str(exc)}, status=exc.status)
     return Response(DecisionSerializer(decision).data, status=status.HTTP_201_CREATED)

@@ -16,6 +16,7 @@ Decisions record the spans before and after.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,7 @@ class Row:
     current_spans: list[dict[str, Any]] = field(default_factory=list)
     questions: list[dict[str, Any]] = field(default_factory=list)
     segments: list[dict[str, Any]] = field(default_factory=list)
+    span_json: str = ""  # what static/js/span-review.js edits: {"given": spans, "questions": [...]}
 
     @property
     def example(self) -> Example:
@@ -159,6 +161,10 @@ def rows(project: Project, candidates: list[ReviewCandidate]) -> list[Row]:
                               "percent": round(100 * float(q.get("confidence") or 0))}
                              for q in candidate.spans]
             row.segments = span_segments(text, row.current_spans, row.questions, shown)
+            row.span_json = json.dumps({
+                "given": [{"start": x["start"], "end": x["end"], "label": x["label"]} for x in row.current_spans],
+                "questions": [{"start": q["start"], "end": q["end"], "label": q.get("label"),
+                               "model_label": q.get("model_label")} for q in candidate.spans]})
         out.append(row)
     return out
 

@@ -13,14 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.models import User
+from django.urls import reverse
 
 from annotation import review_queue
-from annotation.models import Annotation, AnnotationSource, ReviewKind
+from annotation.models import Annotation, AnnotationSource, Relabel, ReviewCandidate, ReviewDecision, ReviewKind
 from learning import actions, loop_base, review_candidates, span_loop, span_mislabels, store, token_store
 from learning import spans as spanml
 from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects import taxonomy
-from projects.models import Example, Project
+from projects.models import Example, Membership, Project, Role
 from projects.spanformats import spans_from_tags
 
 CONLL = Path(django_settings.BASE_DIR).parent / "shared" / "data" / "conll2003" / "train.jsonl"
@@ -295,3 +297,168 @@ def test_the_refresh_of_1000_sentences_takes_seconds(team, alice, bob, token_enc
     print(f"refresh of 1000 sentences: {cpu:.2f} s CPU, {wall:.2f} s wall, {written} candidates, "
           f"precision@k={len(set(ranked[:k]) & set(data.flipped)) / k:.2f} (k={k})")
     assert written and cpu < 60
+
+
+# --- The queue: page, decisions, API, who may use it ------------------------------------------------------------------
+
+
+def first(project: Project) -> ReviewCandidate:
+    candidate = review_queue.open_candidates(project, ReviewKind.MISLABEL).first()
+    assert candidate is not None, "no span candidate"
+    return candidate
+
+
+def review_url(project: Project) -> str:
+    return f"{reverse('annotation:review', args=[project.pk])}?tab=mislabel"
+
+
+def decide_url(candidate: ReviewCandidate) -> str:
+    return reverse("annotation:review-decide", args=[candidate.project_id, candidate.pk])
+
+
+def given_spans(example_id: int) -> list[dict[str, Any]]:
+    return list(Annotation.objects.filter(example_id=example_id).order_by("-created_at", "-id")[0].spans)
+
+
+def test_the_page_shows_the_sentence_with_given_and_questioned_spans(ner, alice, login):
+    page = login(alice).get(review_url(ner.project)).content.decode()
+    candidate = first(ner.project)
+    item = page[page.index(f'id="review-item-{candidate.pk}"'):]
+    item = item[:item.index("</article>")]
+    assert "review-span-item" in item and "Tagged by bob" in item and "span-review.js" in page
+    names = dict(ner.project.current_taxonomy().labels.values_list("key", "name"))
+    question = candidate.spans[0]
+    text = Example.objects.get(pk=candidate.example_id).text
+    assert 'data-q="0"' in item and f"{round(100 * question['confidence'])}%" in item
+    model = names[question["model_label"]] if question["model_label"] else "no entity"
+    assert f"→ {model}" in item and text[question["start"]:question["end"]].replace("'", "&#x27;") in item
+    # Given spans are drawn in their label's colour, with their names.
+    for span in given_spans(candidate.example_id):
+        assert f'data-start="{span["start"]}" data-end="{span["end"]}"' in item
+    # Span projects have likely mislabels and flags: no low-precision or ambiguous tab.
+    assert 'data-tab="mislabel"' in page and 'data-tab="ambiguous"' not in page and 'data-tab="flags"' in page
+    assert 'data-action="accept-all"' in item and 'data-action="keep"' in item and 'data-action="relabel"' in item
+
+
+def test_accepting_the_models_reading_corrects_the_spans_and_retrains(ner, alice, login, htmx, run_jobs):
+    candidate = first(ner.project)
+    before = given_spans(candidate.example_id)
+    question = candidate.spans[0]
+    with run_jobs():
+        response = login(alice).post(decide_url(candidate), {"action": "change", "accept": "0", "tab": "mislabel",
+                                                             "taxonomy_version": "1"}, **htmx)
+    assert response.status_code == 200 and "the model retrains" in response.content.decode()
+    mine = Annotation.objects.get(example_id=candidate.example_id, annotator=alice)
+    expected = review_queue.accept_model_spans(before, candidate.spans, [0])
+    assert mine.spans == expected and mine.label_keys == sorted({s["label"] for s in expected})
+    if question["model_label"]:
+        assert {"start": question["start"], "end": question["end"], "label": question["model_label"]} in mine.spans
+    decision = ReviewDecision.objects.get(example_id=candidate.example_id)
+    assert (decision.action, decision.decided_by, decision.previous_spans, decision.new_spans) == (
+        "change", alice, before, expected)
+    # The model learnt from the correction (version 2), and its report did not put the sentence back.
+    assert ModelVersion.objects.filter(project=ner.project, number=2).exists()
+    row = list(span_loop.span_training_set(ner.project).example_ids).index(candidate.example_id)
+    assert span_loop.span_training_set(ner.project).spans[row] == expected
+    assert candidate.example_id not in set(
+        review_queue.open_candidates(ner.project).values_list("example_id", flat=True))
+
+
+def test_a_span_fixed_by_hand_is_saved_and_bad_spans_change_nothing(ner, alice, login, htmx):
+    candidate = first(ner.project)
+    before = given_spans(candidate.example_id)
+    keys = [label.key for label in ner.project.current_taxonomy().labels.order_by("position")]
+    client = login(alice)
+    text = Example.objects.get(pk=candidate.example_id).text
+    bad = [("not json", "not readable JSON"),
+           (json.dumps([{"start": 0, "end": 1_000_000, "label": keys[0]}]), "outside the text"),
+           (json.dumps([{"start": 0, "end": len(text.split()[0]), "label": "nope"}]), "not a label of this project")]
+    for raw, message in bad:
+        body = client.post(decide_url(candidate), {"action": "change", "spans": raw, "tab": "mislabel"},
+                           **htmx).content.decode()
+        assert message in body, body[:2000]
+    body = client.post(decide_url(candidate), {"action": "change", "accept": "99", "tab": "mislabel"},
+                       **htmx).content.decode()
+    assert "is not a span in question here" in body
+    assert not ReviewDecision.objects.exists() and not Annotation.objects.filter(annotator=alice).exists()
+    fixed = [{**s, "label": keys[0] if s["label"] != keys[0] else keys[1]} if i == 0 else s
+             for i, s in enumerate(before)] or [{"start": 0, "end": len(text.split()[0]), "label": keys[0]}]
+    response = client.post(decide_url(candidate), {"action": "change", "spans": json.dumps(fixed),
+                                                   "tab": "mislabel"})
+    assert response.status_code == 302
+    assert Annotation.objects.get(example_id=candidate.example_id, annotator=alice).spans == fixed
+    decision = ReviewDecision.objects.get()
+    assert (decision.previous_spans, decision.new_spans) == (before, fixed)
+
+
+def test_keep_relabel_and_comment_record_the_spans_as_they_stand(ner, alice, login, htmx):
+    client = login(alice)
+    kept = first(ner.project)
+    client.post(decide_url(kept), {"action": "keep", "tab": "mislabel"}, **htmx)
+    decision = ReviewDecision.objects.get(example_id=kept.example_id)
+    assert decision.action == "keep" and decision.previous_spans == decision.new_spans == given_spans(kept.example_id)
+    # The same spans sent back as a "change" are a keep.
+    same = first(ner.project)
+    client.post(decide_url(same), {"action": "change", "spans": json.dumps(given_spans(same.example_id)),
+                                   "tab": "mislabel"}, **htmx)
+    assert ReviewDecision.objects.get(example_id=same.example_id).action == "keep"
+    sent = first(ner.project)
+    client.post(decide_url(sent), {"action": "relabel", "tab": "mislabel"}, **htmx)
+    assert Relabel.objects.filter(example_id=sent.example_id, done_at__isnull=True).exists()
+    talk = first(ner.project)
+    body = client.post(decide_url(talk), {"action": "comment", "note": "Is a club a LOC or an ORG?",
+                                          "tab": "mislabel"}, **htmx).content.decode()
+    assert f'id="review-item-{talk.pk}"' in body and "LOC or an ORG" in body
+    # A refresh does not put back what was decided.
+    review_candidates.refresh(ModelVersion.objects.get(project=ner.project))
+    decided = {kept.example_id, same.example_id, sent.example_id}
+    assert not ReviewCandidate.objects.filter(example_id__in=decided).exists()
+
+
+def test_the_dashboard_counts_span_candidates_and_links_to_the_queue(ner, alice, bob, login):
+    summary = reverse("annotation:review-summary", args=[ner.project.pk])
+    count = review_queue.counts(ner.project)[ReviewKind.MISLABEL]
+    assert count == ReviewCandidate.objects.filter(project=ner.project).count() > 0
+    body = login(alice).get(summary).content.decode()
+    assert f"<b>{count}</b> likely mislabels" in body and review_url(ner.project) in body
+    assert review_url(ner.project) not in login(bob).get(summary).content.decode()
+
+
+def test_the_api_lists_span_candidates_with_their_spans_and_takes_decisions(ner, alice, api_client):
+    client = api_client(alice)
+    url = reverse("api-review-candidates", args=[ner.project.pk])
+    data = client.get(url, {"kind": "mislabel", "limit": 3}).json()
+    assert data["count"] == data["counts"]["mislabel"] > 0 and len(data["results"]) == 3
+    row = data["results"][0]
+    assert row["spans"] and set(row["spans"][0]) == {"start", "end", "label", "model_label", "confidence", "problem"}
+    assert row["current_spans"] == given_spans(row["example_id"]) and row["given"][0]["annotator"] == "bob"
+    decisions = reverse("api-review-decisions", args=[ner.project.pk])
+    assert client.post(decisions, {"candidate": row["id"], "action": "change"}, format="json").status_code == 400
+    assert client.post(decisions, {"candidate": row["id"], "action": "change", "spans": [{"start": "x"}]},
+                       format="json").status_code == 400
+    response = client.post(decisions, {"candidate": row["id"], "action": "change", "accept": [0]}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["previous_spans"] == row["current_spans"] and body["new_spans"] == review_queue.accept_model_spans(
+        row["current_spans"], row["spans"], [0])
+    assert client.post(decisions, {"candidate": row["id"], "action": "keep"}, format="json").status_code == 409
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    components = schema["components"]["schemas"]
+    assert "problem" in components["SpanQuestion"]["properties"] and "spans" in components["Candidate"]["properties"]
+    assert {"spans", "accept"} <= set(components["DecisionInputRequest"]["properties"])
+
+
+def test_only_managers_see_and_decide(ner, alice, bob, charlie, login, htmx, client, api_client):
+    viewer = User.objects.create_user(username="vera", password="vera-password-123")
+    Membership.objects.create(team=ner.project.team, user=viewer, role=Role.VIEWER)
+    candidate = first(ner.project)
+    for user, code in ((charlie, 404), (bob, 403), (viewer, 403)):
+        assert login(user).get(review_url(ner.project)).status_code == code
+        assert login(user).post(decide_url(candidate), {"action": "change", "accept": "0"}, **htmx).status_code == code
+        listed = api_client(user).get(reverse("api-review-candidates", args=[ner.project.pk]), {"kind": "mislabel"})
+        assert listed.status_code == code
+    for response in (client.get(review_url(ner.project)), client.post(decide_url(candidate), {"action": "keep"})):
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    anonymous = api_client(None).get(reverse("api-review-candidates", args=[ner.project.pk]), {"kind": "mislabel"})
+    assert anonymous.status_code in (401, 403)
+    assert not ReviewDecision.objects.exists() and not Annotation.objects.filter(annotator__in=[alice, viewer]).exists()
