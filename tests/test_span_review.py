@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects import taxonomy
 from projects.models import Example, Membership, Project, Role
 from projects.spanformats import spans_from_tags
+from tests.browser import log_in, screenshot_dir
 
 CONLL = Path(django_settings.BASE_DIR).parent / "shared" / "data" / "conll2003" / "train.jsonl"
 ENTITY_TYPES = ("PER", "ORG", "LOC", "MISC")
@@ -462,3 +464,70 @@ def test_only_managers_see_and_decide(ner, alice, bob, charlie, login, htmx, cli
     anonymous = api_client(None).get(reverse("api-review-candidates", args=[ner.project.pk]), {"kind": "mislabel"})
     assert anonymous.status_code in (401, 403)
     assert not ReviewDecision.objects.exists() and not Annotation.objects.filter(annotator__in=[alice, viewer]).exists()
+
+
+# --- In a real browser ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_reviewer_fixes_a_span_type_by_keyboard(live_server, browser, ner, alice):
+    queued = list(review_queue.open_candidates(ner.project, ReviewKind.MISLABEL)[:20])
+    at = next(i for i, c in enumerate(queued) if any(q["problem"] == "wrong_type" for q in c.spans))
+    candidate = queued[at]
+    j = next(n for n, q in enumerate(candidate.spans) if q["problem"] == "wrong_type")
+    question = candidate.spans[j]
+    label = ner.project.current_taxonomy().labels.get(key=question["model_label"])
+    before = given_spans(candidate.example_id)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None)
+    log_in(page, live_server, "alice")
+    shots = screenshot_dir()
+    # From the dashboard's count to the queue.
+    page.goto(f"{live_server.url}/projects/{ner.project.pk}/dashboard/")
+    summary = page.locator("section#review-summary")
+    summary.wait_for()
+    assert re.search(rf"\b{review_queue.counts(ner.project)['mislabel']}\b\s+likely mislabels", summary.inner_text())
+    summary.get_by_role("link", name=re.compile("likely mislabels")).click()
+    page.wait_for_selector("#review-queue .review-span-item.current")
+    for _ in range(at):
+        page.keyboard.press("ArrowDown")
+    item = page.locator(f"#review-item-{candidate.pk}")
+    assert "current" in (item.get_attribute("class") or "")
+    for _ in range(j):
+        page.keyboard.press("ArrowRight")
+    mark = item.locator(f'mark[data-q="{j}"]')
+    assert "qcur" in (mark.get_attribute("class") or "")
+    page.screenshot(path=str(shots / "span-review-queue.png"))
+    # The label's key gives the span under the cursor that label; Enter saves.
+    page.keyboard.press(label.shortcut)
+    assert "fixed" in (mark.get_attribute("class") or "") and mark.locator(".rs-tag").inner_text() == label.name
+    page.screenshot(path=str(shots / "span-review-fixed.png"), full_page=True)
+    item.screenshot(path=str(shots / "span-review-item-fixed.png"))
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#review-item-{candidate.pk}", state="detached")
+    assert "the model retrains" in page.locator("#review-queue .msg.success").inner_text()
+    expected = review_queue.accept_model_spans(before, candidate.spans, [j])
+    assert Annotation.objects.get(example_id=candidate.example_id, annotator=alice).spans == expected
+    decision = ReviewDecision.objects.get(example_id=candidate.example_id)
+    assert (decision.action, decision.previous_spans, decision.new_spans) == ("change", before, expected)
+    assert TrainingRun.objects.filter(project=ner.project, status=RunStatus.QUEUED).exists()
+
+    # A takes the model's version of every span in question of the (new) current sentence; k keeps the next one.
+    nxt = page.locator("#review-queue .review-item.current").get_attribute("data-candidate")
+    page.keyboard.press("A")
+    page.wait_for_selector(f"#review-item-{nxt}", state="detached")
+    decided = ReviewDecision.objects.get(example_id=next(c.example_id for c in queued if str(c.pk) == nxt))
+    assert decided.action == "change" and decided.new_spans != decided.previous_spans
+    third = page.locator("#review-queue .review-item.current").get_attribute("data-candidate")
+    page.keyboard.press("k")
+    page.wait_for_selector(f"#review-item-{third}", state="detached")
+    assert list(ReviewDecision.objects.order_by("decided_at").values_list("action", flat=True)) == [
+        "change", "change", "keep"]
+    page.screenshot(path=str(shots / "span-review-after.png"), full_page=True)
+    assert not problems, problems
