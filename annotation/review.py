@@ -207,9 +207,12 @@ def review_summary(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     base = reverse("annotation:review", args=[project.pk])
     context = {
         "project": project, "is_manager": access.is_manager, "adjudication_url": adjudication_url(project),
+        "is_span": project.is_span,
         "items": [
             {"title": "Likely mislabels", "count": found[ReviewKind.MISLABEL], "url": f"{base}?tab=mislabel"},
-            {"title": "Ambiguous items", "count": found[ReviewKind.AMBIGUOUS], "url": f"{base}?tab=ambiguous"},
+            # Span projects have likely mislabels only (learning.review_candidates).
+            *([] if project.is_span else [{"title": "Ambiguous items", "count": found[ReviewKind.AMBIGUOUS],
+                                          "url": f"{base}?tab=ambiguous"}]),
         ],
         "conflicts": review_queue.conflict_count(project),
     }

@@ -444,6 +444,7 @@ def test_the_dashboard_counts_span_candidates_and_links_to_the_queue(ner, alice,
     assert count == ReviewCandidate.objects.filter(project=ner.project).count() > 0
     body = login(alice).get(summary).content.decode()
     assert f"<b>{count}</b> likely mislabels" in body and review_url(ner.project) in body
+    assert "ambiguous items" not in body and "spans the model confidently reads otherwise" in body
     assert review_url(ner.project) not in login(bob).get(summary).content.decode()
 
 
