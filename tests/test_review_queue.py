@@ -433,7 +433,8 @@ def test_multi_label_items_are_judged_per_label():
     assert not [f for f in found if f.kind == ReviewKind.LOW_PRECISION]
 
 
-def test_span_projects_have_no_candidates_yet(team, alice):
+def test_span_projects_get_no_classification_inputs(team, alice):
+    """Span projects' candidates come from their own token model (tests/test_span_review.py)."""
     project = taxonomy.create_project(team, name="NER", task_type="span", created_by=alice,
                                       labels=[taxonomy.LabelSpec("PER"), taxonomy.LabelSpec("ORG")])
     version = ModelVersion(project=project, number=1, label_keys=[], encoder="x", strategy="bald", n_labels=0,
