@@ -1,6 +1,6 @@
 from django.urls import path
 
-from learning import api, export_api, finetune_views
+from learning import api, explore_api, export_api, finetune_views
 
 urlpatterns = [
     path("projects/<int:pk>/model/", api.model_summary, name="api-model-summary"),
@@ -9,4 +9,5 @@ urlpatterns = [
     path("projects/<int:pk>/model-versions/<int:number>/download/", export_api.model_download,
          name="api-model-download"),
     path("projects/<int:pk>/finetune/", finetune_views.finetune_runs_api, name="api-finetune-runs"),
+    *explore_api.urlpatterns,
 ]

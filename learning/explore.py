@@ -11,7 +11,8 @@ of the annotation queue.
 Clustering runs in the request for pools up to INLINE_LIMIT items and as a background job (with progress)
 above; results are cached per (model version, encoder, pool size), so a page view costs one cache read.
 The math (`cluster_embeddings`) is plain numpy / scikit-learn; the rest reads the embedding store and the
-latest model version.
+latest model version. The page is `learning.explore_views`; the same clusters and actions as JSON,
+`learning.explore_api` (`add_label_from_cluster` adds the label and queues the items in one transaction).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from labelhub.errors import ActionError, ConflictError
 from labelhub.jobs import enqueue
 from learning import acquisition, bayes, store
 from learning.models import ModelVersion
+from projects import taxonomy as taxonomy_actions
 from projects.models import Example, Project
 
 MAX_CLUSTERS = 50
@@ -242,6 +244,18 @@ def cluster_job(project_id: int) -> None:
         cache.delete(_progress_key(project_id))
 
 
+def cluster_row(project: Project, *, key: str, cluster: int) -> dict[str, Any]:
+    """The cluster `cluster` of the clustering `key`, which must still be the project's current one (409 else)."""
+    result = cache.get(key) if key else None
+    if result is None or key != _state(project)[0]:
+        raise ConflictError("The clusters changed since this page was drawn (new labels, a new model or new data). "
+                            "Cluster again and choose from the new list.")
+    row = next((r for r in result["clusters"] if r["index"] == cluster), None)
+    if row is None:
+        raise ActionError(f"There is no cluster {cluster} in this clustering.")
+    return dict(row)
+
+
 @transaction.atomic
 def send_to_front(project: Project, *, key: str, cluster: int) -> int:
     """Put the cluster's unlabelled items at the front of the annotation queue (nearest its centre first).
@@ -249,13 +263,7 @@ def send_to_front(project: Project, *, key: str, cluster: int) -> int:
     They are marked `is_routed`, which the queue serves before the model's picks and which a retrain keeps,
     so they stay in front until labelled. Returns how many items were sent.
     """
-    result = cache.get(key)
-    if result is None or key != _state(project)[0]:
-        raise ConflictError("The clusters changed since this page was drawn (new labels, a new model or new data). "
-                            "Cluster again and choose from the new list.")
-    row = next((r for r in result["clusters"] if r["index"] == cluster), None)
-    if row is None:
-        raise ActionError(f"There is no cluster {cluster} in this clustering.")
+    row = cluster_row(project, key=key, cluster=cluster)
     labelled = set(Annotation.objects.filter(example_id__in=row["example_ids"]).values_list("example_id", flat=True))
     todo = [i for i in row["example_ids"] if i not in labelled]
     if not todo:
@@ -267,3 +275,20 @@ def send_to_front(project: Project, *, key: str, cluster: int) -> int:
     ExampleScore.objects.bulk_create(rows, batch_size=5000, update_conflicts=True, unique_fields=["example"],
                                      update_fields=["is_routed", "priority", "updated_at"])
     return len(todo)
+
+
+@transaction.atomic
+def add_label_from_cluster(project: Project, *, key: str, cluster: int, name: str, description: str, user: Any,
+                           expected_number: int | None, queue: bool) -> tuple[Any, int]:
+    """Add a label named after what cluster `cluster` shows (a new taxonomy version) and, with `queue`, send the
+    cluster's unlabelled items to the front of the queue: both or neither. Returns (taxonomy version, items sent).
+
+    The cluster is checked first (the clustering must be the current one), so a stale or unknown cluster adds no
+    label; the queue is changed before the taxonomy, whose new version retrains the model and so ends this
+    clustering's currency."""
+    row = cluster_row(project, key=key, cluster=cluster)
+    sent = send_to_front(project, key=key, cluster=row["index"]) if queue else 0
+    version = taxonomy_actions.add_labels(
+        project, labels=[taxonomy_actions.LabelSpec(name=name, description=description)], user=user,
+        expected_number=expected_number)
+    return version, sent
