@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 
 from labelhub.errors import ActionError
-from learning.models import ModelVersion
+from learning.models import FinetuneRun, ModelVersion
 from projects.access import AuthenticatedHttpRequest, ProjectAccess, get_access, get_project_for_user
 from projects.models import Project, Role
 from serving import keys, monitoring, webhooks
@@ -72,9 +72,34 @@ def serving_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
 # --- Model versions: list, compare, promote, roll back ------------------------------------------------------------
 
 
+def with_heldout_figures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each version without a quality report that a fine-tune compared (a candidate that lost, whose report
+    is never run; a winner until its report lands) the held-out figures of that comparison: macro-F1 and
+    accuracy with their 95 % intervals and ECE on the held-out labels, and how many (``row["heldout"]``).
+
+    Not cross-validated figures: they are shown labelled as held-out, beside the others. Running the quality
+    report for a version that serves nothing would cost a cross-validation and make it the project's "latest
+    reported" model on the dashboard; the comparison measured it already, on labels it never saw."""
+    missing = {row["id"]: row for row in rows if row["macro_f1"] is None}
+    if not missing:
+        return rows
+    for run in (FinetuneRun.objects.filter(candidate_version_id__in=list(missing)).exclude(comparison={})
+                .only("number", "candidate_version_id", "comparison")):
+        comparison = run.comparison
+        candidate = comparison.get("candidate") or {}
+        if "macro_f1" not in candidate:
+            continue
+        missing[run.candidate_version_id]["heldout"] = {
+            "finetune": run.number, "n": comparison.get("n_heldout"), "macro_f1": candidate["macro_f1"],
+            "accuracy": candidate.get("accuracy"), "ece": candidate.get("ece"),
+            "won": bool(comparison.get("candidate_wins")),
+        }
+    return rows
+
+
 def _versions_context(request: AuthenticatedHttpRequest, access: ProjectAccess) -> dict[str, Any]:
     project = access.project
-    rows = serving.version_rows(project, limit=50)
+    rows = with_heldout_figures(serving.version_rows(project, limit=50))
     compare = []
     for param in ("a", "b"):
         number = request.GET.get(param)
