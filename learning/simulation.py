@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,21 @@ from learning import acquisition, bayes, metrics, quality, spans
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 # New features for (train, test) after a fine-tune on the labelled rows: (rows, seed) -> (X_train, X_test, seconds).
 Refeaturize = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class HeldoutRule:
+    """How the app decides whether a fine-tuned encoder replaces the current one (``learning.finetuning``): its
+    functions, handed in by the Django side (the ``simulate`` command) so that this module stays Django-free and
+    the replay runs the app's comparison itself, not a copy of it.
+
+    ``split(y, n_classes, seed) -> (train rows, held-out rows)``; ``fit_and_predict(X_train, y_train, X_held,
+    n_classes) -> probabilities``; ``compare(y_held, current_proba, candidate_proba, n_classes, seed) -> the
+    comparison`` (with ``candidate_wins`` and each side's ``macro_f1``)."""
+
+    split: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+    fit_and_predict: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
+    compare: Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], dict[str, Any]]
 
 
 def _update(
@@ -100,6 +116,8 @@ def run_strategy(
     trace: list[dict[str, Any]] | None = None,
     finetune_at: Sequence[int] = (),
     refeaturize: Refeaturize | None = None,
+    heldout_rule: HeldoutRule | None = None,
+    finetune_log: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, float]]:
     """One learning curve: seed batch, then fit -> score pool -> select batch -> label, to ``budget``.
 
@@ -107,6 +125,13 @@ def run_strategy(
     fine-tuned on the labels so far and the curve goes on with the new features of train and test (the app's slow
     loop, learning.finetuning, re-embeds the pool likewise); the Bayesian layer then fits cold on them, as the
     candidate of a fine-tune does. Points then carry ``finetunes`` (how many so far) and ``finetune_seconds``.
+
+    With ``heldout_rule`` it goes as in the app: a share of the labels is held out (``split``), the encoder is
+    fine-tuned on the rest only, the current features' model and the candidate's (both fitted on the rest) are
+    compared on the held-out labels (``compare``), and the replay switches to the new features only if the
+    candidate wins; else it goes on as if nothing had happened. ``finetune_log`` receives one record per fine-tune:
+    {labels, current_macro_f1, candidate_macro_f1, promoted, seconds (the fine-tune's), heldout, total_seconds
+    (with re-embedding and the comparison)}; without the rule every fine-tune is promoted and the figures are None.
 
     Each point's ``update_seconds`` is what a project waits for between labels and new
     suggestions (refit, rescore, next batch); ``report_seconds`` is the quality report's time
@@ -153,11 +178,20 @@ def run_strategy(
             assert refeaturize is not None
             while pending and len(order) >= pending[0]:
                 pending.pop(0)
-            X_train, X_test, finetune_seconds = refeaturize(idx, seed)
+            tuned_at = time.perf_counter()
+            record = _finetune_step(refeaturize, heldout_rule, X_train, y_train, idx, n_classes, seed)
             finetunes += 1
-            previous = None  # other features: the layer fits cold, as a fine-tune's candidate does
-            density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
-                       if spec.density else None)
+            finetune_seconds = float(record["seconds"])
+            if record["promoted"]:
+                X_train, X_test = record.pop("X_train"), record.pop("X_test")
+                previous = None  # other features: the layer fits cold, as a fine-tune's candidate does
+                density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
+                           if spec.density else None)
+            record.pop("X_train", None)
+            record.pop("X_test", None)
+            record["total_seconds"] = float(time.perf_counter() - tuned_at)
+            if finetune_log is not None:
+                finetune_log.append(record)
         started = time.perf_counter()
         posterior: bayes.Posterior | None
         report_seed = int(rng.integers(2**31))
@@ -229,6 +263,32 @@ def run_strategy(
     return points
 
 
+def _finetune_step(refeaturize: Refeaturize, rule: HeldoutRule | None, X_train: np.ndarray, y_train: np.ndarray,
+                   idx: np.ndarray, n_classes: int, seed: int) -> dict[str, Any]:
+    """One fine-tune of a replay: the record of ``run_strategy``'s ``finetune_log``, with the new features under
+    ``X_train``/``X_test`` (absent when there are none)."""
+    record: dict[str, Any] = {"labels": int(len(idx)), "current_macro_f1": None, "candidate_macro_f1": None,
+                              "promoted": True, "seconds": 0.0, "heldout": 0}
+    if rule is None:
+        record["X_train"], record["X_test"], record["seconds"] = refeaturize(idx, seed)
+        return record
+    y = np.asarray(y_train)[idx]
+    train, held = rule.split(y, n_classes, seed)
+    if len(held) == 0 or len(np.unique(y[train])) < 2:
+        # The app fails such a run ("too few labelled examples to hold some out"): nothing changes.
+        record.update(promoted=False, error="too few labels to hold some out")
+        return record
+    current = rule.fit_and_predict(X_train[idx[train]], y[train], X_train[idx[held]], n_classes)
+    X_new, X_test_new, seconds = refeaturize(idx[train], seed)  # fine-tuned on the rest only, as in the app
+    candidate = rule.fit_and_predict(X_new[idx[train]], y[train], X_new[idx[held]], n_classes)
+    comparison = rule.compare(y[held], current, candidate, n_classes, seed)
+    record.update(current_macro_f1=float(comparison["current"]["macro_f1"]["value"]),
+                  candidate_macro_f1=float(comparison["candidate"]["macro_f1"]["value"]),
+                  promoted=bool(comparison["candidate_wins"]), seconds=float(seconds), heldout=int(len(held)),
+                  X_train=X_new, X_test=X_test_new)
+    return record
+
+
 def _mean_curve(runs: list[dict[str, Any]], key: str = "macro_f1") -> tuple[np.ndarray, np.ndarray]:
     n_labels = np.array([p["n_labels"] for p in runs[0]["points"]])
     values = np.array([[p[key] for p in run["points"]] for run in runs])
@@ -285,12 +345,15 @@ def simulate(
     traces: dict[tuple[str, int], list[dict[str, Any]]] | None = None,
     finetune_at: Sequence[int] = (),
     refeaturize: Refeaturize | None = None,
+    heldout_rule: HeldoutRule | None = None,
 ) -> dict[str, Any]:
     """Learning curves for each strategy and repeat, in the harness's JSON shape.
 
     Repeat r uses seed r for every strategy, so strategies are compared on the same seeds.
     ``report_every`` and ``traces`` (filled with each (strategy, seed)'s trace) are
-    ``run_strategy``'s; the JSON is the same shape with or without them.
+    ``run_strategy``'s; the JSON is the same shape with or without them. With ``finetune_at``, each run also
+    has ``finetunes``: ``run_strategy``'s fine-tune records ({labels, current_macro_f1, candidate_macro_f1,
+    promoted, seconds, …}, compared by ``heldout_rule`` when given).
     """
     for name in strategies:
         acquisition.get_strategy(name)  # fail before hours of work, not after
@@ -315,16 +378,24 @@ def simulate(
     }
     if finetune_at:
         result["config"]["finetune_at"] = sorted(int(n) for n in finetune_at)
+        # Whether a fine-tune had to beat the current model on held-out labels to be used (the app's rule).
+        result["config"]["finetune_compared"] = heldout_rule is not None
     # One BLAS thread, as the worker's jobs run (learning.actions): on a few shared cores a
     # multi-threaded BLAS is several times slower, and the timings must be the worker's.
+    logs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with threadpool_limits(limits=1, user_api="blas"):
         run_repeats(result, strategies, repeats, lambda name, seed: run_strategy(
             name, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, n_classes=n_classes,
             seed_size=seed_size, batch_size=batch_size, budget=budget, seed=seed, multi_label=multi_label,
             progress=progress, report_every=report_every,
             trace=None if traces is None else traces.setdefault((name, seed), []),
-            finetune_at=finetune_at, refeaturize=refeaturize,
+            finetune_at=finetune_at, refeaturize=refeaturize, heldout_rule=heldout_rule,
+            finetune_log=logs.setdefault((name, seed), []),
         ))
+    if finetune_at:
+        for name, entry in result["strategies"].items():
+            for run in entry["runs"]:
+                run["finetunes"] = logs.get((name, run["seed"]), [])
     summarise(result)
     return result
 

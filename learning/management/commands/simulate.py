@@ -19,6 +19,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from learning import acquisition, simulation, spans
 
 
+def app_heldout_rule() -> simulation.HeldoutRule:
+    """The app's replace-when-better rule (``learning.finetuning``: its held-out split at LABELHUB_FINETUNE_HELDOUT,
+    its cold fit of the Bayesian layer, its comparison), for ``simulate(heldout_rule=…)``."""
+    from learning import finetuning
+
+    return simulation.HeldoutRule(
+        split=lambda y, n_classes, seed: finetuning.heldout_split(y, n_classes, settings.FINETUNE_HELDOUT, seed),
+        fit_and_predict=finetuning._fit_and_predict, compare=finetuning.compare)
+
+
 def read_labelled_csv(path: str, *, multi_label: bool) -> tuple[list[str], list[list[str]]]:
     csv.field_size_limit(sys.maxsize)
     texts: list[str] = []
@@ -106,8 +116,10 @@ class Command(BaseCommand):
         parser.add_argument("--cache-dir")
         parser.add_argument("--finetune-at", default="",
                             help="comma-separated label counts (e.g. 500,1000) at which the encoder is fine-tuned on "
-                                 "the labels so far and the curve goes on with the new features (classification, "
-                                 "single-label; LABELHUB_FINETUNE_* settings)")
+                                 "the labels so far, compared with the current model on held-out labels as the app "
+                                 "does, and the curve goes on with the new features only if it wins (classification, "
+                                 "single-label; LABELHUB_FINETUNE_* settings); each run's `finetunes` in the JSON "
+                                 "says what each fine-tune scored and whether it was promoted")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from learning.encoder import EmbeddingCache, get_encoder
@@ -190,6 +202,7 @@ class Command(BaseCommand):
             report_every=options["report_every"],
             finetune_at=finetune_at,
             refeaturize=refeaturize,
+            heldout_rule=app_heldout_rule() if finetune_at else None,
         )
         result["config"].update({"train": options["train"], "test": options["test"], "encoder": encoder.name})
         Path(options["out"]).parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +221,15 @@ class Command(BaseCommand):
                 f"{name:<18}{s['final_macro_f1']:>15.3f}{s['auc_macro_f1']:>8.3f}"
                 f"{reached if reached is not None else '-':>26}{f'{ratio:.2f}' if ratio is not None else '-':>8}"
             )
+        for name, entry in result["strategies"].items():
+            for run in entry["runs"]:
+                for tune in run.get("finetunes", []):
+                    figures = ("" if tune["current_macro_f1"] is None else
+                               f": held-out macro-F1 current {tune['current_macro_f1']:.3f}, candidate "
+                               f"{tune['candidate_macro_f1']:.3f} on {tune['heldout']} labels")
+                    self.stdout.write(f"{name} seed={run['seed']} fine-tune at {tune['labels']} labels{figures} -> "
+                                      f"{'promoted' if tune['promoted'] else 'kept the current model'} "
+                                      f"({tune['seconds']:.1f}s)")
         self.stdout.write(self.style.SUCCESS(f"wrote {options['out']}"))
 
 
