@@ -7,8 +7,9 @@ Model
 Single-label: multinomial (softmax) logistic regression, logits f = W^T [x, 1].
 Multi-label: one independent sigmoid logistic regression per label.
 Prior: w ~ N(0, lambda^-1 I) on every weight of the centred, scaled features; the bias column
-is ``BIAS_FEATURE`` (10), not 1, so the bias's own prior is 100 times weaker and class
-frequencies far from uniform are not shrunk towards it.
+is ``BIAS_FEATURE`` (3), not 1, so the bias's own prior is 9 times weaker and class
+frequencies far from uniform are not shrunk towards uniform as hard (``fit``'s ``bias_feature``
+sets another column; the mislabel finder uses 10).
 
 Posterior
 ---------
@@ -92,13 +93,15 @@ MAX_PRIOR_PRECISION = 1e4
 # 2: Kronecker factors (in_basis, in_eig, out_eig) instead of per-output Cholesky factors.
 FORMAT_VERSION = 2
 # The design's bias column c (see ``Posterior.bias_feature``): the bias's prior precision is
-# lambda / c^2, 100 times weaker than the weights'. With c = 1 the evidence's lambda (hundreds on
-# a binary set) pinned the bias near 0 around the centred embeddings, so a 13 %-positive set was
-# modelled as if balanced, and the mislabel finder lost to cleanlab's logistic regression (whose
-# intercept is free) on every sms_spam setting (benchmarks/README.md, "Mislabel finder": before and
-# after). 10 keeps the column on the scale of the standardised features (|z| is about sqrt(D)), so
-# L-BFGS's conditioning is unchanged.
-BIAS_FEATURE = 10.0
+# lambda / c^2, 9 times weaker than the weights'. With c = 1 the evidence's lambda (hundreds on a
+# binary set) held the bias near 0 around the centred embeddings, so a set with skewed classes was
+# modelled as if balanced and the evidence lowered lambda to let the bias grow, which let the weights
+# fit noise. A free intercept (c = 10) is what the mislabel finder uses (``mislabels.FINDER_BIAS_FEATURE``:
+# it judges the labelled items themselves); for the active loop, whose labels' class frequencies are
+# what the acquisition picked, not the pool's, 3 needed fewer labels than 1 and 10 on the label-efficiency
+# sets measured (benchmarks/README.md, "Bias prior"). Either keeps the column on the scale of the
+# standardised features (|z| is about sqrt(D)), so L-BFGS's conditioning is unchanged.
+BIAS_FEATURE = 3.0
 # Input directions kept exact by ``Posterior.pool_moments`` (the rest share one average variance).
 POOL_RANK = 64
 
@@ -642,7 +645,11 @@ def _fit(
     init_mean: np.ndarray | None,
     max_evidence_iterations: int,
     warm_start: Posterior | None,
+    bias_feature: float | None = None,
 ) -> Posterior:
+    c = BIAS_FEATURE if bias_feature is None else float(bias_feature)
+    if not (np.isfinite(c) and c > 0):
+        raise ModelFitError(f"bias feature must be a positive number, got {bias_feature}")
     # Centre and scale (one scalar) before the isotropic prior: sentence embeddings share a
     # large common direction, and without centring the prior fights the bias for it, which
     # costs a lot of accuracy with few labels.
@@ -656,7 +663,7 @@ def _fit(
     if not np.isfinite(scale) or scale < 1e-12:
         scale = 1.0
     centred *= 1.0 / scale
-    Xb[:, -1] = BIAS_FEATURE
+    Xb[:, -1] = c
     warm = _compatible(warm_start, X.shape[1], targets.shape[1], multi_label)
     # The previous factors precondition only a fit on about as many labels: a cross-validation
     # fold on a subsample has far less curvature than the model it starts from, and there the
@@ -666,7 +673,7 @@ def _fit(
     if init_mean is not None and init_mean.shape == objective.shape:
         W = init_mean.copy()
     elif warm is not None:
-        W = warm.mean_for(shift, scale, BIAS_FEATURE)
+        W = warm.mean_for(shift, scale, c)
     else:
         W = np.zeros(objective.shape)
     n = int(X.shape[0])
@@ -720,7 +727,7 @@ def _fit(
         multi_label=multi_label,
         log_evidence=_log_evidence(nll, W, a, g, lam),
         n_train=n,
-        bias_feature=BIAS_FEATURE,
+        bias_feature=c,
         info={"evidence_iterations": maps, "evidence_n": searched_at, "lbfgs_iterations": steps,
               "warm_start": int(warm is not None)},
     )
@@ -736,6 +743,7 @@ def fit(
     init_mean: np.ndarray | None = None,
     max_evidence_iterations: int = 6,
     warm_start: Posterior | None = None,
+    bias_feature: float | None = None,
 ) -> Posterior:
     """Laplace posterior of softmax regression on embeddings ``X`` (N, D) and labels ``y`` in [0, n_classes).
 
@@ -747,6 +755,9 @@ def fit(
     precision is kept (no evidence search) until the labels have grown or shrunk by half since
     it was searched for. Same optimum as a cold fit at that prior precision; an incompatible
     warm start (other dimension or outputs) is ignored.
+
+    ``bias_feature``: the design's bias column (default ``BIAS_FEATURE``); a warm start made with
+    another one is re-expressed in this one.
     """
     X = _check_X(X)
     y = np.asarray(y)
@@ -776,6 +787,7 @@ def fit(
         init_mean=init_mean,
         max_evidence_iterations=max_evidence_iterations,
         warm_start=warm_start,
+        bias_feature=bias_feature,
     )
 
 
@@ -788,6 +800,7 @@ def fit_multilabel(
     init_mean: np.ndarray | None = None,
     max_evidence_iterations: int = 6,
     warm_start: Posterior | None = None,
+    bias_feature: float | None = None,
 ) -> Posterior:
     """Laplace posterior of independent per-label sigmoid regressions; ``Y`` is a 0/1 (N, L) matrix.
 
@@ -812,4 +825,5 @@ def fit_multilabel(
         init_mean=init_mean,
         max_evidence_iterations=max_evidence_iterations,
         warm_start=warm_start,
+        bias_feature=bias_feature,
     )

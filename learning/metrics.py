@@ -226,6 +226,7 @@ def out_of_fold_logits(
     multi_label: bool = False,
     warm_start: bayes.Posterior | None = None,
     should_stop: Callable[[], bool] | None = None,
+    bias_feature: float | None = None,
 ) -> OutOfFold | None:
     """Each item's logit mean and variance from a ``bayes.fit`` on the folds that exclude it.
 
@@ -255,10 +256,11 @@ def out_of_fold_logits(
             return None
         try:
             if multi_label:
-                post = bayes.fit_multilabel(X[~held], y[~held], prior_precision=prior_precision, warm_start=warm_start)
+                post = bayes.fit_multilabel(X[~held], y[~held], prior_precision=prior_precision, warm_start=warm_start,
+                                            bias_feature=bias_feature)
             else:
                 post = bayes.fit(X[~held], y[~held], n_classes=n_classes, prior_precision=prior_precision,
-                                 warm_start=warm_start)
+                                 warm_start=warm_start, bias_feature=bias_feature)
             mu[held], var[held] = post.logit_mean_var(X[held])
         except bayes.ModelFitError:
             fitted[held] = False

@@ -44,6 +44,12 @@ from learning import bayes, metrics, quality
 
 # Probabilities are clipped away from 0 and 1 before they are compared or divided.
 EPS = 1e-12
+# The finder's models put this bias column in the design (``bayes.fit``'s ``bias_feature``): a bias
+# prior 100 times weaker than the weights', so the intercept follows the labelled items' class
+# frequencies, which is what an out-of-fold judgement of those same items needs (cleanlab's default
+# logistic regression leaves its intercept free). With the model's column of 1, the finder lost to
+# that pipeline on every sms_spam setting (13 % spam); see benchmarks/README.md, "Mislabel finder".
+FINDER_BIAS_FEATURE = 10.0
 
 
 @dataclass(frozen=True)
@@ -215,13 +221,35 @@ def find_mislabels(proba: np.ndarray, given: np.ndarray, *, multi_label: bool = 
 SECOND_PASS = True
 
 
+def finder_posterior(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool = False,
+                     posterior: bayes.Posterior | None) -> bayes.Posterior | None:
+    """The model the finder's folds start from and take their prior precision from.
+
+    ``posterior`` itself when its bias column is ``FINDER_BIAS_FEATURE``; else a fit on all the
+    labelled items with that column, warm-started from it, its prior precision searched again
+    from the posterior's (a weaker bias prior changes what the evidence asks of the weights).
+    None when ``posterior`` is None (each fold then searches its own).
+    """
+    if posterior is None or posterior.bias_feature == FINDER_BIAS_FEATURE:
+        return posterior
+    try:
+        if multi_label:
+            return bayes.fit_multilabel(X, y, init_prior_precision=posterior.prior_precision, warm_start=posterior,
+                                        bias_feature=FINDER_BIAS_FEATURE)
+        return bayes.fit(X, y, n_classes=n_classes, init_prior_precision=posterior.prior_precision,
+                         warm_start=posterior, bias_feature=FINDER_BIAS_FEATURE)
+    except bayes.ModelFitError:
+        return None
+
+
 def _out_of_fold(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool,
                  posterior: bayes.Posterior | None, seed: int,
                  should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """``posterior``: already the finder's (``finder_posterior``)."""
     oof = metrics.out_of_fold_logits(
         X, y, n_classes=n_classes, folds=quality.FOLDS, rng=np.random.default_rng(seed), multi_label=multi_label,
         prior_precision=None if posterior is None else posterior.prior_precision, warm_start=posterior,
-        should_stop=should_stop,
+        should_stop=should_stop, bias_feature=FINDER_BIAS_FEATURE,
     )
     if oof is None:
         return None
@@ -234,10 +262,12 @@ def out_of_fold_proba(X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_lab
                       should_stop: Callable[[], bool] | None = None) -> np.ndarray | None:
     """Calibrated out-of-fold probabilities of every item, as ``quality.evaluate`` computes them.
 
-    Same folds (``quality.FOLDS``), prior precision and warm start as the quality report, but on
-    every labelled item (the report subsamples above ``quality.MAX_EVAL_ITEMS``): each item
-    needs its own held-out prediction to be judged. None if ``should_stop`` interrupted it.
+    Same folds (``quality.FOLDS``) and calibration as the quality report, from the finder's model
+    (``finder_posterior``: the report's, with the finder's bias column), and on every labelled item
+    (the report subsamples above ``quality.MAX_EVAL_ITEMS``): each item needs its own held-out
+    prediction to be judged. None if ``should_stop`` interrupted it.
     """
+    posterior = finder_posterior(X, y, n_classes=n_classes, multi_label=multi_label, posterior=posterior)
     out = _out_of_fold(X, y, n_classes=n_classes, multi_label=multi_label, posterior=posterior, seed=seed,
                        should_stop=should_stop)
     return None if out is None else out[0]
@@ -252,6 +282,7 @@ def second_pass_proba(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, *, n_cl
     ones, under the calibration of the kept items' folds. None when too few items are kept.
     ``prior_scale`` multiplies the posterior's prior precision (an ablation of the benchmark).
     """
+    posterior = finder_posterior(X, y, n_classes=n_classes, multi_label=multi_label, posterior=posterior)
     if posterior is not None and prior_scale != 1.0:
         posterior = copy.copy(posterior)
         posterior.prior_precision *= prior_scale
@@ -270,9 +301,11 @@ def second_pass_proba(X: np.ndarray, y: np.ndarray, flagged: np.ndarray, *, n_cl
         prior = None if posterior is None else posterior.prior_precision
         try:
             if multi_label:
-                model = bayes.fit_multilabel(X[keep], kept_y, prior_precision=prior, warm_start=posterior)
+                model = bayes.fit_multilabel(X[keep], kept_y, prior_precision=prior, warm_start=posterior,
+                                             bias_feature=FINDER_BIAS_FEATURE)
             else:
-                model = bayes.fit(X[keep], kept_y, n_classes=n_classes, prior_precision=prior, warm_start=posterior)
+                model = bayes.fit(X[keep], kept_y, n_classes=n_classes, prior_precision=prior, warm_start=posterior,
+                                  bias_feature=FINDER_BIAS_FEATURE)
         except bayes.ModelFitError:
             return None
         model.temperature, model.variance_scale = temperature, variance_scale
@@ -285,6 +318,7 @@ def analyse_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, posterior: b
                score: str = "self_confidence", prior_scale: float = 1.0) -> Analysis:
     """``analyse`` of single-label items from their embeddings (``proba``: the first pass's, if computed)."""
     given = np.asarray(given, dtype=np.int64)
+    posterior = finder_posterior(X, given, n_classes=n_classes, posterior=posterior)  # once for both passes
     if proba is None:
         proba = out_of_fold_proba(X, given, n_classes=n_classes, posterior=posterior, seed=seed)
         assert proba is not None  # no should_stop: never interrupted
@@ -304,6 +338,8 @@ def find_mislabels_in(X: np.ndarray, given: np.ndarray, *, n_classes: int, multi
     ``proba``, already computed), then the second pass."""
     X = np.asarray(X)
     given = np.asarray(given)
+    # Once for both passes.
+    posterior = finder_posterior(X, given, n_classes=n_classes, multi_label=multi_label, posterior=posterior)
     if proba is None:
         proba = out_of_fold_proba(X, given, n_classes=n_classes, multi_label=multi_label, posterior=posterior,
                                   seed=seed)

@@ -145,12 +145,15 @@ def _model_indices(proba_row: np.ndarray, multi_label: bool) -> list[int]:
 
 def out_of_fold(inputs: Inputs) -> tuple[metrics.OutOfFold, tuple[float, float]]:
     """Every labelled item's logit moments from the fold that held it out, and the calibration fitted on them:
-    the folds, prior precision and warm start of ``mislabels.out_of_fold_proba`` (the quality report's)."""
-    posterior = inputs.posterior
+    the folds, model and calibration of ``mislabels.out_of_fold_proba`` (the report's folds, from the finder's
+    model: the report's with the finder's bias column, ``mislabels.finder_posterior``)."""
+    posterior = mislabels.finder_posterior(inputs.X, inputs.targets, n_classes=len(inputs.label_keys),
+                                           multi_label=inputs.multi_label, posterior=inputs.posterior)
     oof = metrics.out_of_fold_logits(
         inputs.X, inputs.targets, n_classes=len(inputs.label_keys), folds=quality.FOLDS,
-        rng=np.random.default_rng(inputs.seed), prior_precision=posterior.prior_precision,
-        multi_label=inputs.multi_label, warm_start=posterior)
+        rng=np.random.default_rng(inputs.seed),
+        prior_precision=None if posterior is None else posterior.prior_precision, multi_label=inputs.multi_label,
+        warm_start=posterior, bias_feature=mislabels.FINDER_BIAS_FEATURE)
     assert oof is not None  # no should_stop
     return oof, metrics.fit_out_of_fold_calibration(oof, inputs.targets)
 

@@ -134,6 +134,33 @@ def test_multi_label_from_embeddings_runs_the_second_pass() -> None:
     assert len({m.index for m in found} & set(range(6))) >= 5
 
 
+def test_the_finder_judges_with_its_own_bias_column() -> None:
+    """The loop's model (bias column ``bayes.BIAS_FEATURE``) is refitted once with the finder's before the folds;
+    a posterior that has the finder's column already is used as it is."""
+    X, y = blobs(300, 3, separation=2.0, seed=4)
+    noisy, _ = flip(y, 3, 0.1, seed=4)
+    loop = bayes.fit(X, noisy, n_classes=3)
+    assert loop.bias_feature == bayes.BIAS_FEATURE != mislabels.FINDER_BIAS_FEATURE
+    finder = mislabels.finder_posterior(X, noisy, n_classes=3, posterior=loop)
+    assert finder is not None and finder.bias_feature == mislabels.FINDER_BIAS_FEATURE
+    assert mislabels.finder_posterior(X, noisy, n_classes=3, posterior=finder) is finder
+    from_loop = mislabels.out_of_fold_proba(X, noisy, n_classes=3, posterior=loop, seed=1)
+    from_finder = mislabels.out_of_fold_proba(X, noisy, n_classes=3, posterior=finder, seed=1)
+    assert from_loop is not None and np.allclose(from_loop, from_finder)
+
+
+def test_skewed_classes_keep_their_frequency_in_the_finder() -> None:
+    """A minority class of 10 %: the out-of-fold probabilities average to the labelled frequency, not towards
+    uniform (the finder's bias prior is weak), so the majority's correct items are not judged doubtful."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(500, 24))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = (rng.random(500) < 0.1).astype(np.int64)
+    proba = mislabels.out_of_fold_proba(X, y, n_classes=2, posterior=bayes.fit(X, y, n_classes=2), seed=2)
+    assert proba is not None
+    assert abs(proba[:, 1].mean() - y.mean()) < 0.03
+
+
 def test_bad_input_says_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="class indices"):
         mislabels.find_mislabels(np.full((3, 2), 0.5), np.array([0, 1]))
