@@ -204,8 +204,10 @@ def find_span_issues(marginals: Sequence[np.ndarray], targets: Sequence[np.ndarr
                 if (given[a:b] != 0).any():
                     continue
                 x = tagset.index[label]
-                if c >= limits.per_type[x]:
-                    value = c if score == "confidence" else c - float(np.prod(m[a:b, 0]))
+                none = float(np.prod(m[a:b, 0]))
+                # Like the other two problems: the model's reading must beat the given one (no entity here).
+                if c >= limits.per_type[x] and c > none:
+                    value = c if score == "confidence" else c - none
                     issues.append(SpanIssue(a, b, None, label, float(c), float(limits.per_type[x]), "missed",
                                             float(value)))
         if issues:
