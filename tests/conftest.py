@@ -8,8 +8,10 @@ fixture here, helper functions included (a fixture that returns the function).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -202,6 +204,7 @@ def worker(tmp_path: Path, settings: Any) -> Iterator[subprocess.Popen[str]]:
         [sys.executable, "manage.py", "rqworker", "default", "imports", "reports", "--with-scheduler",
          "--name", f"test-worker-{os.getpid()}"],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
     yield process
     process.terminate()
@@ -209,6 +212,10 @@ def worker(tmp_path: Path, settings: Any) -> Iterator[subprocess.Popen[str]]:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+    # Its whole group: a job still running at the end leaves rq's work horse (a fork of the worker) behind; one
+    # was found alive 40 minutes after a fresh-clone CI run, its database gone.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
