@@ -122,6 +122,15 @@ class Inputs:
     pool_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     X_pool: np.ndarray | None = None
     seed: int = 0
+    _finder: tuple[bayes.Posterior | None] | None = field(default=None, init=False, repr=False)
+
+    def finder_posterior(self) -> bayes.Posterior | None:
+        """The mislabel finder's model (``mislabels.finder_posterior``: the report's, refitted with the finder's bias
+        column), fitted once for the out-of-fold moments and the finder's second pass."""
+        if self._finder is None:
+            self._finder = (mislabels.finder_posterior(self.X, self.targets, n_classes=len(self.label_keys),
+                                                       multi_label=self.multi_label, posterior=self.posterior),)
+        return self._finder[0]
 
 
 # --- The computation (numpy) -----------------------------------------------------------------------------------
@@ -147,8 +156,7 @@ def out_of_fold(inputs: Inputs) -> tuple[metrics.OutOfFold, tuple[float, float]]
     """Every labelled item's logit moments from the fold that held it out, and the calibration fitted on them:
     the folds, model and calibration of ``mislabels.out_of_fold_proba`` (the report's folds, from the finder's
     model: the report's with the finder's bias column, ``mislabels.finder_posterior``)."""
-    posterior = mislabels.finder_posterior(inputs.X, inputs.targets, n_classes=len(inputs.label_keys),
-                                           multi_label=inputs.multi_label, posterior=inputs.posterior)
+    posterior = inputs.finder_posterior()
     oof = metrics.out_of_fold_logits(
         inputs.X, inputs.targets, n_classes=len(inputs.label_keys), folds=quality.FOLDS,
         rng=np.random.default_rng(inputs.seed),
@@ -164,8 +172,8 @@ def find_mislabel_candidates(inputs: Inputs, proba: np.ndarray) -> list[Found]:
     found: dict[int, Found] = {}
     keys = inputs.label_keys
     flagged = mislabels.find_mislabels_in(
-        inputs.X, inputs.targets, n_classes=len(keys), multi_label=inputs.multi_label, posterior=inputs.posterior,
-        seed=inputs.seed, label_names=inputs.label_names, proba=proba)
+        inputs.X, inputs.targets, n_classes=len(keys), multi_label=inputs.multi_label,
+        posterior=inputs.finder_posterior(), seed=inputs.seed, label_names=inputs.label_names, proba=proba)
     for m in flagged:
         i = int(m.index)
         if i in found:  # multi-label: another label of the same item
