@@ -253,22 +253,17 @@ def ner(team: Any, alice: Any, bob: Any, token_encoder: FakeTokenEncoder) -> Fli
     return data
 
 
-def test_the_report_writes_span_candidates_that_rank_the_flipped_types_first(ner):
+def test_the_report_writes_well_formed_span_candidates(ner):
     candidates = list(review_queue.open_candidates(ner.project, ReviewKind.MISLABEL))
     assert candidates, "no span candidate"
     k = len(ner.flipped)
     top = [c.example_id for c in candidates[:k]]
     hits = set(top) & set(ner.flipped)
-    # 8% of the sentences with an entity: a random pick would be right about 8% of the time. The word-hash vectors
-    # know a word's type only from other sentences with the same word: measured precision@k 0.17 (4 of 24) with the
-    # model's bias column 1, 0.12 (3 of 24) with 3, recall 0.25 here; with MiniLM token vectors on 1,000 sentences
-    # (k = 65) 0.48 and 0.51 (README, review section; the slow test below checks that level). Here: clearly above a
-    # random ranking's expected hits.
-    with_entities = Annotation.objects.filter(example__project=ner.project).exclude(spans=[]).count()
-    random_hits = k * k / with_entities
-    print(f"span mislabels: {len(candidates)} flagged, k={k}, precision@k={len(hits) / k:.2f}, "
-          f"recall={len({c.example_id for c in candidates} & set(ner.flipped)) / k:.2f}, random hits {random_hits:.1f}")
-    assert len(hits) >= 1.5 * random_hits, (len(hits), k, len(candidates), random_hits)
+    # The word-hash vectors know a word's type only from other sentences with the same word, so how well the flips
+    # rank here is at the level of chance and moves with the run's database ids (3, 4 or 2 of 24 hits, against 1.9
+    # expected at random): the ranking is checked with MiniLM token vectors in the slow test below (precision@k 0.48
+    # on 1,000 sentences). Here: candidates are written, well formed, and a questioned flip names the true type.
+    print(f"span mislabels: {len(candidates)} flagged, k={k}, hits in the top k {len(hits)}")
     names = dict(ner.project.current_taxonomy().labels.values_list("key", "name"))
     right = 0
     for c in candidates:
