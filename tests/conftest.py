@@ -32,7 +32,7 @@ from rq import SimpleWorker
 
 from annotation.models import Annotation, AnnotationSource, ExampleScore
 from learning import actions as learning_actions
-from learning import store
+from learning import span_loop, store, token_store
 from learning.models import EmbeddingChunk, ModelVersion, TrainingRun
 from projects import taxonomy, tokens
 from projects.importing import content_hash
@@ -216,6 +216,19 @@ def worker(tmp_path: Path, settings: Any) -> Iterator[subprocess.Popen[str]]:
     # was found alive 40 minutes after a fresh-clone CI run, its database gone.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def span_data_dir(settings: Any, tmp_path: Path) -> Iterator[None]:
+    """Span-project tests: their own data directory and a small seed, and the token store's and the span loop's
+    in-process caches emptied afterwards (they are keyed by ids the next test's database reuses)."""
+    settings.DATA_DIR = tmp_path
+    settings.SEED_SIZE = 5
+    yield
+    token_store.forget()
+    store._cache.clear()
+    store._density.clear()
+    span_loop._models.clear()
 
 
 @pytest.fixture

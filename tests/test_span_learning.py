@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +74,7 @@ class ConstantTokenEncoder(FakeTokenEncoder):
         return [np.ones((len(o), self.dim), dtype=np.float32) for o in offsets]
 
 
-@pytest.fixture(autouse=True)
-def _own_data_dir(settings: Any, tmp_path: Path) -> Iterator[None]:
-    settings.DATA_DIR = tmp_path
-    settings.SEED_SIZE = 5
-    yield
-    token_store.forget()
-    store._cache.clear()
-    store._density.clear()
-    span_loop._models.clear()
+pytestmark = pytest.mark.usefixtures("span_data_dir")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from django.urls import reverse
 
 from annotation import review_queue
 from annotation.models import Annotation, AnnotationSource, Relabel, ReviewCandidate, ReviewDecision, ReviewKind
-from learning import actions, loop_base, review_candidates, span_loop, span_mislabels, store, token_store
+from learning import actions, loop_base, review_candidates, span_loop, span_mislabels
 from learning import spans as spanml
 from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects import taxonomy
@@ -173,15 +172,7 @@ class FakeTokenEncoder:
         return out
 
 
-@pytest.fixture(autouse=True)
-def _own_data_dir(settings: Any, tmp_path: Path) -> Iterator[None]:
-    settings.DATA_DIR = tmp_path
-    settings.SEED_SIZE = 5
-    yield
-    token_store.forget()
-    store._cache.clear()
-    store._density.clear()
-    span_loop._models.clear()
+pytestmark = pytest.mark.usefixtures("span_data_dir")
 
 
 @pytest.fixture
