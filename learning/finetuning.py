@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -48,8 +49,9 @@ from threadpoolctl import threadpool_limits
 from annotation.models import Annotation
 from labelhub.errors import ActionError, ConflictError
 from labelhub.jobs import enqueue, job_waiting, uses_rq
-from learning import actions, bayes, events, exports, metrics, store
-from learning.finetune import METHODS, FinetuneCancelled, FinetuneConfig, finetune
+from learning import actions, bayes, events, exports, finetune_spans, metrics, span_loop, store
+from learning import spans as spanml
+from learning.finetune import METHODS, FinetuneCancelled, FinetuneConfig, FinetuneResult, finetune
 from learning.loop_base import TrainingError, finetuned_encoder
 from learning.models import (
     FINETUNE_ACTIVE,
@@ -82,10 +84,10 @@ def relative_folder(project_id: int, number: int) -> str:
 # --- Asking for one, cancelling it, noticing a lost one -----------------------------------------------------------
 
 
-def check_can_finetune(project: Project) -> actions.TrainingSet:
+def check_can_finetune(project: Project) -> actions.TrainingSet | span_loop.SpanTrainingSet:
     """The project's labels if a fine-tune can learn from them; ActionError (400) saying why not otherwise."""
     if project.is_span:
-        raise ActionError("Fine-tuning covers classification projects; span projects keep the frozen encoder.")
+        return _check_spans(project)
     if project.is_multi_label:
         raise ActionError("Fine-tuning covers single-label projects; multi-label projects keep the frozen encoder.")
     if settings.FINETUNE_METHOD not in METHODS:
@@ -105,6 +107,22 @@ def check_can_finetune(project: Project) -> actions.TrainingSet:
     return data
 
 
+def _check_spans(project: Project) -> span_loop.SpanTrainingSet:
+    """A span project's labelled sentences if a token-classification fine-tune can learn from them."""
+    data = span_loop.span_training_set(project)
+    n = len(data.example_ids)
+    if n < settings.FINETUNE_MIN_LABELS:
+        raise ActionError(
+            f"Fine-tuning needs at least {settings.FINETUNE_MIN_LABELS:,} labelled examples "
+            f"(LABELHUB_FINETUNE_MIN_LABELS); this project has {n:,} usable ones. Label more first: with fewer, the "
+            "comparison on held-out labels cannot tell a better encoder from chance.")
+    with_entities = sum(1 for spans in data.spans if spans)
+    if with_entities < 2:
+        raise ActionError("Fine-tuning needs at least two labelled examples with a tagged entity, so that both the "
+                          "fine-tune and the held-out comparison see entities; tag the entities of a few more.")
+    return data
+
+
 def request_finetune(project: Project, *, user: Any, reason: str) -> FinetuneRun:
     """Queue a fine-tune of the project's encoder on the `gpu` queue; one queued or running per project."""
     recover_stale(project)
@@ -114,7 +132,8 @@ def request_finetune(project: Project, *, user: Any, reason: str) -> FinetuneRun
         with transaction.atomic():
             number = (FinetuneRun.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
             run = FinetuneRun.objects.create(project=project, number=number, reason=reason[:200], requested_by=by,
-                                             method=settings.FINETUNE_METHOD, n_labels=len(data.example_ids))
+                                             method=finetune_spans.METHOD if project.is_span
+                                             else settings.FINETUNE_METHOD, n_labels=len(data.example_ids))
     except IntegrityError:
         raise ConflictError("A fine-tune of this project is already queued or running: wait for it to finish, "
                             "or cancel it first.") from None
@@ -174,6 +193,7 @@ def discard(run: FinetuneRun) -> None:
     """Remove a failed or cancelled run's encoder folder and pool vectors (nothing refers to them)."""
     if run.encoder and not ModelVersion.objects.filter(project_id=run.project_id, encoder=run.encoder).exists():
         EmbeddingChunk.objects.filter(project_id=run.project_id, encoder=run.encoder).delete()
+        span_loop.drop_tokens(run.project_id, run.encoder)  # a span project's token vectors (none otherwise)
     folder = Path(settings.FINETUNE_DIR) / relative_folder(run.project_id, run.number)
     for path in (folder, *folder.parent.glob(f".{folder.name}.tmp-*")):
         shutil.rmtree(path, ignore_errors=True)
@@ -183,7 +203,7 @@ def finetune_when_labels_grew(version: ModelVersion) -> FinetuneRun | None:
     """After a model update: queue a fine-tune when the labels have grown by FINETUNE_GROWTH since the last one (and
     number at least FINETUNE_MIN_LABELS), if LABELHUB_FINETUNE_AUTO is on. Never raises."""
     project = version.project
-    if not settings.FINETUNE_AUTO or project.is_span or project.is_multi_label:
+    if not settings.FINETUNE_AUTO or project.is_multi_label:
         return None
     n = int(version.n_labels)
     if n < settings.FINETUNE_MIN_LABELS:
@@ -425,7 +445,11 @@ def _texts(ids: np.ndarray) -> list[str]:
 
 def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
     project = run.project
+    if project.is_span:
+        _finetune_spans(run, tracker)
+        return
     data = check_can_finetune(project)
+    assert isinstance(data, actions.TrainingSet)
     base = actions.project_encoder(project.pk)
     base_path = getattr(base, "model_path", None)
     if base_path is None:
@@ -439,46 +463,25 @@ def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
         raise TrainingError("Too few labelled examples with vectors to hold some out; label more, or wait for the "
                             "embedding job to finish.")
     train_ids, held_ids = ids[train_rows], ids[held_rows]
-    current_version = (ModelVersion.objects.filter(project=project, encoder=base.name).order_by("-number").first())
-    tracker.update(n_labels=len(ids), n_train=len(train_rows), n_heldout=len(held_rows), base_encoder=base.name,
-                   heldout_ids=[int(i) for i in held_ids], current_version=current_version,
-                   to_embed=Example.objects.filter(project=project).count())
+    _started(run, tracker, base, ids, train_rows, held_ids)
 
     # 2. The current encoder's model, fitted without the held-out items.
     tracker.phase("comparing")
     current_proba = _fit_and_predict(X_current[train_rows], y[train_rows], X_current[held_rows], n_classes)
 
     # 3. Fine-tune on the rest, into a temporary folder renamed when complete.
-    config = finetune_config()
-    tracker.update(method=config.method, config=asdict(config))
-    folder_name = relative_folder(project.pk, run.number)
-    final = Path(settings.FINETUNE_DIR) / folder_name
-    scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
     texts = _texts(train_ids)
-    per_epoch = -(-len(texts) // config.batch_size) if config.method == "classifier" else 0
-    tracker.phase("fine-tuning", step=0, epoch=0)
-    if config.device == "cpu":
-        import torch
 
-        torch.set_num_threads(max(1, settings.ENCODER_THREADS or 1))
-    result = finetune(base_path, texts, y[train_rows], n_classes=n_classes, out=scratch, config=config,
-                      progress=lambda step, total, _loss: tracker.steps(step, total, per_epoch or total),
-                      should_stop=tracker.cancelled)
-    _mark_folder(scratch, run, base)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(scratch, final)
-    tracker.phase("loading the fine-tuned encoder")  # with ONNX Runtime: its graph is exported once, here
-    encoder = finetuned_encoder(folder_name)
-    tracker.update(encoder=encoder.name, encoder_path=folder_name, finetune_seconds=result.seconds,
-                   step=result.steps, total_steps=max(result.steps, 1))
+    def train(folder: Path, config: FinetuneConfig) -> FinetuneResult:
+        per_epoch = -(-len(texts) // config.batch_size) if config.method == "classifier" else 0
+        return finetune(base_path, texts, y[train_rows], n_classes=n_classes, out=folder, config=config,
+                        progress=lambda step, total, _loss: tracker.steps(step, total, per_epoch or total),
+                        should_stop=tracker.cancelled)
+
+    encoder, final = _fine_tuned(run, tracker, base, train)
 
     # 4. Re-embed the pool with it.
-    all_ids = np.fromiter(Example.objects.filter(project=project).order_by("id").values_list("id", flat=True),
-                          dtype=np.int64)
-    tracker.phase("re-embedding", embedded=0, to_embed=len(all_ids))
-    _embed(project, encoder, all_ids, tracker)
+    _reembed(project, encoder, tracker)
 
     # 5. The candidate's model on the new vectors of the same rest, scored on the same held-out items.
     tracker.phase("comparing")
@@ -491,19 +494,137 @@ def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
     comparison = compare(y[held_rows], current_proba, candidate_proba, n_classes, seed=run.pk)
 
     # 6. The candidate version, on every label (the fast loop's own fit), and the decision.
+    def prepare(update: TrainingRun, timings: dict[str, float], wins: bool) -> Callable[[], ModelVersion]:
+        fitted = actions.fit(update, timings, encoder_name=encoder.name)
+        scored = (actions.score(update, fitted, timings) if wins else
+                  actions.Scored(project.acquisition_strategy, [], np.empty(0, dtype=np.int64)))
+        return lambda: actions.record(update, fitted, scored, timings)
+
+    _decide(run, tracker, encoder, final, comparison, prepare)
+
+
+def _finetune_spans(run: FinetuneRun, tracker: _Tracker) -> None:
+    """The job for a span project: the same steps as `_finetune`, on labelled sentences and token vectors.
+
+    Sentences (not tokens) are held out, stratified by whether they have an entity; both sides fit
+    `learning.spans.SpanModel` (the fast loop's span model) on the token vectors of the same rest, and the
+    candidate wins on a higher held-out entity F1 (`compare_spans`). The encoder is fine-tuned by token
+    classification through the word vectors the span model reads (`learning.finetune_spans`)."""
+    project = run.project
+    data = check_can_finetune(project)
+    assert isinstance(data, span_loop.SpanTrainingSet)
+    base = actions.project_encoder(project.pk)
+    base_path = getattr(base, "model_path", None)
+    if base_path is None:
+        raise TrainingError(f"The encoder in use ({base.name}) has no weights on disk to fine-tune.")
+    ids = data.example_ids
+    tagset = spanml.TagSet(data.label_keys)
+    targets = span_loop.tag_targets(data, tagset)
+    has_entity = np.array([int(len(spans) > 0) for spans in data.spans], dtype=np.int64)
+    train_rows, held_rows = heldout_split(has_entity, 2, settings.FINETUNE_HELDOUT, seed=run.pk)
+    if len(held_rows) == 0 or not has_entity[train_rows].any():
+        raise TrainingError("Too few labelled examples with entities to hold some out; label more.")
+    _started(run, tracker, base, ids, train_rows, ids[held_rows])
+
+    # 2. The current encoder's span model, fitted without the held-out sentences.
+    tracker.phase("comparing")
+    current = _span_vectors(project, base, ids, targets)
+    current_pred = _fit_and_predict_spans(current, targets, train_rows, held_rows, tagset)
+
+    # 3. Fine-tune on the rest (token classification), into a temporary folder renamed when complete.
+    def train(folder: Path, config: FinetuneConfig) -> FinetuneResult:
+        per_epoch = -(-len(train_rows) // config.batch_size)
+        return finetune_spans.finetune_tokens(
+            base_path, [data.texts[i] for i in train_rows], [data.offsets[i] for i in train_rows],
+            [targets[i] for i in train_rows], n_tags=len(tagset), out=folder, config=config,
+            progress=lambda step, total, _loss: tracker.steps(step, total, per_epoch),
+            should_stop=tracker.cancelled)
+
+    encoder, final = _fine_tuned(run, tracker, base, train)
+
+    # 4. Re-embed the pool with it: token vectors to its own token store, sentence vectors beside the current ones.
+    _reembed(project, encoder, tracker)
+
+    # 5. The candidate's span model on the new token vectors of the same rest, scored on the same held-out sentences.
+    tracker.phase("comparing")
+    if Example.objects.filter(id__in=ids.tolist()).count() < len(ids):
+        raise TrainingError("Labelled examples were deleted while the fine-tune ran, so the comparison has lost "
+                            "its items; fine-tune again.")
+    candidate = _span_vectors(project, encoder, ids, targets)
+    candidate_pred = _fit_and_predict_spans(candidate, targets, train_rows, held_rows, tagset)
+    comparison = compare_spans([targets[i] for i in held_rows], current_pred, candidate_pred, tagset, seed=run.pk)
+
+    # 6. The candidate version, on every label (the span loop's own fit), and the decision.
+    def prepare(update: TrainingRun, timings: dict[str, float], wins: bool) -> Callable[[], ModelVersion]:
+        fitted = span_loop.fit(update, timings, encoder=encoder)
+        rows, labelled_ids, strategy = (span_loop.score(update, fitted, timings) if wins else
+                                        ([], np.empty(0, dtype=np.int64), project.acquisition_strategy))
+        return lambda: span_loop.record(update, fitted, rows, labelled_ids, strategy, timings)
+
+    _decide(run, tracker, encoder, final, comparison, prepare)
+
+
+def _started(run: FinetuneRun, tracker: _Tracker, base: Any, ids: np.ndarray, train_rows: np.ndarray,
+             held_ids: np.ndarray) -> None:
+    current_version = (ModelVersion.objects.filter(project=run.project, encoder=base.name)
+                       .order_by("-number").first())
+    tracker.update(n_labels=len(ids), n_train=len(train_rows), n_heldout=len(held_ids), base_encoder=base.name,
+                   heldout_ids=[int(i) for i in held_ids], current_version=current_version,
+                   to_embed=Example.objects.filter(project=run.project).count())
+
+
+def _fine_tuned(run: FinetuneRun, tracker: _Tracker, base: Any,
+                train: Callable[[Path, FinetuneConfig], FinetuneResult]) -> tuple[Any, Path]:
+    """Step 3: ``train(folder, config)`` writes the fine-tuned encoder into a temporary folder, renamed into place
+    when complete; returns the encoder loaded from there and its folder."""
+    config = finetune_config()
+    folder_name = relative_folder(run.project_id, run.number)
+    final = Path(settings.FINETUNE_DIR) / folder_name
+    scratch = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tracker.update(method=finetune_spans.METHOD if run.project.is_span else config.method, config=asdict(config))
+    tracker.phase("fine-tuning", step=0, epoch=0)
+    if config.device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, settings.ENCODER_THREADS or 1))
+    result = train(scratch, config)
+    _mark_folder(scratch, run, base)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(scratch, final)
+    tracker.phase("loading the fine-tuned encoder")  # with ONNX Runtime: its graph is exported once, here
+    encoder = finetuned_encoder(folder_name)
+    tracker.update(encoder=encoder.name, encoder_path=folder_name, finetune_seconds=result.seconds,
+                   step=result.steps, total_steps=max(result.steps, 1), config=result.config)
+    return encoder, final
+
+
+def _reembed(project: Project, encoder: Any, tracker: _Tracker) -> None:
+    """Step 4: the whole pool's vectors of the new encoder, under its own name (nothing of the current changes)."""
+    all_ids = np.fromiter(Example.objects.filter(project=project).order_by("id").values_list("id", flat=True),
+                          dtype=np.int64)
+    tracker.phase("re-embedding", embedded=0, to_embed=len(all_ids))
+    _embed(project, encoder, all_ids, tracker)
+
+
+def _decide(run: FinetuneRun, tracker: _Tracker, encoder: Any, final: Path, comparison: dict[str, Any],
+            prepare: Callable[[TrainingRun, dict[str, float], bool], Callable[[], ModelVersion]]) -> None:
+    """Step 6: ``prepare(update, timings, wins)`` fits the candidate version on every label (and scores the queue
+    if it wins) and returns what records it; recorded in one transaction with the run's outcome and, if it won,
+    the project's new encoder."""
+    project = run.project
     tracker.phase("recording")
     wins = comparison["candidate_wins"]
     update = TrainingRun(project=project, reason=f"fine-tune {run.number}")
     timings: dict[str, float] = {}
     with threadpool_limits(limits=1, user_api="blas"):
-        fitted = actions.fit(update, timings, encoder_name=encoder.name)
-        scored = (actions.score(update, fitted, timings) if wins else
-                  actions.Scored(project.acquisition_strategy, [], np.empty(0, dtype=np.int64)))
+        record = prepare(update, timings, wins)
     with transaction.atomic():
         row = FinetuneRun.objects.select_for_update().get(pk=run.pk)
         if row.status != FinetuneStatus.RUNNING or row.cancel_requested_at is not None:
             raise FinetuneCancelled("fine-tuning was cancelled")
-        version = actions.record(update, fitted, scored, timings)
+        version = record()
         row.candidate_version = version
         row.comparison = comparison
         row.status = FinetuneStatus.SUCCEEDED
@@ -524,6 +645,89 @@ def _finetune(run: FinetuneRun, tracker: _Tracker) -> None:
             enqueue("learning.jobs.embed_project", project.pk)  # imported while it ran
 
 
+def _span_vectors(project: Project, encoder: Any, ids: np.ndarray, targets: list[np.ndarray]) -> list[np.ndarray]:
+    """The labelled sentences' token vectors of ``encoder`` (encoded now where this machine lacks them)."""
+    vectors = span_loop.ensure_tokens(project, encoder, ids).get(ids)
+    for v, t, pk in zip(vectors, targets, ids.tolist(), strict=True):
+        if len(v) != len(t):
+            raise TrainingError(f"Example {pk}: {len(t)} tokens but {len(v)} token vectors (its tokens changed "
+                                "since it was encoded). Re-import it.")
+    return vectors
+
+
+def _fit_and_predict_spans(vectors: list[np.ndarray], targets: list[np.ndarray], train_rows: np.ndarray,
+                           held_rows: np.ndarray, tagset: spanml.TagSet) -> list[spanml.SpanPrediction]:
+    """The span loop's model (cold, on the training sentences only) and its decoded predictions on the held-out."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = spanml.SpanModel.fit([vectors[i] for i in train_rows], [targets[i] for i in train_rows], tagset)
+        return model.predict([vectors[i] for i in held_rows])
+
+
+def compare_spans(gold: list[np.ndarray], current: list[spanml.SpanPrediction],
+                  candidate: list[spanml.SpanPrediction], tagset: spanml.TagSet, seed: int) -> dict[str, Any]:
+    """`compare` for span models: both models' held-out entity figures with 95 % bootstrap intervals over the same
+    resamples of the held-out sentences, and the interval of the entity-F1 difference (candidate − current).
+
+    The figures carry the classification names as a span report does (learning.span_quality): ``macro_f1`` is
+    the entity F1 averaged over labels with gold entities, ``accuracy`` the share of sentences whose entities are
+    all exactly right, ``ece`` the span calibration error; ``entity_f1`` (strict, micro, as seqeval) decides."""
+    rng = np.random.default_rng(seed)
+    n = len(gold)
+    keys = list(tagset.keys)
+    gold_entities = [spanml.entities_from_ids(t, tagset) for t in gold]
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=N_BOOTSTRAP).astype(np.float64)  # (B, n)
+    present = np.zeros(len(keys), dtype=bool)
+    for entities in gold_entities:
+        for label, *_ in entities:
+            present[keys.index(label)] = True
+
+    def band(values: np.ndarray) -> tuple[float, float]:
+        low, high = np.quantile(values, [0.025, 0.975])
+        return float(low), float(high)
+
+    def figures(predictions: list[spanml.SpanPrediction]) -> tuple[dict[str, Any], np.ndarray]:
+        predicted = [spanml.entities_from_ids(p.tags, tagset) for p in predictions]
+        counts = spanml.entity_counts(gold_entities, predicted, keys).astype(np.float64)  # (n, L, 3)
+        totals = counts.sum(axis=0)
+        micro = totals.sum(axis=0)
+        _, _, f1 = spanml._prf(micro[0], micro[1], micro[2])
+        _, _, per_label = spanml._prf(totals[:, 0], totals[:, 1], totals[:, 2])
+        boot = np.einsum("bs,slc->blc", weights, counts)  # (B, L, 3)
+        boot_micro = boot.sum(axis=1)
+        _, _, boot_f1 = spanml._prf(boot_micro[:, 0], boot_micro[:, 1], boot_micro[:, 2])
+        _, _, boot_label = spanml._prf(boot[..., 0], boot[..., 1], boot[..., 2])
+        boot_macro = boot_label[:, present].mean(axis=1) if present.any() else np.zeros(N_BOOTSTRAP)
+        exact = np.array([g == p for g, p in zip(gold_entities, predicted, strict=True)], dtype=np.float64)
+        boot_exact = weights @ exact / n
+        confidences = [(float(s["confidence"]), float((s["label"], s["start"], s["end"]) in gold_entities[i]))
+                       for i, p in enumerate(predictions) for s in p.spans]
+        ece = (spanml.span_calibration_error(np.array([c for c, _ in confidences]),
+                                             np.array([ok for _, ok in confidences])) if confidences else None)
+        return {
+            "entity_f1": {"value": float(f1), **dict(zip(("low", "high"), band(boot_f1), strict=True))},
+            "macro_f1": {"value": float(per_label[present].mean()) if present.any() else 0.0,
+                         **dict(zip(("low", "high"), band(boot_macro), strict=True))},
+            "accuracy": {"value": float(exact.mean()), **dict(zip(("low", "high"), band(boot_exact), strict=True))},
+            "ece": ece,
+            "n_predicted_entities": int(totals[:, 1].sum()),
+        }, boot_f1
+
+    current_figures, current_boot = figures(current)
+    candidate_figures, candidate_boot = figures(candidate)
+    diff = candidate_boot - current_boot
+    low, high = band(diff)
+    gain = candidate_figures["entity_f1"]["value"] - current_figures["entity_f1"]["value"]
+    return {
+        "metric": "entity_f1", "metric_name": "entity F1",
+        "n_heldout": int(n), "n_gold_entities": int(sum(len(g) for g in gold_entities)),
+        "current": current_figures, "candidate": candidate_figures,
+        "difference": {"value": float(gain), "low": low, "high": high},
+        "share_of_resamples_better": float((diff > 0).mean()),
+        # The rule: the candidate replaces the current model only if its held-out entity F1 is higher.
+        "candidate_wins": bool(gain > 0),
+    }
+
+
 def _mark_folder(folder: Path, run: FinetuneRun, base: Any) -> None:
     """Stamp config.json with the run, so each fine-tuned encoder's fingerprint (its vectors' name, its ONNX cache
     folder) is its own even when two have the same shape and size."""
@@ -542,8 +746,16 @@ def _embed(project: Project, encoder: Any, ids: np.ndarray, tracker: _Tracker) -
         chunk = np.array([i for i in chunk.tolist() if i in rows], dtype=np.int64)  # deleted meanwhile
         if len(chunk) == 0:
             continue
-        vectors = encoder.encode([rows[i] for i in chunk.tolist()],
-                                 progress=lambda done, _n, _at=start: tracker.embedded(_at + done, total))
+        if project.is_span:
+            # Token vectors to the new encoder's token store; the sentence vectors (their means) below, as the embed
+            # job stores them (learning.actions._embed_missing).
+            def step(done: int, _at: int = start) -> None:
+                tracker.embedded(_at + done, total)
+
+            vectors = span_loop.encode_chunk(project, encoder, chunk, progress=step)
+        else:
+            vectors = encoder.encode([rows[i] for i in chunk.tolist()],
+                                     progress=lambda done, _n, _at=start: tracker.embedded(_at + done, total))
         EmbeddingChunk.objects.create(project=project, encoder=encoder.name, dim=vectors.shape[1], count=len(chunk),
                                       example_ids=chunk.tobytes(), vectors=vectors.astype(np.float16).tobytes())
         tracker.embedded(min(start + settings.EMBED_BATCH, total), total)
@@ -568,10 +780,16 @@ def model_card(run: FinetuneRun, version: ModelVersion | None) -> str:
         "",
         f"# {project.name}: fine-tuned encoder v{run.number}",
         "",
-        f"A sentence encoder (mean pooling, normalised vectors) fine-tuned by LabelHub on the labels of project "
-        f"*{project.name}*. Load it with `sentence_transformers.SentenceTransformer(folder)` or "
-        "`transformers.AutoModel`. The classification head used while fine-tuning is not kept: LabelHub fits a "
-        "Bayesian last layer on these vectors (`labelhub_head/` holds the one of the candidate model version).",
+        (f"A transformer encoder fine-tuned by LabelHub by token classification on the entity spans of project "
+         f"*{project.name}*: LabelHub reads one vector per word (the mean of the word's sub-words' last hidden "
+         "states). Load it with `transformers.AutoModel` or `sentence_transformers.SentenceTransformer(folder)`. The "
+         "tagging head used while fine-tuning is not kept: LabelHub fits a Bayesian last layer over the BIO tags on "
+         "these word vectors (`labelhub_head/` holds the one of the candidate model version)."
+         if project.is_span else
+         f"A sentence encoder (mean pooling, normalised vectors) fine-tuned by LabelHub on the labels of project "
+         f"*{project.name}*. Load it with `sentence_transformers.SentenceTransformer(folder)` or "
+         "`transformers.AutoModel`. The classification head used while fine-tuning is not kept: LabelHub fits a "
+         "Bayesian last layer on these vectors (`labelhub_head/` holds the one of the candidate model version)."),
         "",
         f"- Base model: `{run.base_encoder}`",
         f"- Method: {run.method} ({', '.join(f'{k}={v}' for k, v in sorted((run.config or {}).items()))})",
@@ -584,7 +802,32 @@ def model_card(run: FinetuneRun, version: ModelVersion | None) -> str:
         lines.append(f"- Labels ({len(version.label_keys)}): "
                      + ", ".join(f"{names.get(k, k)} (`{k}`)" for k in version.label_keys))
         lines.append(f"- LabelHub model version: v{version.number}")
-    if comparison:
+    if comparison and comparison.get("metric") == "entity_f1":
+        cur, cand, diff = comparison["current"], comparison["candidate"], comparison["difference"]
+
+        def ranged(figure: dict[str, Any]) -> str:
+            return f"{figure['value']:.3f} ({figure['low']:.3f}–{figure['high']:.3f})"
+
+        def ece(value: float | None) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
+        lines += [
+            "",
+            f"## Held-out comparison ({comparison['n_heldout']:,} labelled examples neither model was fitted on, "
+            f"{comparison.get('n_gold_entities', 0):,} entities)",
+            "",
+            "| | entity F1 (95 % interval) | macro entity F1 | examples exactly right | span ECE |",
+            "|---|---|---|---|---|",
+            f"| current encoder | {ranged(cur['entity_f1'])} | {cur['macro_f1']['value']:.3f} | "
+            f"{cur['accuracy']['value']:.3f} | {ece(cur['ece'])} |",
+            f"| this encoder | {ranged(cand['entity_f1'])} | {cand['macro_f1']['value']:.3f} | "
+            f"{cand['accuracy']['value']:.3f} | {ece(cand['ece'])} |",
+            "",
+            f"Difference {diff['value']:+.3f} entity F1 (95 % interval {diff['low']:+.3f} to {diff['high']:+.3f}): "
+            + ("promoted, it replaced the current encoder." if comparison["candidate_wins"]
+               else "not better, kept as a version that does not serve."),
+        ]
+    elif comparison:
         cur, cand, diff = comparison["current"], comparison["candidate"], comparison["difference"]
         lines += [
             "",

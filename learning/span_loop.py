@@ -13,6 +13,7 @@ encodes them again from the examples' text and tokens before fitting or scoring.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -121,6 +122,16 @@ def ensure_tokens(project: Project, encoder: Any, ids: np.ndarray) -> token_stor
     if len(missing):
         logger.info("project %s: encoded token vectors of %d examples this worker lacked", project.pk, len(missing))
     return tokens
+
+
+def drop_tokens(project_id: int, encoder_name: str) -> None:
+    """Remove the project's token vectors of the encoder whose vectors are called ``encoder_name`` (a failed or
+    cancelled fine-tune's: nothing refers to them), under each name its token vectors may carry."""
+    from learning.encoder import TOKEN_POOLINGS
+
+    for name in (f"{encoder_name}-tokens", *(f"{encoder_name}-tokens-{p}" for p in TOKEN_POOLINGS)):
+        shutil.rmtree(token_store.TokenStore(token_root(), project_id, name).folder, ignore_errors=True)
+    token_store.forget(project_id)
 
 
 # --- Training target ---------------------------------------------------------------------------------------------
@@ -256,7 +267,10 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
     return version
 
 
-def fit(run: TrainingRun, timings: dict[str, float]) -> SpanFitted:
+def fit(run: TrainingRun, timings: dict[str, float], *, encoder: Any | None = None) -> SpanFitted:
+    """Fit the span model on every current answer, warm-started from the newest version of the same encoder.
+    ``encoder``: the token vectors to fit on (a fine-tune's candidate encoder), else the project's encoder's (the
+    fine-tuned one a promotion chose, as the embed job uses: learning.actions.project_encoder)."""
     project = run.project
     t0 = time.perf_counter()
     data = span_training_set(project)
@@ -279,7 +293,10 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> SpanFitted:
             f"None of the {len(data.example_ids)} labelled examples has an entity tagged (all were answered "
             f"'no entity'){left_out}: the model needs tagged entities to learn from. Tag the entities of a few "
             "examples that have some. The previous model keeps serving.")
-    encoder = loop_base.current_encoder()
+    if encoder is None:
+        from learning.actions import project_encoder  # on use: learning.actions dispatches span projects here
+
+        encoder = project_encoder(project.pk)
     tagset = spanml.TagSet(data.label_keys)
     targets = tag_targets(data, tagset)
     tokens = ensure_tokens(project, encoder, data.example_ids)
@@ -289,11 +306,12 @@ def fit(run: TrainingRun, timings: dict[str, float]) -> SpanFitted:
             raise loop_base.TrainingError(
                 f"Example {pk}: {len(t)} tokens but {len(v)} token vectors (its tokens changed since it was "
                 "encoded). Re-import it.")
-    previous = (ModelVersion.objects.filter(project=project).order_by("-number")
+    # The newest version of this encoder: a fine-tune's candidate of another encoder may be the newest of all.
+    previous = (ModelVersion.objects.filter(project=project, encoder=encoder.name).order_by("-number")
                 .only("artifact", "encoder", "label_keys", "metrics", "number", "report_at").first())
     warm = None
     carried: dict[str, Any] = {}
-    if previous is not None and previous.encoder == encoder.name and previous.label_keys == data.label_keys:
+    if previous is not None and previous.label_keys == data.label_keys:
         try:
             warm = spanml.SpanModel.from_npz(bytes(previous.artifact))
         except (ValueError, KeyError, OSError):
@@ -364,6 +382,9 @@ def record(run: TrainingRun, fitted: SpanFitted, rows: list[ExampleScore], label
     project = run.project
     t0 = time.perf_counter()
     with transaction.atomic():
+        # The project's row lock numbers versions one at a time: a fine-tune's candidate may be recorded while a
+        # model update records its own (as learning.actions.record).
+        Project.objects.select_for_update().filter(pk=project.pk).first()
         number = (ModelVersion.objects.filter(project=project).order_by("-number")
                   .values_list("number", flat=True).first() or 0) + 1
         version = ModelVersion.objects.create(
