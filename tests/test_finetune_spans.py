@@ -274,6 +274,11 @@ def test_a_span_fine_tune_compares_on_held_out_sentences_promotes_and_the_loop_f
     assert ProjectEncoder.objects.get(project=project).finetune_run_id == run.pk
     assert served.serving_state(project.pk).version_id == candidate.pk
     assert span_loop.load_span_model(candidate).tagset.keys == candidate.label_keys
+    # Serving predicts spans with the fine-tuned encoder's token vectors (found by name, loaded from its folder).
+    from serving.predictions import predict
+
+    outcome = predict(project, texts=["Peter Blackburn flew to Brussels ."], route=False)
+    assert outcome.model.version_id == candidate.pk and outcome.model.encoder == run.encoder
     scores = ExampleScore.objects.filter(project=project)
     assert scores.count() == 10 and set(scores.values_list("model_version_number", flat=True)) == {candidate.number}
     card = (Path(settings.FINETUNE_DIR) / run.encoder_path / "README.md").read_text()
