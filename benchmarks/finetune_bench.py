@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("--labels", default="250,500,1000", help="comma-separated label counts")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-repeat", type=int, default=0,
+                        help="number of the first repeat (its seed): split the repeats over processes or machines")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--method", default="classifier", choices=[*METHODS, "both"],
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{n_classes} classes; device {args.device}", flush=True)
 
     results: list[dict[str, Any]] = []
-    for repeat in range(args.repeats):
+    for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
         order, frozen_points = picked_order(X, y, X_test, y_test, n_classes=n_classes, budget=budget, seed=repeat)
         for n in sizes:
             if n > len(order):

@@ -67,3 +67,27 @@ def test_a_cancelled_run_writes_nothing(tmp_path: Path) -> None:
 def test_it_refuses_labels_it_cannot_learn_from(tmp_path: Path, labels: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         finetune(default_model_path(), ["a", "b", "c"], labels, n_classes=2, out=tmp_path / "x")
+
+
+def test_the_linear_probe_fits_the_head_before_the_body_moves() -> None:
+    """LP-FT's first stage: on fixed features of three real-looking clusters, the fitted head
+    classifies them (a random head is at chance), and class weights keep a rare class."""
+    import torch
+
+    from learning.finetune import _fit_probe
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 32)) * 3
+    y = np.array([0] * 40 + [1] * 40 + [2] * 4)
+    features = torch.tensor(centres[y] + rng.normal(size=(len(y), 32)), dtype=torch.float32)
+    head = torch.nn.Linear(32, 3)
+    weights = torch.tensor([1.0, 1.0, 10.0])
+    _fit_probe(head, features, torch.as_tensor(y), weights)
+    predicted = head(features).argmax(dim=1).numpy()
+    assert (predicted == y).mean() > 0.95 and (predicted[y == 2] == 2).all()
+
+
+def test_it_refuses_an_unknown_head_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="head_init"):
+        finetune(default_model_path(), ["a", "b"], [0, 1], n_classes=2, out=tmp_path / "x",
+                 config=FinetuneConfig(head_init="zeros"))
