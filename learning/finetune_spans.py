@@ -42,6 +42,9 @@ from learning.finetune import (
 # What a span fine-tune records as its method (FinetuneRun.method): LABELHUB_FINETUNE_METHOD chooses between the
 # sentence-level methods; a span project has this one only.
 METHOD = "token-classifier"
+# The FinetuneConfig fields a token fine-tune reads (what its result records).
+_USED = ("epochs", "batch_size", "max_length", "learning_rate", "head_learning_rate", "weight_decay", "warmup_share",
+         "min_steps", "device", "seed")
 # Target of a word the model input does not hold whole (cut at a window's edge): left out of the loss.
 IGNORE = -100
 
@@ -59,7 +62,11 @@ class _Window:
 def _windows(model_path: str | os.PathLike[str], texts: Sequence[str], offsets: Sequence[Sequence[Sequence[int]]],
              tags: Sequence[np.ndarray], max_length: int) -> list[_Window]:
     """Model inputs of the texts: each text whole when its sub-words fit ``max_length`` (with the special tokens),
-    else cut into consecutive windows that do; a word split between two windows teaches nothing."""
+    else cut into consecutive windows that do; a word split between two windows teaches nothing.
+
+    A window's pooling matrix is `_pool_words` of the sub-word vectors "one-hot in the window, zero elsewhere": a
+    word's row sums to the share of its sub-words inside the window (1: it is whole there), and a word without a
+    sub-word of its own gets encode_tokens' fallback. Memory per window: sub-words x window width, not squared."""
     from learning.encoder import DEFAULT_TOKEN_POOLING, _OffsetTokenizer, _pool_words
 
     tokenizer = _OffsetTokenizer(Path(model_path))
@@ -70,22 +77,26 @@ def _windows(model_path: str | os.PathLike[str], texts: Sequence[str], offsets: 
         m = len(row)
         if m == 0 or len(words) == 0:
             continue
-        # (words, sub-words): the mean pooling encode_tokens applies, as a matrix.
-        pool = _pool_words(np.eye(m, dtype=np.float32), subs, words, DEFAULT_TOKEN_POOLING, m)
+        spans = np.asarray(words, dtype=np.int64).reshape(-1, 2)
         target = np.asarray(target, dtype=np.int64)
         for lo in range(0, m, width):
             hi = min(m, lo + width)
-            outside = pool[:, :lo].sum(axis=1) + pool[:, hi:].sum(axis=1)
-            inside = pool[:, lo:hi].sum(axis=1)
-            whole = (outside < 1e-6) & (inside > 0)
-            touched = inside > 0
+            # The words whose characters meet the window's (a contiguous run: words are sorted and disjoint).
+            first = int(np.searchsorted(spans[:, 1], subs[lo, 0], side="right"))
+            stop = int(np.searchsorted(spans[:, 0], subs[hi - 1, 1], side="left"))
+            if stop <= first:
+                continue
+            onehot = np.zeros((m, hi - lo), dtype=np.float32)
+            onehot[lo:hi] = np.eye(hi - lo, dtype=np.float32)
+            pool = _pool_words(onehot, subs, words[first:stop], DEFAULT_TOKEN_POOLING, hi - lo)
+            share = pool.sum(axis=1)
+            touched = share > 1e-6
             if not touched.any():
                 continue
-            part = pool[touched][:, lo:hi]
-            part_tags = np.where(whole[touched], target[touched], IGNORE)
+            whole = np.abs(share - 1.0) < 1e-4
+            part_tags = np.where(whole, target[first:stop], IGNORE)[touched]
             out.append(_Window(ids=[*tokenizer.prefix, *row[lo:hi], *tokenizer.suffix], start=len(tokenizer.prefix),
-                               pool=part,
-                               tags=part_tags.astype(np.int64)))
+                               pool=pool[touched], tags=part_tags.astype(np.int64)))
     return out
 
 
@@ -192,8 +203,9 @@ def finetune_tokens(
                 progress(step, total, loss_value)
     body.eval()
     save_encoder(body, tokenizer, model_path, out_path)
+    used = {k: v for k, v in asdict(config).items() if k in _USED}  # not the sentence-level methods' own settings
     return FinetuneResult(path=out_path, method=METHOD, seconds=time.perf_counter() - started, steps=step,
-                          final_loss=loss_value, config={**asdict(config), "method": METHOD})
+                          final_loss=loss_value, config={"method": METHOD, **used})
 
 
 def _padded(rows: list[list[int]], pad: int, device: str) -> tuple[Any, Any]:
