@@ -381,7 +381,7 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
     if run.project.is_span:
         from learning import span_loop
 
-        return span_loop.fit_and_score(run)
+        return span_loop.fit_and_score(run, project_encoder(run.project_id))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # One BLAS thread per job: on the 2 shared cores of a small deployment a multi-threaded

@@ -254,12 +254,14 @@ class SpanFitted:
         return len(self.data.example_ids)
 
 
-def fit_and_score(run: TrainingRun) -> ModelVersion:
-    """Refit the span model on every current answer, rescore the pool, store a new version (report follows)."""
+def fit_and_score(run: TrainingRun, encoder: Any) -> ModelVersion:
+    """Refit the span model on every current answer, rescore the pool, store a new version (report follows).
+    ``encoder``: the project's (learning.actions.project_encoder: the fine-tuned one a promotion chose, else the
+    configured one); the caller passes it, so this module does not import learning.actions, which imports it."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
-        fitted = fit(run, timings)
+        fitted = fit(run, timings, encoder=encoder)
         rows, labelled_ids, strategy = score(run, fitted, timings)
     version = record(run, fitted, rows, labelled_ids, strategy, timings)
     timings["total_s"] = time.perf_counter() - t0
@@ -267,10 +269,9 @@ def fit_and_score(run: TrainingRun) -> ModelVersion:
     return version
 
 
-def fit(run: TrainingRun, timings: dict[str, float], *, encoder: Any | None = None) -> SpanFitted:
+def fit(run: TrainingRun, timings: dict[str, float], *, encoder: Any) -> SpanFitted:
     """Fit the span model on every current answer, warm-started from the newest version of the same encoder.
-    ``encoder``: the token vectors to fit on (a fine-tune's candidate encoder), else the project's encoder's (the
-    fine-tuned one a promotion chose, as the embed job uses: learning.actions.project_encoder)."""
+    ``encoder``: whose token vectors to fit on (the project's, or a fine-tune's candidate encoder)."""
     project = run.project
     t0 = time.perf_counter()
     data = span_training_set(project)
@@ -293,10 +294,6 @@ def fit(run: TrainingRun, timings: dict[str, float], *, encoder: Any | None = No
             f"None of the {len(data.example_ids)} labelled examples has an entity tagged (all were answered "
             f"'no entity'){left_out}: the model needs tagged entities to learn from. Tag the entities of a few "
             "examples that have some. The previous model keeps serving.")
-    if encoder is None:
-        from learning.actions import project_encoder  # on use: learning.actions dispatches span projects here
-
-        encoder = project_encoder(project.pk)
     tagset = spanml.TagSet(data.label_keys)
     targets = tag_targets(data, tagset)
     tokens = ensure_tokens(project, encoder, data.example_ids)
