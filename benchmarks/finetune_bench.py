@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                     "frozen_ece": float(point["ece"]), "finetuned_ece": figures["ece"],
                     "finetune_seconds": done.seconds, "finetune_steps": done.steps,
                     "finetuned_macro_f1_interval": f1_interval(y_test, pred, n_classes),
-                    "cpu_seconds_with_reembedding": cpu, "device": args.device,
+                    "cpu_seconds_with_reembedding": cpu, "device": args.device, "finetune_config": done.config,
                 }
                 results.append(result)
                 print(f"N={n} r={repeat} {method}: frozen {result['frozen_macro_f1']:.3f} → fine-tuned "
