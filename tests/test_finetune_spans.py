@@ -29,7 +29,14 @@ from projects import taxonomy
 from projects.models import Example, Project
 from projects.spanformats import spans_from_tags
 from serving import served
-from tests.test_finetune_app import finetune_env, start_finetune, start_worker, status_of, with_model  # noqa: F401
+from tests.test_finetune_app import (  # noqa: F401
+    finetune_env,
+    shoot,
+    start_finetune,
+    start_worker,
+    status_of,
+    with_model,
+)
 
 CONLL = Path(django_settings.BASE_DIR).parent / "shared" / "data" / "conll2003" / "train.jsonl"
 ENTITY_TYPES = ["LOC", "MISC", "ORG", "PER"]
@@ -301,7 +308,8 @@ def test_a_span_fine_tune_compares_on_held_out_sentences_promotes_and_the_loop_f
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_fine_tunes_a_span_project_and_a_cancelled_one_leaves_nothing(
         team: Any, alice: Any, login: Callable[[Any], Client], start_worker: Any,  # noqa: F811
-        wait_for: Callable[..., None], span_data_dir: None, settings: Any) -> None:
+        wait_for: Callable[..., None], span_data_dir: None, settings: Any,
+        shoot: Callable[..., bool]) -> None:  # noqa: F811
     project = span_project(team, alice)
     add_sentences(project, alice, 80, labelled=70)
     worker = start_worker()
@@ -318,6 +326,8 @@ def test_a_real_worker_fine_tunes_a_span_project_and_a_cancelled_one_leaves_noth
     expected = run.candidate_version.pk if wins else current.pk
     wait_for(lambda: served.serving_state(project.pk).version_id == expected, timeout=60, process=worker)
     serving_now = expected
+    # The Versions page compares the two on held-out entity F1 (looked at: var/screenshots/span-finetune-compared.png).
+    shoot(project, "span-finetune-compared.png", wait_for_text="entity F1")
 
     # A second one, cancelled while it fine-tunes: no folder, no vectors of its encoder, nothing serving changed.
     second = start_finetune(login(alice), project)
