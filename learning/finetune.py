@@ -179,6 +179,23 @@ def finetune(
                           steps=steps, final_loss=loss, config=asdict(config))
 
 
+def optimiser_step(loss: Any, body: Any, optimizer: Any, scheduler: Any, scaler: Any | None) -> None:
+    """One update: backward (loss-scaled when ``scaler``), the body's gradients clipped to norm 1, step, schedule."""
+    torch = _torch()
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(body.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(body.parameters(), 1.0)
+        optimizer.step()
+    scheduler.step()
+
+
 def _schedule(optimizer: Any, total: int, warmup: int) -> Any:
     torch = _torch()
 
@@ -234,18 +251,7 @@ def _classifier(model_path: str | os.PathLike[str], texts: Sequence[str], y: np.
                 hidden = body(**batch).last_hidden_state
                 logits = head(_features(_mean_pool(hidden, batch["attention_mask"]).float(), config))
                 loss = loss_fn(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(body.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(body.parameters(), 1.0)
-                optimizer.step()
-            scheduler.step()
+            optimiser_step(loss, body, optimizer, scheduler, scaler)
             step += 1
             loss_value = float(loss.detach())
             if progress is not None:

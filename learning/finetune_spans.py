@@ -36,6 +36,7 @@ from learning.finetune import (
     _load_body,
     _schedule,
     _torch,
+    optimiser_step,
     save_encoder,
 )
 
@@ -185,18 +186,7 @@ def finetune_tokens(
                 hidden = body(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 words = _word_vectors(hidden.float(), batch, config.device)
                 loss = loss_fn(head(words).float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(body.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(body.parameters(), 1.0)
-                optimizer.step()
-            scheduler.step()
+            optimiser_step(loss, body, optimizer, scheduler, scaler)
             step += 1
             loss_value = float(loss.detach())
             if progress is not None:
