@@ -70,6 +70,8 @@ def model_quality(project: Project, latest: dict[str, Any] | None,
     return {
         "number": latest["number"], "n_labels": latest["n_labels"], "created_at": latest["created_at"],
         "n_eval": metrics.n_eval, "accuracy": metrics.interval("accuracy"),
+        # After a fine-tune: measured only on labels its encoder never saw, or (too few of those) on all of them.
+        "unseen_only": bool(metrics.raw.get("unseen_only")), "trained_on": int(metrics.raw.get("trained_on") or 0),
         "macro_f1": metrics.interval("macro_f1"), "ece": metrics.ece,
         "per_class": per_class, "has_intervals": any(row["low"] is not None for row in per_class),
         "confusion": {"labels": names, "rows": matrix}, "reliability": points,

@@ -569,7 +569,8 @@ def _started(run: FinetuneRun, tracker: _Tracker, base: Any, ids: np.ndarray, tr
     current_version = (ModelVersion.objects.filter(project=run.project, encoder=base.name)
                        .order_by("-number").first())
     tracker.update(n_labels=len(ids), n_train=len(train_rows), n_heldout=len(held_ids), base_encoder=base.name,
-                   heldout_ids=[int(i) for i in held_ids], current_version=current_version,
+                   heldout_ids=[int(i) for i in held_ids], trained_ids=[int(i) for i in ids[train_rows]],
+                   current_version=current_version,
                    to_embed=Example.objects.filter(project=run.project).count())
 
 

@@ -227,8 +227,14 @@ def out_of_fold_logits(
     warm_start: bayes.Posterior | None = None,
     should_stop: Callable[[], bool] | None = None,
     bias_feature: float | None = None,
+    evaluate_on: np.ndarray | None = None,
 ) -> OutOfFold | None:
     """Each item's logit mean and variance from a ``bayes.fit`` on the folds that exclude it.
+
+    ``evaluate_on`` (bool mask): only those items are held out and get moments (the OutOfFold then
+    has their rows only, in order); the others are in every fold's training part. The quality
+    report of a fine-tuned encoder's model uses it: the items the encoder was trained on sit
+    closer to their labels than new text will, so only the others can measure it.
 
     A fold whose training part lacks a second class cannot be fitted; its items get the
     training part's label frequencies (smoothed) instead. ``warm_start`` (the model fitted on
@@ -242,8 +248,10 @@ def out_of_fold_logits(
     X = np.asarray(X)
     y = np.asarray(y)
     n = X.shape[0]
-    folds = max(2, min(folds, n))
-    assignment = stratified_folds(y, folds, rng, multi_label=multi_label)
+    evaluated = np.arange(n) if evaluate_on is None else np.flatnonzero(np.asarray(evaluate_on, dtype=bool))
+    folds = max(2, min(folds, len(evaluated)))
+    assignment = np.full(n, -1)
+    assignment[evaluated] = stratified_folds(y[evaluated], folds, rng, multi_label=multi_label)
     mu = np.zeros((n, n_classes))
     var = np.zeros((n, n_classes))
     fitted = np.full(n, True)
@@ -269,7 +277,8 @@ def out_of_fold_logits(
             else:
                 counts = np.bincount(y[~held], minlength=n_classes) + 1.0
                 fallback[held] = counts / counts.sum()
-    return OutOfFold(mu=mu, var=var, fitted=fitted, fallback=fallback, multi_label=multi_label)
+    return OutOfFold(mu=mu[evaluated], var=var[evaluated], fitted=fitted[evaluated], fallback=fallback[evaluated],
+                     multi_label=multi_label)
 
 
 def fit_out_of_fold_calibration(oof: OutOfFold, y: np.ndarray) -> tuple[float, float]:

@@ -263,6 +263,9 @@ class FinetuneRun(models.Model):
     encoder_path = models.CharField(max_length=500, blank=True, help_text="Its folder, under FINETUNE_DIR.")
     finetune_seconds = models.FloatField(null=True, blank=True)
     heldout_ids = models.JSONField(default=list, blank=True)
+    trained_ids = models.JSONField(default=list, blank=True,
+                                   help_text="The labelled examples the encoder was fine-tuned on: its model's quality "
+                                             "report is measured on the others.")
     candidate_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
                                           related_name="+")
     current_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
@@ -298,6 +301,26 @@ class FinetuneRun(models.Model):
         return {"phase": self.phase, "step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
                 "epochs": self.epochs, "embedded": self.embedded, "to_embed": self.to_embed,
                 "seconds_left": None if self.seconds_left is None else round(self.seconds_left, 1)}
+
+
+def trained_example_ids(project_id: int, encoder_name: str) -> set[int] | None:
+    """The examples an encoder was fine-tuned on, through every fine-tune it descends from; None for an encoder no
+    fine-tune of this project produced (the configured one), or one whose run predates ``trained_ids``."""
+    seen: set[int] = set()
+    name, found = encoder_name, False
+    for _ in range(1000):  # a chain of fine-tunes, each from the encoder of the one before
+        run = (FinetuneRun.objects.filter(project_id=project_id, encoder=name).exclude(encoder_path="")
+               .order_by("-number").only("trained_ids", "n_train", "base_encoder").first())
+        if run is None:
+            break
+        if run.n_train and not run.trained_ids:
+            return None
+        found = True
+        seen.update(int(i) for i in run.trained_ids)
+        if not run.base_encoder or run.base_encoder == name:
+            break
+        name = run.base_encoder
+    return seen if found else None
 
 
 class ProjectEncoder(models.Model):

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from annotation.models import Annotation, ExampleScore
 from learning import acquisition, loop_base, span_quality, store, token_store
 from learning import spans as spanml
-from learning.models import ModelVersion, TrainingRun
+from learning.models import ModelVersion, TrainingRun, trained_example_ids
 from projects.models import Example, Label, Project
 
 logger = logging.getLogger(__name__)
@@ -418,11 +418,14 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
     targets = tag_targets(data, tagset)
     vectors = ensure_tokens(project, encoder, data.example_ids).get(data.example_ids)
     model = spanml.SpanModel.from_npz(bytes(version.artifact))  # a copy: calibrate() changes it
+    # A fine-tuned encoder's model is measured on the sentences that encoder was not trained on.
+    trained = trained_example_ids(project.pk, version.encoder)
+    unseen = None if trained is None else ~np.isin(np.asarray(data.example_ids), list(trained))
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
         try:
             report = span_quality.evaluate(vectors, targets, tagset, label_names=data.label_names, seed=version.pk,
-                                           model=model, should_stop=should_stop)
+                                           model=model, should_stop=should_stop, unseen=unseen)
         except span_quality.ReportInterrupted:
             return None
         # Its own temperature and variance scale (folds by sentence) replace those carried from the previous version.

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from learning import acquisition, metrics
+from learning import acquisition, metrics, quality
 from learning import spans as spanml
 
 MAX_EVAL_ITEMS = 2000
@@ -130,16 +130,22 @@ def label_errors(gold: Sequence[set[spanml.Entity]], pred: Sequence[set[spanml.E
 
 def evaluate(vectors: Sequence[np.ndarray], targets: Sequence[np.ndarray], tagset: spanml.TagSet, *,
              label_names: Sequence[str], seed: int, model: spanml.SpanModel,
-             should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """The cross-validated report of a span model (JSON-safe dict for ``ModelVersion.metrics``)."""
+             should_stop: Callable[[], bool] | None = None, unseen: np.ndarray | None = None) -> dict[str, Any]:
+    """The cross-validated report of a span model (JSON-safe dict for ``ModelVersion.metrics``).
+
+    ``unseen`` (bool per sentence): after a fine-tune, the sentences its encoder was not trained on; only they are
+    measured (every fold trains on the rest too), as ``quality.evaluate`` does for classification.
+    """
     rng = np.random.default_rng(seed)
     n = len(vectors)
-    keep = np.sort(rng.choice(n, MAX_EVAL_ITEMS, replace=False)) if n > MAX_EVAL_ITEMS else np.arange(n)
-    folds = rng.permutation(len(keep)) % FOLDS
+    keep, measured = quality.evaluation_rows(n, unseen, rng)
+    folds = np.full(len(keep), -1)
+    at = np.arange(len(keep)) if measured is None else np.flatnonzero(measured)
+    folds[at] = rng.permutation(len(at)) % FOLDS
     predicted: list[set[spanml.Entity]] = [set() for _ in keep]
     span_conf: list[list[tuple[spanml.Entity, float]]] = [[] for _ in keep]
     example_conf = np.ones(len(keep))
-    for fold in range(min(FOLDS, len(keep))):
+    for fold in range(min(FOLDS, len(at))):
         if should_stop is not None and should_stop():
             raise ReportInterrupted
         test = np.flatnonzero(folds == fold)
@@ -154,6 +160,11 @@ def evaluate(vectors: Sequence[np.ndarray], targets: Sequence[np.ndarray], tagse
             predicted[i] = spanml.entities_from_ids(out[j].tags, tagset)
             span_conf[i] = [((s["label"], s["start"], s["end"]), float(s["confidence"])) for s in out[j].spans]
             example_conf[i] = _example_confidence(out[j].marginals)
+    if measured is not None:  # only the sentences the encoder never saw are scored
+        predicted = [predicted[j] for j in at]
+        span_conf = [span_conf[j] for j in at]
+        example_conf = example_conf[at]
+        keep = keep[at]
     gold = [spanml.entities_from_ids(targets[i], tagset) for i in keep.tolist()]
     keys = list(tagset.keys)
     report = spanml.entity_report(gold, predicted, keys, level=LEVEL, n_boot=N_BOOTSTRAP, rng=rng)
@@ -185,6 +196,8 @@ def evaluate(vectors: Sequence[np.ndarray], targets: Sequence[np.ndarray], tagse
         "span_ece": spanml.span_calibration_error(np.array([c for c, _ in flat]), np.array([ok for _, ok in flat]))
         if flat else None,
         "interval_level": LEVEL,
+        **({} if unseen is None else {"unseen_only": measured is not None,
+                                      "trained_on": 0 if measured is not None else int(n - np.sum(unseen))}),
     })
 
 

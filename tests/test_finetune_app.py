@@ -287,7 +287,8 @@ def test_it_fine_tunes_compares_and_promotes_or_keeps_through_a_real_worker(
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_better_candidate_replaces_the_model_scores_the_queue_and_serves(
-        questions: Project, alice: Any, finetune_env: dict[str, str], settings: Any, monkeypatch: Any) -> None:
+        questions: Project, alice: Any, finetune_env: dict[str, str], settings: Any, monkeypatch: Any,
+        login: Callable[[Any], Client]) -> None:
     # The fine-tune of the worker test above, in this process, with the comparison's verdict forced to "better":
     # whether a 12-step fine-tune beats the frozen encoder depends on the data, the promotion path must not.
     settings.FINETUNE_DEVICE, settings.FINETUNE_EPOCHS, settings.FINETUNE_MIN_STEPS = "cpu", 1, 12
@@ -317,6 +318,15 @@ def test_a_better_candidate_replaces_the_model_scores_the_queue_and_serves(
     update = learning_actions.run_training(questions.pk)
     assert update is not None and update.model_version is not None, update and update.error
     assert update.model_version.encoder == run.encoder and update.timings["warm_start"] == 1.0
+    # Its quality report is measured on the labels the fine-tuned encoder never saw: the held-out ones.
+    labelled = set(Annotation.objects.filter(example__project=questions).values_list("example_id", flat=True))
+    assert set(run.trained_ids) == labelled - set(run.heldout_ids) and len(run.trained_ids) == run.n_train
+    reported = learning_actions.report_project(questions.pk)
+    assert reported is not None and reported.pk == update.model_version.pk
+    assert reported.metrics["unseen_only"] is True and reported.metrics["trained_on"] == 0
+    assert reported.metrics["n_eval"] == run.n_heldout == 15
+    page = login(alice).get(reverse("learning:dashboard", args=[questions.pk])).content.decode()
+    assert "cross-validated on 15 labels its fine-tuned encoder never saw" in page
 
 
 @pytest.mark.slow
@@ -636,3 +646,23 @@ def test_simulate_fine_tunes_real_questions_during_a_replay(tmp_path: Path, sett
     with pytest.raises(CommandError, match="--finetune-at"):
         call_command("simulate", "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
                      "--finetune-at", "x", "--out", str(out))
+
+
+@pytest.mark.django_db
+def test_the_labels_an_encoder_saw_add_up_along_its_chain_of_fine_tunes(questions: Project) -> None:
+    from learning.models import trained_example_ids
+
+    def run(number: int, encoder: str, base: str, trained: list[int], *, path: str = "x") -> None:
+        FinetuneRun.objects.create(project=questions, number=number, status=FinetuneStatus.SUCCEEDED, encoder=encoder,
+                                   encoder_path=path, base_encoder=base, n_train=len(trained) or 5,
+                                   trained_ids=trained)
+
+    run(1, "ft-1", "minilm", [1, 2])
+    run(2, "ft-2", "ft-1", [2, 3])  # fine-tuned from the first one's encoder: it saw both runs' labels
+    assert trained_example_ids(questions.pk, "ft-2") == {1, 2, 3}
+    assert trained_example_ids(questions.pk, "ft-1") == {1, 2}
+    assert trained_example_ids(questions.pk, "minilm") is None  # the configured encoder saw no label
+    run(3, "ft-3", "minilm", [])  # a run from before the field: which labels it saw is not known
+    assert trained_example_ids(questions.pk, "ft-3") is None
+    run(4, "ft-4", "ft-4", [7], path="")  # no folder: not an encoder anything serves with
+    assert trained_example_ids(questions.pk, "ft-4") is None

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from learning import bayes, quality
+from learning import bayes, metrics, quality
 
 
 def blobs(n: int, k: int = 3, d: int = 12, spread: float = 1.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +75,67 @@ def test_it_gives_the_same_quality_with_a_warm_model_as_with_cold_folds_at_its_p
                                          prior_precision=post.prior_precision)
     assert abs(warm.ece - metrics.expected_calibration_error(cold, y)) < 1e-3
     assert warm.accuracy["value"] == metrics.accuracy(y, cold.argmax(axis=1))
+
+
+def memorised(n_seen: int, n_unseen: int, n_test: int, *, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Three noisy classes where the first ``n_seen`` items sit on their class centre, as the items a fine-tuned
+    encoder was trained on sit close to their labels; the rest and a test split keep the noise of new text."""
+    rng = np.random.default_rng(seed)
+    k, d = 3, 12
+    centers = rng.standard_normal((k, d))
+    n = n_seen + n_unseen + n_test
+    y = rng.integers(0, k, n)
+    X = centers[y] + 2.0 * rng.standard_normal((n, d))
+    X[:n_seen] = centers[y[:n_seen]] + 0.05 * rng.standard_normal((n_seen, d))
+    m = n_seen + n_unseen
+    return X[:m].astype(np.float32), y[:m], X[m:].astype(np.float32), y[m:]
+
+
+def test_after_a_fine_tune_the_report_measures_only_the_labels_its_encoder_never_saw() -> None:
+    X, y, X_test, y_test = memorised(300, 300, 2000)
+    unseen = np.arange(len(y)) >= 300
+    post = bayes.fit(X, y, n_classes=3)
+    names = ["a", "b", "c"]
+    flattering = quality.evaluate(X, y, n_classes=3, label_names=names, multi_label=False, seed=1, posterior=post)
+    honest = quality.evaluate(X, y, n_classes=3, label_names=names, multi_label=False, seed=1, posterior=post,
+                              unseen=unseen)
+    assert flattering.n_eval == 600 and "unseen_only" not in flattering.extra
+    assert honest.n_eval == 300 and honest.extra == {"trained_on": 0, "unseen_only": True}
+    assert sum(row["support"] for row in honest.per_class) == 300
+    truth = metrics.accuracy(y_test, post.predict_proba(X_test).argmax(axis=1))
+    # Measured on every label, the report is far above what the model does on new text; on the unseen ones, close.
+    assert flattering.accuracy["value"] > truth + 0.1
+    assert abs(honest.accuracy["value"] - truth) < 0.04
+    # The calibration fitted on the unseen labels is the one that holds on new text.
+    for report in (flattering, honest):
+        quality.calibrate(post, X, y, seed=1, report=report)
+        report.extra["test_ece"] = metrics.expected_calibration_error(post.predict_proba(X_test), y_test)
+    assert honest.extra["test_ece"] < flattering.extra["test_ece"] - 0.03
+
+
+def test_with_too_few_unseen_labels_the_report_uses_all_and_says_how_many_were_seen() -> None:
+    X, y, _, _ = memorised(300, quality.MIN_UNSEEN - 1, 0)
+    unseen = np.arange(len(y)) >= 300
+    report = quality.evaluate(X, y, n_classes=3, label_names=["a", "b", "c"], multi_label=False, seed=2,
+                              unseen=unseen)
+    assert report.n_eval == len(y) and report.extra == {"trained_on": 300, "unseen_only": False}
+
+
+def test_out_of_fold_on_a_subset_trains_every_fold_on_the_rest() -> None:
+    X, y = blobs(200, seed=8)
+    everything = metrics.out_of_fold_logits(X, y, n_classes=3, rng=np.random.default_rng(3))
+    same = metrics.out_of_fold_logits(X, y, n_classes=3, rng=np.random.default_rng(3),
+                                      evaluate_on=np.ones(len(y), dtype=bool))
+    assert everything is not None and same is not None and np.allclose(everything.mu, same.mu)
+    some = np.zeros(len(y), dtype=bool)
+    some[::4] = True
+    part = metrics.out_of_fold_logits(X, y, n_classes=3, rng=np.random.default_rng(3), evaluate_on=some)
+    assert part is not None and part.mu.shape == (50, 3) and part.fitted.all()
+    # Each measured item's moments come from a model fitted on every other item but its fold's: on the rest
+    # (150 items) plus four fifths of the subset, so better than a model fitted on the subset's folds alone.
+    alone = metrics.out_of_fold_logits(X[some], y[some], n_classes=3, rng=np.random.default_rng(3))
+    assert alone is not None
+    assert (part.mu.argmax(axis=1) == y[some]).mean() >= (alone.mu.argmax(axis=1) == y[some]).mean()
 
 
 def test_it_stores_the_curve_with_each_model_version_and_warm_starts_the_next_update(project, alice,
