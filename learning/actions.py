@@ -181,6 +181,24 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
     return total
 
 
+def embedded_with(project_id: int, encoder: Any, ids: np.ndarray) -> store.ProjectEmbeddings:
+    """The project's vectors from ``encoder``, after encoding (and storing under its name) those of ``ids`` it
+    lacks: the mislabel finder judges every labelled item with the configured encoder once a fine-tuned one
+    serves (`learning.review_candidates`), and items imported since then have only the fine-tuned vectors."""
+    have = store.load(project_id, encoder.name)
+    todo = np.asarray(ids, dtype=np.int64)[~have.has(np.asarray(ids, dtype=np.int64))]
+    for start in range(0, len(todo), settings.EMBED_BATCH):
+        part = todo[start:start + settings.EMBED_BATCH]
+        rows = dict(Example.objects.filter(id__in=part.tolist()).values_list("id", "text"))
+        part = np.array([i for i in part.tolist() if i in rows], dtype=np.int64)
+        if len(part):
+            vectors = encoder.encode([rows[i] for i in part.tolist()])
+            EmbeddingChunk.objects.create(project_id=project_id, encoder=encoder.name, dim=vectors.shape[1],
+                                          count=len(part), example_ids=part.tobytes(),
+                                          vectors=vectors.astype(np.float16).tobytes())
+    return store.load(project_id, encoder.name) if len(todo) else have
+
+
 def seed_queue(project: Project) -> int:
     """Before any model: rank a diverse, representative seed batch first in the queue."""
     emb = store.load(project.pk, project_encoder(project.pk).name)

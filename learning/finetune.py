@@ -353,3 +353,18 @@ def _setfit(model_path: str | os.PathLike[str], texts: Sequence[str], y: np.ndar
     out.mkdir(parents=True, exist_ok=True)
     body.save(str(out))
     return int(seen["step"]), float(seen["loss"])
+
+
+def heldout_split(y: np.ndarray, n_classes: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) of labels ``y``: per label, ``share`` of its items held out (at least one, and
+    never all of them: a label with a single item stays in training only)."""
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    for c in range(n_classes):
+        rows = np.flatnonzero(y == c)
+        if len(rows) < 2:
+            continue
+        k = min(len(rows) - 1, max(1, int(round(share * len(rows)))))
+        held.extend(int(i) for i in rng.choice(rows, size=k, replace=False))
+    held_rows = np.array(sorted(held), dtype=np.int64)
+    return np.setdiff1d(np.arange(len(y)), held_rows), held_rows

@@ -51,7 +51,7 @@ from labelhub.errors import ActionError, ConflictError
 from labelhub.jobs import enqueue, job_waiting, uses_rq
 from learning import actions, bayes, events, exports, finetune_spans, metrics, span_loop, store
 from learning import spans as spanml
-from learning.finetune import METHODS, FinetuneCancelled, FinetuneConfig, FinetuneResult, finetune
+from learning.finetune import METHODS, FinetuneCancelled, FinetuneConfig, FinetuneResult, finetune, heldout_split
 from learning.loop_base import TrainingError, finetuned_encoder
 from learning.models import (
     FINETUNE_ACTIVE,
@@ -377,21 +377,6 @@ def finetune_config(device: str | None = None) -> FinetuneConfig:
         if value > 0:
             overrides[name] = value
     return FinetuneConfig.for_device(device, **overrides)
-
-
-def heldout_split(y: np.ndarray, n_classes: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, held-out rows) of labels ``y``: per label, ``share`` of its items held out (at least one, and
-    never all of them: a label with a single item stays in training only)."""
-    rng = np.random.default_rng(seed)
-    held: list[int] = []
-    for c in range(n_classes):
-        rows = np.flatnonzero(y == c)
-        if len(rows) < 2:
-            continue
-        k = min(len(rows) - 1, max(1, int(round(share * len(rows)))))
-        held.extend(int(i) for i in rng.choice(rows, size=k, replace=False))
-    held_rows = np.array(sorted(held), dtype=np.int64)
-    return np.setdiff1d(np.arange(len(y)), held_rows), held_rows
 
 
 def _fit_and_predict(X_train: np.ndarray, y_train: np.ndarray, X_held: np.ndarray, n_classes: int) -> np.ndarray:

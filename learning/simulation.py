@@ -57,13 +57,16 @@ def _update(
 
 
 def _report(
-    posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, seed: int
+    posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, seed: int,
+    unseen: np.ndarray | None = None,
 ) -> bayes.Posterior:
     """The quality report job (``learning.actions.report_version``), minus the database: one
-    cross-validation at the model's prior precision whose out-of-fold logits give the calibration."""
+    cross-validation at the model's prior precision whose out-of-fold logits give the calibration
+    (after a fine-tune, on the labels its encoder was not trained on: ``unseen``, as the app does)."""
     names = [str(k) for k in range(n_classes)]
     report = quality.evaluate(
-        X, y, n_classes=n_classes, label_names=names, multi_label=multi_label, seed=seed, posterior=posterior
+        X, y, n_classes=n_classes, label_names=names, multi_label=multi_label, seed=seed, posterior=posterior,
+        unseen=unseen,
     )
     return quality.calibrate(posterior, X, y, seed=seed, report=report)
 
@@ -168,6 +171,7 @@ def run_strategy(
     order = list(labelled)
     points: list[dict[str, float]] = []
     previous: bayes.Posterior | None = None
+    seen: np.ndarray | None = None  # the train rows the features' encoder was fine-tuned on, once one was
     updates = 0
     if trace is not None:
         trace.append({"n_labels": len(order), "chosen": [int(i) for i in labelled], "seed_batch": True})
@@ -182,8 +186,10 @@ def run_strategy(
             record = _finetune_step(refeaturize, heldout_rule, X_train, y_train, idx, n_classes, seed)
             finetunes += 1
             finetune_seconds = float(record["seconds"])
+            trained_rows = record.pop("trained_rows", None)
             if record["promoted"]:
                 X_train, X_test = record.pop("X_train"), record.pop("X_test")
+                seen = trained_rows  # this fine-tune started from the configured encoder: only its rows
                 previous = None  # other features: the layer fits cold, as a fine-tune's candidate does
                 density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
                            if spec.density else None)
@@ -233,7 +239,8 @@ def run_strategy(
         if posterior is not None:
             if updates % max(1, report_every) == 0 or remaining <= 0:
                 posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
-                                    multi_label=multi_label, seed=report_seed)
+                                    multi_label=multi_label, seed=report_seed,
+                                    unseen=None if seen is None else ~np.isin(idx, seen))
             previous = posterior
         updates += 1
         report_seconds = time.perf_counter() - report_started
@@ -271,6 +278,7 @@ def _finetune_step(refeaturize: Refeaturize, rule: HeldoutRule | None, X_train: 
                               "promoted": True, "seconds": 0.0, "heldout": 0}
     if rule is None:
         record["X_train"], record["X_test"], record["seconds"] = refeaturize(idx, seed)
+        record["trained_rows"] = idx
         return record
     y = np.asarray(y_train)[idx]
     train, held = rule.split(y, n_classes, seed)
@@ -285,7 +293,7 @@ def _finetune_step(refeaturize: Refeaturize, rule: HeldoutRule | None, X_train: 
     record.update(current_macro_f1=float(comparison["current"]["macro_f1"]["value"]),
                   candidate_macro_f1=float(comparison["candidate"]["macro_f1"]["value"]),
                   promoted=bool(comparison["candidate_wins"]), seconds=float(seconds), heldout=int(len(held)),
-                  X_train=X_new, X_test=X_test_new)
+                  X_train=X_new, X_test=X_test_new, trained_rows=idx[train])
     return record
 
 

@@ -588,7 +588,18 @@ def test_promoting_a_version_makes_its_encoder_the_projects(trained: Project, al
 # --- The harness ----------------------------------------------------------------------------------------------------
 
 
-def test_a_replay_fine_tunes_at_the_label_counts_asked_and_goes_on_with_the_new_features() -> None:
+def test_a_replay_fine_tunes_at_the_label_counts_asked_and_goes_on_with_the_new_features(monkeypatch: Any) -> None:
+    from learning import quality
+
+    reports: list[tuple[int, int | None]] = []  # (labels, of them unseen by the fine-tuned encoder) per report
+    evaluate = quality.evaluate
+
+    def spy(X: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
+        unseen = kwargs.get("unseen")
+        reports.append((len(y), None if unseen is None else int(np.sum(unseen))))
+        return evaluate(X, y, **kwargs)
+
+    monkeypatch.setattr(quality, "evaluate", spy)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 8))
     y = rng.integers(0, 3, 300)
@@ -610,6 +621,9 @@ def test_a_replay_fine_tunes_at_the_label_counts_asked_and_goes_on_with_the_new_
     assert [p["finetunes"] for p in points] == [0, 0, 1, 1, 1]
     assert [p["finetune_seconds"] for p in points] == [0.0, 0.0, 1.5, 0.0, 0.0]
     assert points[2]["macro_f1"] > points[1]["macro_f1"] + 0.1  # the curve goes on with the sharper features
+    # As in the app, the report after the fine-tune measures the labels its encoder was not trained on: none at
+    # 60 (then it uses all), the 20 and 40 labelled since at 80 and 100.
+    assert reports == [(20, None), (40, None), (60, 0), (80, 20), (100, 40)]
     plain = simulation.simulate(X_train=X, y_train=y, X_test=X_test, y_test=y_test, n_classes=3,
                                 strategies=["random"], seed_size=20, batch_size=20, budget=100, repeats=1)
     assert "finetunes" not in plain["strategies"]["random"]["runs"][0]["points"][0]
