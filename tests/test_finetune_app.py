@@ -151,26 +151,29 @@ def shoot(request: pytest.FixtureRequest) -> Callable[..., bool]:
     the fine-tuning region shows the text (False, and nothing else checked, where Chromium is not installed: the
     test client checks the same page)."""
 
-    def shoot(project: Project, name: str, *, wait_for_text: str) -> bool:
+    def shoot(project: Project, name: str, *, wait_for_text: str, url: str = "serving:versions",
+              region: str = "#finetune-panel") -> bool:
         try:
             browser = request.getfixturevalue("browser")
         except pytest.skip.Exception:
             return False
-        _shoot(browser, request.getfixturevalue("live_server"), project, name, wait_for_text=wait_for_text)
+        _shoot(browser, request.getfixturevalue("live_server"), project, name, wait_for_text=wait_for_text, url=url,
+               region=region)
         return True
 
     return shoot
 
 
-def _shoot(browser: Any, live_server: Any, project: Project, name: str, *, wait_for_text: str) -> None:
+def _shoot(browser: Any, live_server: Any, project: Project, name: str, *, wait_for_text: str,
+           url: str = "serving:versions", region: str = "#finetune-panel") -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 1100})
     page.goto(f"{live_server.url}/accounts/login/")
     page.fill("input[name=username]", "alice")
     page.fill("input[name=password]", "alice-password-123")
     page.click("main button[type=submit]")
     page.wait_for_url(f"{live_server.url}/")
-    page.goto(f"{live_server.url}{reverse('serving:versions', args=[project.pk])}")
-    page.wait_for_selector(f"#finetune-panel:has-text('{wait_for_text}')", timeout=20_000)
+    page.goto(f"{live_server.url}{reverse(url, args=[project.pk])}")
+    page.wait_for_selector(f"{region}:has-text('{wait_for_text}')", timeout=20_000)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
     page.close()
@@ -285,10 +288,11 @@ def test_it_fine_tunes_compares_and_promotes_or_keeps_through_a_real_worker(
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_a_better_candidate_replaces_the_model_scores_the_queue_and_serves(
         questions: Project, alice: Any, finetune_env: dict[str, str], settings: Any, monkeypatch: Any,
-        login: Callable[[Any], Client]) -> None:
+        login: Callable[[Any], Client], shoot: Callable[..., bool]) -> None:
     # The fine-tune of the worker test above, in this process, with the comparison's verdict forced to "better":
     # whether a 12-step fine-tune beats the frozen encoder depends on the data, the promotion path must not.
     settings.FINETUNE_DEVICE, settings.FINETUNE_EPOCHS, settings.FINETUNE_MIN_STEPS = "cpu", 1, 12
@@ -327,6 +331,8 @@ def test_a_better_candidate_replaces_the_model_scores_the_queue_and_serves(
     assert reported.metrics["n_eval"] == run.n_heldout == 15
     page = login(alice).get(reverse("learning:dashboard", args=[questions.pk])).content.decode()
     assert "cross-validated on 15 labels its fine-tuned encoder never saw" in page
+    shoot(questions, "dashboard-after-finetune.png", wait_for_text="its fine-tuned encoder never saw",
+          url="learning:dashboard", region="main")
 
 
 @pytest.mark.slow
