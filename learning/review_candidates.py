@@ -454,7 +454,7 @@ def inputs_for(version: ModelVersion) -> Inputs | None:
         return None
     encoder_name = version.encoder
     # A fine-tuned encoder has learnt the labels it was trained on, the wrong ones too: with its vectors the
-    # finder flagged 51 % (hwu64) and 21 % (trec) of the flips among them, against 92 % and 91 % with the
+    # finder flagged 43 % (hwu64) and 12 % (trec) of the flips among them, against 95 % and 88 % with the
     # configured encoder's (benchmarks/README.md, "The mislabel finder after a fine-tune"). So the review judges
     # with the configured encoder, which never saw a label, and a model fitted on its vectors.
     apart = trained_example_ids(project.pk, version.encoder) is not None

@@ -266,6 +266,11 @@ def test_the_ner_harness_says_which_row_is_bad(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match=r"bad.jsonl:2: 2 tokens but 1 tags"):
         call_command("simulate", task="ner", train=str(bad), test=str(bad), out=str(tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
+    # Fine-tuning during a span replay is not offered: refused, not ignored.
+    with pytest.raises(CommandError, match=r"--finetune-at replays classification only"):
+        call_command("simulate", task="ner", train=str(bad), test=str(bad), out=str(tmp_path / "x.json"),
+                     finetune_at="500")
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_the_span_replay_updates_as_the_app_does(monkeypatch: pytest.MonkeyPatch, encoder) -> None:  # type: ignore[no-untyped-def]

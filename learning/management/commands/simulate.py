@@ -125,6 +125,10 @@ class Command(BaseCommand):
         from learning.encoder import EmbeddingCache, get_encoder
 
         if options["task"] == "ner":
+            if options["finetune_at"].strip():
+                raise CommandError("--finetune-at replays classification only; a span project's fine-tune is "
+                                   "measured by benchmarks/ner_finetune_bench.py (and runs in the app from the "
+                                   "Versions page)")
             self.handle_ner(options)
             return
         multi_label: bool = options["multi_label"]
