@@ -445,5 +445,7 @@ def version_rows(project: Project, *, limit: int = 100) -> list[dict[str, Any]]:
             "encoder": v["encoder"], "strategy": v["strategy"], "metrics": metrics.raw,
             "accuracy": metrics.value("accuracy"), "macro_f1": metrics.value("macro_f1"), "ece": metrics.ece,
             "is_serving": v["id"] == serving_id, "has_accuracy_coverage": bool(metrics.accuracy_coverage),
+            # A fine-tuned encoder's model: its report measured only the labels that encoder never saw.
+            "unseen_only": bool(metrics.raw.get("unseen_only")), "n_eval": metrics.n_eval,
         })
     return rows
