@@ -10,9 +10,12 @@ At each N:
 
 - frozen: the harness's own model at N labels (Bayesian last layer on frozen embeddings,
   calibrated by its quality report), scored on the test split;
-- fine-tuned: `learning.finetune.finetune` on the same N items, then the N items and the test
-  split re-embedded with the fine-tuned encoder and the same Bayesian update + report on them,
-  so the comparison isolates the features.
+- fine-tuned: as the app does it, `learning.finetune.finetune` on the N items less the share
+  the app holds out (``--heldout``, 20 %, `learning.finetune.heldout_split`), then the N items and
+  the test split re-embedded with the fine-tuned encoder and the same Bayesian update on all N,
+  its report (and so its calibration) on the held-out items the encoder never saw, as the app's
+  report of a fine-tuned encoder's model is. ``--heldout 0`` fine-tunes on all N (until the sixth
+  session, the only way: its calibration then saw only items the encoder was trained on).
 
 Writes ``{"results": [{"labels", "repeat", "method", "frozen_macro_f1", "finetuned_macro_f1",
 "frozen_ece", "finetuned_ece", "finetune_seconds", ...}]}`` and prints a table with the
@@ -41,13 +44,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from learning import metrics, simulation  # noqa: E402
 from learning.encoder import EmbeddingCache, default_model_path, get_encoder  # noqa: E402
-from learning.finetune import METHODS, FinetuneConfig, finetune  # noqa: E402
+from learning.finetune import METHODS, FinetuneConfig, finetune, heldout_split  # noqa: E402
 
 STRATEGY = "bald_density_diversity"
 SEED_SIZE = 50
 BATCH_SIZE = 50
 MAX_TRAIN = 10_000
 MAX_TEST = 2_000
+# The app's LABELHUB_FINETUNE_HELDOUT default: the share of the labels a fine-tune holds out.
+HELDOUT = 0.2
 
 
 def read_csv(path: Path) -> tuple[list[str], list[str]]:
@@ -81,10 +86,11 @@ def picked_order(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.nd
 
 
 def bayes_on(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *, n_classes: int,
-             seed: int) -> tuple[dict[str, float], np.ndarray]:
-    """The app's model update + quality report on these features, scored on the test split."""
+             seed: int, unseen: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """The app's model update + quality report on these features, scored on the test split (``unseen``: the
+    items the encoder was not fine-tuned on, which the report measures and calibrates on, as the app's does)."""
     posterior = simulation._update(X, y, n_classes=n_classes, multi_label=False, previous=None)
-    posterior = simulation._report(posterior, X, y, n_classes=n_classes, multi_label=False, seed=seed)
+    posterior = simulation._report(posterior, X, y, n_classes=n_classes, multi_label=False, seed=seed, unseen=unseen)
     proba = posterior.predict_proba(X_test)
     pred = proba.argmax(axis=1)
     return ({"macro_f1": metrics.macro_f1(y_test, pred, n_classes),
@@ -114,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train", type=int, default=MAX_TRAIN)
     parser.add_argument("--max-test", type=int, default=MAX_TEST)
     parser.add_argument("--epochs", type=int, default=None, help="override the device's default epochs")
+    parser.add_argument("--heldout", type=float, default=HELDOUT,
+                        help="share of the N labels held out of the fine-tune, as the app holds them out "
+                             "(LABELHUB_FINETUNE_HELDOUT): the fine-tuned model is fitted on all N and its "
+                             "calibration on these; 0 fine-tunes on all N (its calibration then sees only items "
+                             "the encoder was trained on)")
     args = parser.parse_args(argv)
     sizes = sorted({int(v) for v in args.labels.split(",") if v.strip()})
     methods = list(METHODS) if args.method == "both" else [args.method]
@@ -162,13 +173,19 @@ def main(argv: list[str] | None = None) -> None:
             for method in methods:
                 config = FinetuneConfig.for_device(args.device, method=method, seed=repeat,
                                                    **({"epochs": args.epochs} if args.epochs else {}))
+                if args.heldout > 0:
+                    tuned_rows, held_rows = heldout_split(y[rows], n_classes, args.heldout, seed=repeat)
+                    unseen: np.ndarray | None = np.isin(np.arange(n), held_rows)
+                else:
+                    tuned_rows, unseen = np.arange(n), None
                 with tempfile.TemporaryDirectory(prefix="labelhub-finetune-") as folder:
                     cpu0 = time.process_time()
-                    done = finetune(model_path, [train_texts[i] for i in rows], y[rows], n_classes=n_classes,
-                                    out=folder, config=config)
+                    done = finetune(model_path, [train_texts[i] for i in rows[tuned_rows]], y[rows[tuned_rows]],
+                                    n_classes=n_classes, out=folder, config=config)
                     tuned = get_encoder(folder, backend="torch", device=args.device)
                     Xt, Xt_test = tuned.encode([train_texts[i] for i in rows]), tuned.encode(test_texts)
-                    figures, pred = bayes_on(Xt, y[rows], Xt_test, y_test, n_classes=n_classes, seed=repeat)
+                    figures, pred = bayes_on(Xt, y[rows], Xt_test, y_test, n_classes=n_classes, seed=repeat,
+                                             unseen=unseen)
                     cpu = time.process_time() - cpu0
                 result = {
                     "labels": n, "repeat": repeat, "method": method,
@@ -177,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                     "finetune_seconds": done.seconds, "finetune_steps": done.steps,
                     "finetuned_macro_f1_interval": f1_interval(y_test, pred, n_classes),
                     "cpu_seconds_with_reembedding": cpu, "device": args.device, "finetune_config": done.config,
+                    "finetune_heldout": args.heldout, "finetuned_on": int(len(tuned_rows)),
                 }
                 results.append(result)
                 print(f"N={n} r={repeat} {method}: frozen {result['frozen_macro_f1']:.3f} → fine-tuned "
