@@ -113,3 +113,24 @@ def test_the_embed_command_encodes_what_the_current_encoder_lacks(project, fake_
     assert sum(c.count for c in EmbeddingChunk.objects.filter(project=project, encoder=fake_encoder.name)) == 5
     call_command("embed", stdout=io.StringIO())  # nothing left to do
     assert EmbeddingChunk.objects.filter(project=project).count() == 1
+
+
+def test_vectors_of_another_encoder_are_made_for_the_items_it_lacks_and_only_those(project, fake_encoder):
+    # The review judges with the configured encoder after a fine-tune: items imported since have only the
+    # fine-tuned vectors, so the configured encoder's are made for them first (actions.embedded_with).
+    from learning import store
+
+    texts = [f"we overrule case {i}" for i in range(6)]
+    examples = Example.objects.bulk_create(Example(project=project, text=t, content_hash=content_hash(t))
+                                           for t in texts)
+    ids = np.array([e.pk for e in examples], dtype=np.int64)
+    EmbeddingChunk.objects.create(project=project, encoder=fake_encoder.name, dim=16, count=2,
+                                  example_ids=ids[:2].tobytes(),
+                                  vectors=fake_encoder.encode(texts[:2]).astype(np.float16).tobytes())
+    got = actions.embedded_with(project.pk, fake_encoder, ids[1:5])
+    assert got.has(ids).tolist() == [True, True, True, True, True, False]
+    assert np.allclose(got.vectors[got.rows_of(ids[2:5])], fake_encoder.encode(texts[2:5]), atol=1e-3)
+    assert EmbeddingChunk.objects.filter(project=project, encoder=fake_encoder.name).count() == 2
+    again = actions.embedded_with(project.pk, fake_encoder, ids[:5])  # nothing left to encode
+    assert again is store.load(project.pk, fake_encoder.name)
+    assert EmbeddingChunk.objects.filter(project=project, encoder=fake_encoder.name).count() == 2
