@@ -74,6 +74,41 @@ def capped(texts: list[str], labels: list[str], cap: int, seed: int) -> tuple[li
     return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
+def use_device(device: str) -> None:
+    """Refuse ``cuda`` without a visible GPU; on CPU, one torch and BLAS thread (this machine's rule)."""
+    import torch
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible to torch")
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def labelled_splits(train: Path, test: Path | None, *, max_train: int = MAX_TRAIN, max_test: int = MAX_TEST
+                    ) -> tuple[list[str], np.ndarray, list[str], np.ndarray, list[str]]:
+    """(train texts, their class indices, test texts, theirs, class names): the capped splits every fine-tune
+    benchmark reads; test rows of a class the train split lacks are dropped (no test split: empty)."""
+    train_texts, train_names = capped(*read_csv(train), max_train, seed=0)
+    names = sorted(set(train_names))
+    index = {name: i for i, name in enumerate(names)}
+    test_texts: list[str] = []
+    y_test = np.empty(0, dtype=np.int64)
+    if test is not None:
+        texts, test_names = capped(*read_csv(test), max_test, seed=1)
+        kept = [i for i, name in enumerate(test_names) if name in index]
+        test_texts = [texts[i] for i in kept]
+        y_test = np.array([index[test_names[i]] for i in kept])
+    return train_texts, np.array([index[n] for n in train_names]), test_texts, y_test, names
+
+
+def embedding_cache() -> EmbeddingCache:
+    return EmbeddingCache(Path(os.environ.get("LABELHUB_CACHE_DIR", ROOT / "var" / "cache" / "embeddings")))
+
+
 def picked_order(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *, n_classes: int,
                  budget: int, seed: int) -> tuple[list[int], dict[int, dict[str, float]]]:
     """The default strategy's picks in order, and the harness's frozen model figures per label count."""
@@ -128,31 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = sorted({int(v) for v in args.labels.split(",") if v.strip()})
     methods = list(METHODS) if args.method == "both" else [args.method]
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    else:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(1)
-        threadpool_limits(1)
-
+    use_device(args.device)
     model_path = args.model or default_model_path()
-    train_texts, train_names = capped(*read_csv(args.train), args.max_train, seed=0)
-    test_texts, test_names = capped(*read_csv(args.test), args.max_test, seed=1)
-    names = sorted(set(train_names))
-    index = {name: i for i, name in enumerate(names)}
-    kept = [i for i, name in enumerate(test_names) if name in index]
-    test_texts = [test_texts[i] for i in kept]
-    y = np.array([index[n] for n in train_names])
-    y_test = np.array([index[test_names[i]] for i in kept])
+    train_texts, y, test_texts, y_test, names = labelled_splits(args.train, args.test, max_train=args.max_train,
+                                                                max_test=args.max_test)
     n_classes = len(names)
     budget = min(max(sizes), len(train_texts))
 
-    cache = EmbeddingCache(Path(os.environ.get("LABELHUB_CACHE_DIR", ROOT / "var" / "cache" / "embeddings")))
+    cache = embedding_cache()
     frozen = get_encoder(model_path, backend="torch", device=args.device)
     started = time.perf_counter()
     X, X_test = cache.encode(frozen, train_texts), cache.encode(frozen, test_texts)

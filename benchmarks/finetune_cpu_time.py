@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from finetune_bench import MAX_TRAIN, capped, read_csv  # noqa: E402
+from finetune_bench import labelled_splits  # noqa: E402
 
 from learning.encoder import default_model_path, get_encoder  # noqa: E402
 from learning.finetune import FinetuneConfig, finetune  # noqa: E402
@@ -45,15 +45,13 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
-    texts_all, names_all = capped(*read_csv(args.train), MAX_TRAIN, seed=0)
-    names = sorted(set(names_all))
-    index = {name: i for i, name in enumerate(names)}
+    texts_all, y_all, _, _, names = labelled_splits(args.train, None)
     results = []
     for repeat in range(args.repeats):
         rows = np.random.default_rng(repeat).choice(len(texts_all), size=min(args.labels, len(texts_all)),
                                                     replace=False)
         texts = [texts_all[i] for i in rows]
-        y = np.array([index[names_all[i]] for i in rows])
+        y = y_all[rows]
         config = FinetuneConfig.for_device("cpu", seed=repeat)
         with tempfile.TemporaryDirectory(prefix="labelhub-finetune-") as folder:
             wall, cpu = time.perf_counter(), time.process_time()

@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from finetune_bench import MAX_TEST, MAX_TRAIN, capped, read_csv  # noqa: E402
+from finetune_bench import embedding_cache, labelled_splits, use_device  # noqa: E402
 
 from learning import bayes, metrics, quality, simulation  # noqa: E402
-from learning.encoder import EmbeddingCache, default_model_path, get_encoder  # noqa: E402
+from learning.encoder import default_model_path, get_encoder  # noqa: E402
 from learning.finetune import FinetuneConfig, finetune, heldout_split  # noqa: E402
 
 HELDOUT = 0.2  # the app's FINETUNE_HELDOUT default
@@ -74,26 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch")
-    if args.device == "cpu":
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(1)
-        threadpool_limits(1)
+    use_device(args.device)
     model_path = default_model_path()
-    train_texts, train_names = capped(*read_csv(args.train), MAX_TRAIN, seed=0)
-    test_texts, test_names = capped(*read_csv(args.test), MAX_TEST, seed=1)
-    names = sorted(set(train_names))
-    index = {name: i for i, name in enumerate(names)}
-    kept = [i for i, name in enumerate(test_names) if name in index]
-    test_texts = [test_texts[i] for i in kept]
-    y_all = np.array([index[n] for n in train_names])
-    y_test = np.array([index[test_names[i]] for i in kept])
+    train_texts, y_all, test_texts, y_test, names = labelled_splits(args.train, args.test)
     n_classes = len(names)
-    cache = EmbeddingCache(Path(os.environ.get("LABELHUB_CACHE_DIR", ROOT / "var" / "cache" / "embeddings")))
+    cache = embedding_cache()
     frozen = get_encoder(model_path, backend="torch", device=args.device)
     X_test_frozen = cache.encode(frozen, test_texts)
     results: list[dict[str, Any]] = []

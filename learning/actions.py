@@ -21,7 +21,7 @@ from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
 from learning import acquisition, bayes, decisions, events, quality, store
 from learning.loop_base import TrainingError, current_encoder, finetuned_encoder, upsert_scores
-from learning.models import EmbeddingChunk, ModelVersion, ProjectEncoder, RunStatus, TrainingRun, trained_example_ids
+from learning.models import EmbeddingChunk, ModelVersion, ProjectEncoder, RunStatus, TrainingRun, unseen_mask
 from projects.models import Example, Label, Project, TaskType
 
 logger = logging.getLogger(__name__)
@@ -601,8 +601,7 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     posterior = bayes.Posterior.from_bytes(bytes(version.artifact))
     started = time.perf_counter()
     # A fine-tuned encoder's model is measured on the labels that encoder was not trained on (quality.evaluate).
-    trained = trained_example_ids(project.pk, version.encoder)
-    unseen = None if trained is None else ~np.isin(ids, np.fromiter(trained, dtype=np.int64, count=len(trained)))
+    unseen = unseen_mask(project.pk, version.encoder, ids)
     with threadpool_limits(limits=1, user_api="blas"):
         try:
             report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,

@@ -277,6 +277,8 @@ def out_of_fold_logits(
             else:
                 counts = np.bincount(y[~held], minlength=n_classes) + 1.0
                 fallback[held] = counts / counts.sum()
+    if evaluate_on is None:
+        return OutOfFold(mu=mu, var=var, fitted=fitted, fallback=fallback, multi_label=multi_label)
     return OutOfFold(mu=mu[evaluated], var=var[evaluated], fitted=fitted[evaluated], fallback=fallback[evaluated],
                      multi_label=multi_label)
 

@@ -323,6 +323,15 @@ def trained_example_ids(project_id: int, encoder_name: str) -> set[int] | None:
     return seen if found else None
 
 
+def unseen_mask(project_id: int, encoder_name: str, example_ids: np.ndarray) -> np.ndarray | None:
+    """Per example, whether ``encoder_name`` was not fine-tuned on it; None for an encoder that saw no label
+    (``trained_example_ids``). The quality reports measure a fine-tuned encoder's model on these only."""
+    trained = trained_example_ids(project_id, encoder_name)
+    if trained is None:
+        return None
+    return ~np.isin(np.asarray(example_ids, dtype=np.int64), np.fromiter(trained, dtype=np.int64, count=len(trained)))
+
+
 class ProjectEncoder(models.Model):
     """Which encoder a project's fast loop embeds, fits and scores with: a fine-tuned one once a fine-tune's
     candidate was promoted, else (no row, or no run) the configured LABELHUB_ENCODER. Serving follows the

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from annotation.models import Annotation, ExampleScore
 from learning import acquisition, loop_base, span_quality, store, token_store
 from learning import spans as spanml
-from learning.models import ModelVersion, TrainingRun, trained_example_ids
+from learning.models import ModelVersion, TrainingRun, unseen_mask
 from projects.models import Example, Label, Project
 
 logger = logging.getLogger(__name__)
@@ -419,8 +419,7 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
     vectors = ensure_tokens(project, encoder, data.example_ids).get(data.example_ids)
     model = spanml.SpanModel.from_npz(bytes(version.artifact))  # a copy: calibrate() changes it
     # A fine-tuned encoder's model is measured on the sentences that encoder was not trained on.
-    trained = trained_example_ids(project.pk, version.encoder)
-    unseen = None if trained is None else ~np.isin(np.asarray(data.example_ids), list(trained))
+    unseen = unseen_mask(project.pk, version.encoder, data.example_ids)
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
         try:
