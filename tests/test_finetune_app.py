@@ -333,6 +333,7 @@ def test_a_better_candidate_replaces_the_model_scores_the_queue_and_serves(
     assert "cross-validated on 15 labels its fine-tuned encoder never saw" in page
     versions = login(alice).get(reverse("serving:versions", args=[questions.pk])).content.decode()
     assert "on the 15 labels its fine-tuned encoder never saw" in versions
+    shoot(questions, "versions-after-finetune.png", wait_for_text="its fine-tuned encoder never saw", region="main")
     shoot(questions, "dashboard-after-finetune.png", wait_for_text="its fine-tuned encoder never saw",
           url="learning:dashboard", region="main")
 
