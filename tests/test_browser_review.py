@@ -58,6 +58,7 @@ def test_a_manager_works_the_review_queue_by_keyboard(live_server, browser, proj
     assert "Out of fold" in first.locator(".reason").inner_text()
 
     # k keeps the label: the item leaves, the count goes down, the decision is recorded.
+    page.evaluate("htmx.config.defaultSettleDelay = 400")  # see the ↓ below
     kept = current(page)
     page.keyboard.press("k")
     page.wait_for_selector(f"#review-item-{kept}", state="detached")
@@ -66,9 +67,13 @@ def test_a_manager_works_the_review_queue_by_keyboard(live_server, browser, proj
     decision = ReviewDecision.objects.get()
     assert (decision.action, decision.decided_by) == ("keep", alice)
 
-    # ↓ moves to the next item; its model label's key changes the label to it.
+    # ↓ moves to the next item; its model label's key changes the label to it. htmx's settling (20 ms after a
+    # swap, stretched above so it falls between ↓ and the key) gives swapped items their server classes back; the
+    # item chosen with ↓ must stay the one the key acts on.
     page.keyboard.press("ArrowDown")
     second = current(page)
+    page.wait_for_timeout(600)
+    assert current(page) == second
     assert second != page.locator("#review-queue .review-item").first.get_attribute("data-candidate")
     candidate = next(c for c in queued if str(c.pk) == second)
     key = page.locator(f"#review-item-{second} .label-btn.suggested kbd.key").inner_text()

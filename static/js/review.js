@@ -1,6 +1,9 @@
 // Keyboard-first review queue (annotation/review.html). The list (#review-queue) is replaced by htmx after
 // each decision; the listener lives on the document so it survives the swaps. The current item is the one
 // marked .current (the first after every swap); ↓ / ↑ move it.
+// The choice is remembered by id and marked data-current as well as .current: htmx "settles" a swapped element's
+// class for 20 ms (an item that kept its id gets its old class back, then the server's), which could move .current
+// back to the first item between a ↓ and the key that follows it, so the key acted on the wrong item.
 (function () {
   const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
   const ACTION_KEYS = { k: "keep", r: "relabel" };
@@ -8,13 +11,23 @@
   function queue() { return document.getElementById("review-queue"); }
   function isMulti() { const q = queue(); return q && q.dataset.multi === "1"; }
   function items() { const q = queue(); return q ? Array.from(q.querySelectorAll(".review-item")) : []; }
-  function current() { const q = queue(); return q && (q.querySelector(".review-item.current") || q.querySelector(".review-item")); }
+  let chosen = null;
+  function current() {
+    const q = queue();
+    if (!q) return null;
+    const kept = chosen && document.getElementById(chosen);
+    return (kept && q.contains(kept) ? kept : null) || q.querySelector(".review-item.current") || q.querySelector(".review-item");
+  }
 
   // One decision per item at a time: the list is replaced by the answer, and with it this mark.
   function busy(el) { return !el || el.dataset.sent === "1"; }
 
   function select(el) {
-    items().forEach((other) => other.classList.toggle("current", other === el));
+    chosen = el ? el.id : null;
+    items().forEach((other) => {
+      other.classList.toggle("current", other === el);
+      if (other === el) other.dataset.current = "1"; else delete other.dataset.current;
+    });
     if (el) { el.focus({ preventScroll: true }); el.scrollIntoView({ block: "nearest" }); }
   }
 
@@ -91,5 +104,15 @@
   function unmark() { items().forEach((el) => delete el.dataset.sent); }
   document.addEventListener("htmx:responseError", unmark);
   document.addEventListener("htmx:sendError", unmark);
-  document.addEventListener("htmx:afterSwap", () => { const el = current(); if (el) select(el); });
+  // After a decision the item is gone and the first one is current; after a comment the same one stays current.
+  // Settling restores the server's classes, so the choice is applied again once it is over.
+  // Only swaps of the queue itself: the Review tab's count refreshes every 30 s and must not scroll the page.
+  function reselect(event) {
+    const target = event.detail && event.detail.target;
+    if (target && target.id !== "review-queue") return;
+    const el = current();
+    if (el) select(el);
+  }
+  document.addEventListener("htmx:afterSwap", reselect);
+  document.addEventListener("htmx:afterSettle", reselect);
 })();

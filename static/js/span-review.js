@@ -8,7 +8,11 @@
   const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
 
   function queue() { const q = document.getElementById("review-queue"); return q && q.dataset.span === "1" ? q : null; }
-  function current() { const q = queue(); return q && (q.querySelector(".review-item.current") || q.querySelector(".review-item")); }
+  // review.js marks the item it chose data-current (htmx's settling can briefly move the .current class).
+  function current() {
+    const q = queue();
+    return q && (q.querySelector(".review-item[data-current]") || q.querySelector(".review-item.current") || q.querySelector(".review-item"));
+  }
 
   function state(item) {
     if (!item._span) {
