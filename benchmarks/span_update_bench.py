@@ -120,8 +120,8 @@ def rescore(model: spanml.SpanModel, store: token_store.TokenStore, pool: np.nda
             offsets: dict[int, list[tuple[int, int]]], sentence: np.ndarray, density: np.ndarray,
             rng: np.random.Generator) -> span_quality.ScoredPool:
     def chunks():  # type: ignore[no-untyped-def]
-        for part, vecs in store.iter_chunks(pool, tokens_per_chunk=32768):
-            yield part, vecs, [offsets[(int(i) - 1) % len(offsets) + 1] for i in part]
+        for part, flat, bounds in store.iter_chunks(pool, tokens_per_chunk=32768):
+            yield part, flat, bounds, [offsets[(int(i) - 1) % len(offsets) + 1] for i in part]
 
     return span_quality.score_pool(model, chunks(), len(pool), strategy=acquisition.DEFAULT_STRATEGY, rng=rng,
                                    density=density, example_vectors=lambda: sentence, batch_size=20)

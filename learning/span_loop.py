@@ -344,12 +344,12 @@ def score(run: TrainingRun, fitted: SpanFitted, timings: dict[str, float]
         return [], labelled_ids, strategy
     tokens = ensure_tokens(project, fitted.encoder, pool_ids)
 
-    def chunks() -> Iterator[tuple[np.ndarray, list[np.ndarray], list[list[tuple[int, int]]]]]:
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[list[tuple[int, int]]]]]:
         # The pool's token offsets are read a chunk at a time too: 100k sentences of them are ~200 MB as Python lists.
-        for part, vectors in tokens.iter_chunks(pool_ids, tokens_per_chunk=SCORE_TOKENS_PER_CHUNK):
+        for part, flat, bounds in tokens.iter_chunks(pool_ids, tokens_per_chunk=SCORE_TOKENS_PER_CHUNK):
             rows = {pk: offsets_of(text, toks, project.language) for pk, text, toks in
                     Example.objects.filter(id__in=part.tolist()).values_list("id", "text", "tokens")}
-            yield part, vectors, [rows.get(int(pk), []) for pk in part.tolist()]
+            yield part, flat, bounds, [rows.get(int(pk), []) for pk in part.tolist()]
 
     density = store.density_of(project.pk, fitted.encoder.name, pool_ids) if spec.density else None
     pooled = span_quality.score_pool(

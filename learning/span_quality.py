@@ -39,21 +39,21 @@ class PoolPrediction:
     confidence: np.ndarray  # per example: the least sure token's probability of its most probable tag
 
 
-def predict_pool(model: spanml.SpanModel, vectors: Sequence[np.ndarray],
+def predict_pool(model: spanml.SpanModel, flat: np.ndarray, bounds: np.ndarray,
                  offsets: Sequence[Sequence[tuple[int, int]]], *, strategy: str = acquisition.DEFAULT_STRATEGY,
                  rng: np.random.Generator | None = None) -> PoolPrediction:
     """Suggested char spans, acquisition scores (per-token scores of ``strategy`` aggregated per example by
-    ``spans.DEFAULT_AGGREGATION``) and confidences of some examples (each with at least one token), from one pass
-    over their token vectors."""
-    flat, bounds = spanml.pack(vectors, np.float32)
-    proba, scores = model.example_scores(flat, bounds, strategy=strategy, rng=rng)
-    marginals = spanml.unpack(proba, bounds)
-    out = model.predict(vectors, offsets, marginals=marginals)
-    spans = [[{"start": s["start"], "end": s["end"], "label": s["label"], "confidence": float(f"{s['confidence']:.4f}")}
-              for s in row.spans] for row in out]
-    # Each example's least sure token: one reduction over the chunk (every example here has tokens).
-    confidence = np.minimum.reduceat(proba.max(axis=1), bounds[:-1]).astype(np.float64) if len(proba) else \
-        np.ones(len(vectors))
+    ``spans.DEFAULT_AGGREGATION``) and confidences of some examples, from one pass over their packed token
+    vectors (``flat``, example i owning rows [bounds[i], bounds[i + 1])). An example without tokens scores 0,
+    has confidence 1 and no suggestion."""
+    proba, scores = model.example_scores(np.asarray(flat, dtype=np.float32), bounds, strategy=strategy, rng=rng)
+    proba = np.asarray(proba, dtype=np.float32)
+    _, spans = model.predict_flat(proba, bounds, offsets, digits=4)
+    # Each example's least sure token: one reduction over the chunk.
+    confidence = np.ones(len(bounds) - 1)
+    nonempty = np.diff(bounds) > 0
+    if nonempty.any():
+        confidence[nonempty] = np.minimum.reduceat(proba.max(axis=1), bounds[:-1][nonempty])
     return PoolPrediction(spans, np.asarray(scores, dtype=np.float64), confidence)
 
 
@@ -68,27 +68,24 @@ class ScoredPool:
 
 
 def score_pool(model: spanml.SpanModel,
-               chunks: Iterable[tuple[np.ndarray, Sequence[np.ndarray], Sequence[Sequence[tuple[int, int]]]]],
+               chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[Sequence[tuple[int, int]]]]],
                n: int, *, strategy: str, rng: np.random.Generator, density: np.ndarray | None,
                example_vectors: Callable[[], np.ndarray], batch_size: int) -> ScoredPool:
-    """Score a pool of ``n`` examples given as consecutive chunks of (ids, token vectors, token offsets), so only
-    one chunk's vectors are in memory at a time; then weight by ``density`` and spread the next ``batch_size`` for
-    diversity on the examples' sentence vectors (``example_vectors()``, read only if the strategy asks), as the
-    classification default does. An example without tokens scores 0 and gets no suggestion."""
+    """Score a pool of ``n`` examples given as consecutive chunks of (ids, packed token vectors, bounds, token
+    offsets) (``token_store.TokenStore.iter_chunks`` plus the offsets), so only one chunk's vectors are in
+    memory at a time; then weight by ``density`` and spread the next ``batch_size`` for diversity on the
+    examples' sentence vectors (``example_vectors()``, read only if the strategy asks), as the classification
+    default does. An example without tokens scores 0 and gets no suggestion."""
     spec = acquisition.get_strategy(strategy)
     scores = np.zeros(n)
     confidence = np.ones(n)
-    suggested: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    suggested: list[list[dict[str, Any]]] = []
     at = 0
-    for part, vectors, offsets in chunks:
-        present = [k for k, v in enumerate(vectors) if len(v)]
-        if present:
-            pred = predict_pool(model, [vectors[k] for k in present], [offsets[k] for k in present],
-                                strategy=strategy, rng=rng)
-            for j, k in enumerate(present):
-                scores[at + k] = pred.scores[j]
-                confidence[at + k] = pred.confidence[j]
-                suggested[at + k] = pred.spans[j]
+    for part, flat, bounds, offsets in chunks:
+        pred = predict_pool(model, flat, bounds, offsets, strategy=strategy, rng=rng)
+        scores[at:at + len(part)] = pred.scores
+        confidence[at:at + len(part)] = pred.confidence
+        suggested += pred.spans
         at += len(part)
     if at != n:
         raise ValueError(f"the chunks held {at} examples, not {n}")

@@ -160,46 +160,120 @@ def viterbi(log_probs: Sequence[np.ndarray], n_labels: int) -> list[np.ndarray]:
 
     ``log_probs``: one (n_tokens, 1 + 2 * n_labels) array per sentence. A sequence is valid when
     every I-x follows B-x or I-x (so no sentence starts with I-x). The score of a sequence is the
-    sum of its tokens' log-probabilities; the search is exact. Sentences are decoded together,
-    grouped by length: each step is O(tags) per sentence (O and B-y may follow anything, I-x only
-    B-x or I-x), vectorised over the group.
+    sum of its tokens' log-probabilities; the search is exact (``viterbi_flat`` on the sentences
+    packed end to end).
     """
     n_tags = 1 + 2 * n_labels
-    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(log_probs)
-    lengths = np.array([len(lp) for lp in log_probs])
+    for lp in log_probs:
+        if len(lp) and np.shape(lp)[1] != n_tags:
+            raise ValueError(f"expected {n_tags} tag columns, got {np.shape(lp)[1]}")
+    flat, bounds = pack(log_probs, np.float64)
+    if not len(flat):
+        flat = np.zeros((0, n_tags))
+    return unpack(viterbi_flat(flat, bounds, n_labels), bounds)
+
+
+def viterbi_flat(log_probs: np.ndarray, bounds: np.ndarray, n_labels: int) -> np.ndarray:
+    """``viterbi`` on packed sentences: ``log_probs`` (n_tokens, 1 + 2 * n_labels), sentence i owning rows
+    [bounds[i], bounds[i + 1]); returns the tag ids (n_tokens,) int64.
+
+    All sentences advance together, longest first: step t works on the sentences longer than t (a prefix
+    of the length-sorted order), so the work is O(tokens x tags) in a number of numpy steps equal to the
+    longest sentence, whatever the mix of lengths (O and B-y may follow anything, I-x only B-x or I-x).
+    Ties go to the lowest tag id, as ``np.argmax`` breaks them.
+    """
+    n_tags = 1 + 2 * n_labels
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    if log_probs.ndim != 2 or log_probs.shape[1] != n_tags:
+        raise ValueError(f"expected {n_tags} tag columns, got shape {log_probs.shape}")
+    bounds = np.asarray(bounds, dtype=np.int64)
+    out = np.zeros(len(log_probs), dtype=np.int64)
+    lengths = np.diff(bounds)
+    order = np.argsort(-lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    if not len(order):
+        return out
+    starts = bounds[:-1][order]
+    sorted_lengths = lengths[order]
+    longest = int(sorted_lengths[0])
+    # active[t]: how many sentences (a prefix of ``order``) are longer than t.
+    active = np.searchsorted(-sorted_lengths, -np.arange(longest), side="left")
     begins = np.arange(1, n_tags, 2)
     insides = begins + 1
-    for length in np.unique(lengths):
-        if length == 0:
-            continue
-        members = np.flatnonzero(lengths == length)
-        L = np.stack([np.asarray(log_probs[int(i)], dtype=np.float64) for i in members])  # (B, T, n)
-        if L.shape[2] != n_tags:
-            raise ValueError(f"expected {n_tags} tag columns, got {L.shape[2]}")
-        b = len(members)
-        back = np.zeros((b, length, n_tags), dtype=np.int64)
-        delta = L[:, 0].copy()
-        delta[:, insides] = -np.inf
-        rows = np.arange(b)
-        for t in range(1, int(length)):
-            best_prev = np.argmax(delta, axis=1)
-            best = delta[rows, best_prev]
-            new = np.empty_like(delta)
-            new[:, 0] = best
-            new[:, begins] = best[:, None]
-            back[:, t, 0] = best_prev
-            back[:, t, begins] = best_prev[:, None]
-            from_inside = delta[:, insides] >= delta[:, begins]
-            new[:, insides] = np.maximum(delta[:, insides], delta[:, begins])
-            back[:, t, insides] = np.where(from_inside, insides[None, :], begins[None, :])
-            delta = new + L[:, t]
-        path = np.zeros((b, length), dtype=np.int64)
-        path[:, -1] = np.argmax(delta, axis=1)
-        for t in range(int(length) - 1, 0, -1):
-            path[:, t - 1] = back[rows, t, path[:, t]]
-        for j, i in enumerate(members):
-            out[i] = path[j]
+    delta = log_probs[starts].copy()
+    delta[:, insides] = -np.inf
+    final = np.zeros(len(order), dtype=np.int64)  # each sentence's best last tag
+    back: list[np.ndarray] = [np.zeros((0, n_tags), dtype=np.int64)]
+    for t in range(1, longest):
+        n = int(active[t])
+        if n < len(delta):  # the sentences of length t end here
+            final[n:len(delta)] = np.argmax(delta[n:], axis=1)
+            delta = delta[:n]
+        rows = np.arange(n)
+        best_prev = np.argmax(delta, axis=1)
+        best = delta[rows, best_prev]
+        new = np.empty_like(delta)
+        new[:, 0] = best
+        new[:, begins] = best[:, None]
+        step = np.empty((n, n_tags), dtype=np.int64)
+        step[:, 0] = best_prev
+        step[:, begins] = best_prev[:, None]
+        from_inside = delta[:, insides] >= delta[:, begins]
+        new[:, insides] = np.maximum(delta[:, insides], delta[:, begins])
+        step[:, insides] = np.where(from_inside, insides[None, :], begins[None, :])
+        back.append(step)
+        delta = new + log_probs[starts[:n] + t]
+    final[:len(delta)] = np.argmax(delta, axis=1)
+    # Back from the last step: a sentence joins when its last token is reached.
+    current = final.copy()
+    for t in range(longest - 1, -1, -1):
+        n = int(active[t])
+        out[starts[:n] + t] = current[:n]
+        if t:
+            current[:n] = back[t][np.arange(n), current[:n]]
     return out
+
+
+def flat_spans(tags: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sentence, first token, stop token, label index) arrays of every entity in packed tag ids; the token
+    positions are within the sentence. The same spans as ``token_spans`` sentence by sentence (a stray I-x
+    starts an entity), found with array operations over all sentences at once."""
+    t = np.asarray(tags, dtype=np.int64)
+    bounds = np.asarray(bounds, dtype=np.int64)
+    n = len(t)
+    label = np.where(t > 0, (t - 1) // 2, -1)
+    first = np.zeros(n, dtype=bool)
+    lengths = np.diff(bounds)
+    first[bounds[:-1][lengths > 0]] = True
+    previous = np.empty(n, dtype=np.int64)
+    if n:
+        previous[0] = -1
+        previous[1:] = label[:-1]
+    continues = (t > 0) & (t % 2 == 0) & (label == previous) & ~first
+    begin = np.flatnonzero((t > 0) & ~continues)
+    breaks = np.append(np.flatnonzero(~continues), n)
+    stop = breaks[np.searchsorted(breaks, begin, side="right")]
+    sentence = np.searchsorted(bounds, begin, side="right") - 1
+    offset = bounds[sentence]
+    return sentence, begin - offset, stop - offset, label[begin]
+
+
+def flat_span_confidences(marginals: np.ndarray, tags: np.ndarray, bounds: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``flat_spans`` plus each span's confidence (as ``span_confidences``) from packed tag marginals."""
+    sentence, a, b, label = flat_spans(tags, bounds)
+    if not len(a):
+        return sentence, a, b, label, np.zeros(0)
+    offset = bounds[sentence]
+    t = np.asarray(tags, dtype=np.int64)
+    picked = np.append(np.asarray(marginals, dtype=np.float64)[np.arange(len(t)), t], 1.0)
+    edges = np.empty(2 * len(a), dtype=np.int64)
+    edges[0::2], edges[1::2] = offset + a, offset + b
+    confidence = np.multiply.reduceat(picked, edges)[0::2]
+    inside = b < bounds[sentence + 1] - offset
+    after = (offset + b)[inside]
+    confidence[inside] *= 1.0 - np.asarray(marginals, dtype=np.float64)[after, 2 + 2 * label[inside]]
+    return sentence, a, b, label, confidence
 
 
 def is_valid_iob2(ids: Sequence[int] | np.ndarray) -> bool:
@@ -395,7 +469,14 @@ class SpanModel:
 
     def decode(self, marginals: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Constrained Viterbi tag ids of each example from its tag marginals."""
-        return viterbi([np.log(np.clip(m, 1e-12, 1.0)) for m in marginals], len(self.tagset.keys))
+        flat, bounds = pack(marginals, np.float32)
+        return unpack(self.decode_flat(flat, bounds), bounds)
+
+    def decode_flat(self, proba: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """``decode`` on packed marginals (n_tokens, n_tags): packed tag ids (n_tokens,)."""
+        if not len(proba):
+            return np.zeros(0, dtype=np.int64)
+        return viterbi_flat(np.log(np.clip(proba, 1e-12, 1.0)), bounds, len(self.tagset.keys))
 
     def predict(
         self, token_vectors: Sequence[np.ndarray], offsets: Sequence[Sequence[Sequence[int]]] | None = None,
@@ -407,19 +488,38 @@ class SpanModel:
         spans; without them "start"/"end" are token indices (end exclusive). ``marginals`` may be
         passed when already computed (``marginals``) to save the product.
         """
-        probs = list(marginals) if marginals is not None else self.marginals(token_vectors)
-        decoded = self.decode(probs)
-        out: list[SpanPrediction] = []
-        for i, (p, tags) in enumerate(zip(probs, decoded, strict=True)):
-            spans = []
-            for a, b, label, confidence in span_confidences(p, tags, self.tagset):
-                if offsets is not None:
-                    start, end = int(offsets[i][a][0]), int(offsets[i][b - 1][1])
-                else:
-                    start, end = a, b
-                spans.append({"start": start, "end": end, "label": label, "confidence": confidence})
-            out.append(SpanPrediction(tags=tags, marginals=p, spans=spans))
-        return out
+        if marginals is None:
+            flat, bounds = pack(token_vectors, np.float32)
+            proba = self.posterior.predict_proba(flat).astype(np.float32) if len(flat) else \
+                np.zeros((0, self.tagset.size), np.float32)
+        else:
+            proba, bounds = pack(marginals, np.float32)
+            if not len(proba):
+                proba = np.zeros((0, self.tagset.size), np.float32)
+        tags, spans = self.predict_flat(proba, bounds, offsets)
+        return [SpanPrediction(tags=tags[a:b], marginals=proba[a:b], spans=found)
+                for a, b, found in zip(bounds[:-1], bounds[1:], spans, strict=True)]
+
+    def predict_flat(
+        self, proba: np.ndarray, bounds: np.ndarray, offsets: Sequence[Sequence[Sequence[int]]] | None = None,
+        *, digits: int | None = None,
+    ) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
+        """(packed decoded tag ids, each example's spans) from packed marginals: ``predict``'s work with one
+        Viterbi pass and one span pass over every example (the rescore's path). ``digits``: round the
+        confidences (what the queue stores)."""
+        tags = self.decode_flat(proba, bounds)
+        spans: list[list[dict[str, Any]]] = [[] for _ in range(len(bounds) - 1)]
+        sentence, first, stop, label, confidence = flat_span_confidences(proba, tags, bounds)
+        keys = self.tagset.keys
+        for i, a, b, x, c in zip(sentence.tolist(), first.tolist(), stop.tolist(), label.tolist(),
+                                 confidence.tolist(), strict=True):
+            if offsets is not None:
+                start, end = int(offsets[i][a][0]), int(offsets[i][b - 1][1])
+            else:
+                start, end = a, b
+            spans[i].append({"start": start, "end": end, "label": keys[x],
+                             "confidence": c if digits is None else round(c, digits)})
+        return tags, spans
 
     # ---- acquisition -----------------------------------------------------------------------
     def token_scores(
@@ -483,16 +583,14 @@ def span_confidences(
 
     Confidence: product over the span's tokens of the marginal probability of its decoded tag
     (B-x, I-x, ...) times 1 - p(I-x) at the token after it (the span ends there): the
-    probability of exactly this span under independent token marginals.
+    probability of exactly this span under independent token marginals (``flat_span_confidences``
+    for one sentence).
     """
-    out = []
-    n = len(tags)
-    for a, b, label in token_spans(tags, tagset):
-        p = float(np.prod(marginals[np.arange(a, b), tags[a:b]], dtype=np.float64))
-        if b < n:
-            p *= 1.0 - float(marginals[b, tagset.inside(label)])
-        out.append((a, b, label, p))
-    return out
+    if not len(tags):
+        return []
+    _, first, stop, label, confidence = flat_span_confidences(marginals, tags, np.array([0, len(tags)]))
+    return [(a, b, tagset.keys[x], c) for a, b, x, c in
+            zip(first.tolist(), stop.tolist(), label.tolist(), confidence.tolist(), strict=True)]
 
 
 # ---- selection (the classification default's batch on example vectors) -----------------------

@@ -111,26 +111,48 @@ class TokenStore:
         return mapped
 
     def get(self, ids: Sequence[int] | np.ndarray) -> list[np.ndarray]:
-        """float32 (tokens, dim) per example, in the order given (KeyError for an id not stored)."""
+        """float32 (tokens, dim) per example, in the order given (KeyError for an id not stored): views into
+        ``get_flat``'s one array."""
+        flat, bounds = self.get_flat(ids)
+        return [flat[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+
+    def get_flat(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (tokens, dim), bounds (n + 1,)) of ``ids`` packed end to end in the order given, example i
+        owning rows [bounds[i], bounds[i + 1]): one gather per chunk file, not one read per example (a pool
+        pass reads thousands of short sentences)."""
         index = self._load_index()
-        out = []
-        for pos in self._positions(index, np.asarray(ids, dtype=np.int64)).tolist():
-            mapped = self._map(index.files[index.chunk[pos]])
-            start, length = int(index.start[pos]), int(index.length[pos])
-            out.append(np.asarray(mapped[start:start + length], dtype=np.float32))
-        return out
+        pos = self._positions(index, np.asarray(ids, dtype=np.int64))
+        lengths = index.length[pos]
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        chunks = index.chunk[pos]
+        dim = int(self._map(index.files[int(chunks[0])]).shape[1]) if len(pos) else 0
+        out = np.empty((int(bounds[-1]), dim), dtype=np.float32)
+        for chunk in np.unique(chunks).tolist():
+            members = np.flatnonzero(chunks == chunk)
+            rows = _ranges(index.start[pos[members]], lengths[members])
+            if not len(rows):
+                continue
+            mapped = self._map(index.files[chunk])
+            # A pool pass asks for ids in stored order: rows are then one run, or a few, and slices copy fastest.
+            source = mapped[int(rows[0]):int(rows[-1]) + 1] if (np.diff(rows) == 1).all() else mapped[rows]
+            if members[-1] - members[0] + 1 == len(members):
+                out[bounds[members[0]]:bounds[members[-1] + 1]] = source
+            else:
+                out[_ranges(bounds[members], lengths[members])] = source
+        return out, bounds
 
     def iter_chunks(self, ids: np.ndarray, *, tokens_per_chunk: int = 65536
-                    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-        """(ids, their vectors) for consecutive slices of ``ids`` holding about ``tokens_per_chunk`` tokens:
-        what a pass over the pool keeps in memory at once."""
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, their packed vectors, bounds) as ``get_flat`` gives them, for consecutive slices of ``ids``
+        holding about ``tokens_per_chunk`` tokens: what a pass over the pool keeps in memory at once."""
         ids = np.asarray(ids, dtype=np.int64)
         if not len(ids):
             return
         counts = np.maximum(self.token_counts(ids), 1)
         bounds = np.searchsorted(np.cumsum(counts), np.arange(tokens_per_chunk, counts.sum(), tokens_per_chunk))
         for part in _slices(ids, bounds):
-            yield part, self.get(part)
+            flat, bounds = self.get_flat(part)
+            yield part, flat, bounds
             # Unmap what this slice touched: a pass over a 100k pool would otherwise leave ~1 GB of token pages
             # mapped in the worker (file-backed and reclaimable, but counted in its RSS).
             with self._lock:
@@ -168,6 +190,13 @@ class TokenStore:
     def _next_number(self) -> int:
         taken = [int(p.name[:6]) for p in self.folder.glob("*.npy") if p.name[:6].isdigit()]
         return max(taken, default=0) + 1
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of range(starts[i], starts[i] + lengths[i]) over i."""
+    total = int(lengths.sum())
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(total, dtype=np.int64)
 
 
 def _slices(ids: np.ndarray, bounds: np.ndarray) -> Iterator[np.ndarray]:

@@ -96,6 +96,48 @@ def test_viterbi_decodes_many_sentences_of_mixed_lengths_like_one_at_a_time() ->
     assert all(np.array_equal(a, b) for a, b in zip(together, alone, strict=True))
 
 
+@given(st.lists(st.lists(st.integers(0, 6), min_size=0, max_size=12), min_size=1, max_size=8),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=200, deadline=None)
+def test_the_packed_span_pass_finds_each_sentences_spans_and_confidences(sentences: list[list[int]],
+                                                                        seed: int) -> None:
+    # Any tag ids, stray I-x included, packed end to end: the same spans as token_spans one sentence at a time,
+    # and the confidence the definition gives (product of the decoded tags' marginals, times 1 - p(I-x) after).
+    rng = np.random.default_rng(seed)
+    tags = [np.array(t, dtype=np.int64) for t in sentences]
+    marginals = [rng.dirichlet(np.ones(7), size=len(t)).astype(np.float32) for t in tags]
+    flat_m, bounds = S.pack(marginals, np.float32)
+    flat_t = np.concatenate(tags) if sum(map(len, tags)) else np.zeros(0, np.int64)
+    sentence, first, stop, label, confidence = S.flat_span_confidences(flat_m.reshape(-1, 7), flat_t, bounds)
+    expected = []
+    for i, (m, t) in enumerate(zip(marginals, tags, strict=True)):
+        for a, b, name in S.token_spans(t, TAGSET):
+            p = float(np.prod(m[np.arange(a, b), t[a:b]], dtype=np.float64))
+            if b < len(t):
+                p *= 1.0 - float(m[b, TAGSET.inside(name)])
+            expected.append((i, a, b, name, p))
+    got = [(i, a, b, TAGSET.keys[x], c) for i, a, b, x, c in
+           zip(sentence.tolist(), first.tolist(), stop.tolist(), label.tolist(), confidence.tolist(), strict=True)]
+    assert [g[:4] for g in got] == [e[:4] for e in expected]
+    assert np.allclose([g[4] for g in got], [e[4] for e in expected], rtol=1e-12, atol=0)
+
+
+def test_predict_decodes_many_sentences_like_one_at_a_time() -> None:
+    # The rescore decodes whole chunks at once; each sentence must come out as when it is decoded alone.
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    y = rng.integers(0, 7, size=200)
+    y[:3] = (0, 1, 2)
+    model = S.SpanModel.fit([X], [y], TAGSET)
+    vectors = [rng.normal(size=(n, 8)).astype(np.float32) for n in (5, 1, 17, 5, 40, 2, 9)]
+    offsets = [offsets_of(["tok"] * len(v)) for v in vectors]
+    together = model.predict(vectors, offsets)
+    for v, o, both in zip(vectors, offsets, together, strict=True):
+        (alone,) = model.predict([v], [o])
+        assert np.array_equal(alone.tags, both.tags) and alone.spans == both.spans
+    assert sum(len(p.spans) for p in together) > 3
+
+
 # ---- metrics against seqeval ----------------------------------------------------------------
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 
@@ -308,3 +350,31 @@ def test_the_span_replay_updates_as_the_app_does(monkeypatch: pytest.MonkeyPatch
     assert warm_starts == [False, True, True]
     assert calibrations == [15, 30, 45]
     assert threads and set(threads) == {1}
+
+
+# ---- the token store ----------------------------------------------------------------------------
+@given(st.lists(st.lists(st.integers(0, 6), min_size=1, max_size=6), min_size=1, max_size=4), st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_the_token_store_reads_back_what_was_written_in_any_order(chunks: list[list[int]], seed: int) -> None:
+    # Chunks of examples with 0-6 tokens; an id written again later (re-encoded) reads from its newest chunk.
+    import tempfile
+
+    from learning import token_store
+
+    rng = np.random.default_rng(seed)
+    written: dict[int, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as root:
+        store = token_store.TokenStore(root, 1, "enc")
+        for lengths in chunks:
+            ids = rng.choice(12, size=len(lengths), replace=False) + 1
+            vectors = [rng.normal(size=(n, 5)).astype(np.float16) for n in lengths]
+            store.append(ids, vectors, dim=5)
+            written.update({int(i): v for i, v in zip(ids, vectors, strict=True)})
+        order = rng.permutation(sorted(written))
+        got = token_store.TokenStore(root, 1, "enc").get(order)
+        assert [g.shape for g in got] == [(len(written[int(i)]), 5) for i in order]
+        assert all(np.array_equal(g, written[int(i)].astype(np.float32)) for g, i in zip(got, order, strict=True))
+        flat, bounds = store.get_flat(order[:0])
+        assert flat.shape[0] == 0 and bounds.tolist() == [0]
+        with pytest.raises(KeyError):
+            store.get([99])
