@@ -58,7 +58,13 @@ def test_a_manager_works_the_review_queue_by_keyboard(live_server, browser, proj
     assert "Out of fold" in first.locator(".reason").inner_text()
 
     # k keeps the label: the item leaves, the count goes down, the decision is recorded.
-    page.evaluate("htmx.config.defaultSettleDelay = 400")  # see the ↓ below
+    # htmx's settling (20 ms after a swap) is stretched so that keys fall inside it, as a fast reviewer's do: the
+    # swapped-in forms must already be htmx's (a key there once made the browser post the form itself and reload
+    # the page), the item chosen with ↓ must stay chosen, and a comment being typed must keep the focus. Every
+    # decision below is a swap, never a page load.
+    page.evaluate("htmx.config.defaultSettleDelay = 400")
+    loads: list[str] = []
+    page.on("framenavigated", lambda frame: loads.append(frame.url) if frame == page.main_frame else None)
     kept = current(page)
     page.keyboard.press("k")
     page.wait_for_selector(f"#review-item-{kept}", state="detached")
@@ -67,9 +73,8 @@ def test_a_manager_works_the_review_queue_by_keyboard(live_server, browser, proj
     decision = ReviewDecision.objects.get()
     assert (decision.action, decision.decided_by) == ("keep", alice)
 
-    # ↓ moves to the next item; its model label's key changes the label to it. htmx's settling (20 ms after a
-    # swap, stretched above so it falls between ↓ and the key) gives swapped items their server classes back; the
-    # item chosen with ↓ must stay the one the key acts on.
+    # ↓ moves to the next item; its model label's key changes the label to it. Settling gives swapped items their
+    # server classes back; the item chosen with ↓ must stay the one the key acts on.
     page.keyboard.press("ArrowDown")
     second = current(page)
     page.wait_for_timeout(600)
@@ -98,6 +103,7 @@ def test_a_manager_works_the_review_queue_by_keyboard(live_server, browser, proj
     box = page.locator(f"#review-item-{fourth} textarea[name=note]")
     assert box.is_visible() and box.evaluate("el => el === document.activeElement")
     box.type("Is 'we overrule' ever used for a partial overruling?")
+    assert box.input_value() == "Is 'we overrule' ever used for a partial overruling?"
     page.screenshot(path=str(shots / "review-queue-comment.png"), full_page=True)
     page.keyboard.press("Control+Enter")
     page.wait_for_selector(f"#review-item-{fourth} .review-comment")
@@ -106,4 +112,5 @@ def test_a_manager_works_the_review_queue_by_keyboard(live_server, browser, proj
     assert list(ReviewDecision.objects.order_by("decided_at").values_list("action", flat=True)) == [
         "keep", "change", "relabel", "comment"]
     page.screenshot(path=str(shots / "review-queue-commented.png"), full_page=True)
+    assert not loads, loads
     assert not refused, refused

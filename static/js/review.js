@@ -22,13 +22,13 @@
   // One decision per item at a time: the list is replaced by the answer, and with it this mark.
   function busy(el) { return !el || el.dataset.sent === "1"; }
 
-  function select(el) {
+  function select(el, focus = true) {
     chosen = el ? el.id : null;
     items().forEach((other) => {
       other.classList.toggle("current", other === el);
       if (other === el) other.dataset.current = "1"; else delete other.dataset.current;
     });
-    if (el) { el.focus({ preventScroll: true }); el.scrollIntoView({ block: "nearest" }); }
+    if (el && focus) { el.focus({ preventScroll: true }); el.scrollIntoView({ block: "nearest" }); }
   }
 
   function move(step) {
@@ -107,11 +107,15 @@
   // After a decision the item is gone and the first one is current; after a comment the same one stays current.
   // Settling restores the server's classes, so the choice is applied again once it is over.
   // Only swaps of the queue itself: the Review tab's count refreshes every 30 s and must not scroll the page.
+  // Focus stays where it is when the user is already typing in the current item (a comment opened with c before
+  // the settling was over): moving it to the item would turn the rest of the sentence into shortcuts.
   function reselect(event) {
     const target = event.detail && event.detail.target;
     if (target && target.id !== "review-queue") return;
     const el = current();
-    if (el) select(el);
+    if (!el) return;
+    const active = document.activeElement;
+    select(el, !(active && TYPING.has(active.tagName) && el.contains(active)));
   }
   document.addEventListener("htmx:afterSwap", reselect);
   document.addEventListener("htmx:afterSettle", reselect);
