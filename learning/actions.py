@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from annotation.adjudication import training_targets
 from annotation.models import Annotation, ExampleScore
 from labelhub.jobs import enqueue
-from learning import acquisition, bayes, decisions, events, quality, store
+from learning import acquisition, bayes, decisions, events, loop_base, quality, store
 from learning.loop_base import TrainingError, current_encoder, finetuned_encoder, upsert_scores
 from learning.models import EmbeddingChunk, ModelVersion, ProjectEncoder, RunStatus, TrainingRun, unseen_mask
 from projects.models import Example, Label, Project, TaskType
@@ -447,17 +447,22 @@ def fit(run: TrainingRun, timings: dict[str, float], *, encoder_name: str | None
         if previous.metrics:
             # Serving reads the accuracy-vs-coverage curve from here: until this version's report is
             # in, the previous one (same labels, same calibration) is the best estimate there is.
-            carried = {**previous.metrics,
+            carried = {**loop_base.without_prior_search(previous.metrics),
                        "report_version": previous.report.report_version or previous.number}
     timings["load_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    # No update waits for a prior-precision search: when one is due the report job runs it, and a later update
+    # takes its result (bayes.fit's defer_search and searched).
+    searched = loop_base.searched_prior(project.pk, name, data.label_keys) if warm is not None else None
     if project.is_multi_label:
-        posterior = bayes.fit_multilabel(X, targets, warm_start=warm)
+        posterior = bayes.fit_multilabel(X, targets, warm_start=warm, defer_search=True, searched=searched)
     else:
-        posterior = bayes.fit(X, targets, n_classes=len(data.label_keys), warm_start=warm)
+        posterior = bayes.fit(X, targets, n_classes=len(data.label_keys), warm_start=warm, defer_search=True,
+                              searched=searched)
     quality.carry_calibration(posterior, warm)
     timings["fit_s"] = time.perf_counter() - t1
+    timings["search_due"] = float(bayes.search_due(posterior))
     timings["warm_start"] = float(posterior.info.get("warm_start", 0))
     timings["evidence_iterations"] = float(posterior.info.get("evidence_iterations", 0))
     return Fitted(data, name, emb, len(ids), posterior, carried)
@@ -583,6 +588,22 @@ def report_project(project_id: int) -> ModelVersion | None:
             request_report(project_id)
 
 
+def _search_prior(version: ModelVersion, search: Callable[[], tuple[float, int]], *, due: bool
+                  ) -> dict[str, Any]:
+    """The prior-precision search ``version``'s update left due, written to its metrics at once (the next update
+    takes it even if the cross-validation that follows gives way); what the report's metrics keep of it."""
+    if not due:
+        return {}
+    try:
+        record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(search())}
+    except bayes.ModelFitError as exc:
+        logger.warning("model version %s: prior precision not searched (%s)", version.pk, exc)
+        return {}
+    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(
+        metrics={**version.metrics, **record})
+    return record
+
+
 def _measure(version: ModelVersion) -> ModelVersion | None:
     """The report of ``version`` on the project's current labels, written to it; None if interrupted."""
     project = version.project
@@ -603,6 +624,9 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     # A fine-tuned encoder's model is measured on the labels that encoder was not trained on (quality.evaluate).
     unseen = unseen_mask(project.pk, version.encoder, ids)
     with threadpool_limits(limits=1, user_api="blas"):
+        search = _search_prior(version, lambda: bayes.search_prior(
+            X, targets, n_classes=len(data.label_keys), multi_label=project.is_multi_label, warm_start=posterior),
+            due=bayes.search_due(posterior))
         try:
             report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
                                       multi_label=project.is_multi_label, seed=version.pk, posterior=posterior,
@@ -613,7 +637,7 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
             logger.warning("model version %s: no quality report (%s)", version.pk, exc)
             return None
         posterior = quality.calibrate(posterior, X, targets, seed=version.pk, report=report)
-    metrics = {**report.as_dict(), "report_version": version.number,
+    metrics = {**report.as_dict(), **search, "report_version": version.number,
                "report_seconds": round(time.perf_counter() - started, 4)}
     updated = ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(
         metrics=metrics, artifact=posterior.to_bytes(), report_at=timezone.now())

@@ -63,7 +63,11 @@ MAP at the previous mean, preconditions L-BFGS with the previous posterior's fac
 the previous prior precision until the label count has grown or shrunk by half since it was
 searched for (``SEARCH_GROWTH``); then it runs the cold search, from the cold start, so the
 two agree. The posterior equals a cold fit's within the optimiser's tolerance whenever lambda
-is the same (tests/test_ml_bayes.py).
+is the same (tests/test_ml_bayes.py). That search costs several MAPs (3-6 s on a span project of
+300-400 sentences), so the app's updates pass ``defer_search``: the refit keeps lambda and marks
+the search due, the report job runs it (``search_prior``) and the next refit takes its result
+(``searched``): lambda arrives one update later, the same lambda a search in the update would
+have found.
 
 Predictive
 ----------
@@ -81,7 +85,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
@@ -427,6 +431,12 @@ EVIDENCE_TOLERANCE = 0.1
 # by half since it was searched for: lambda moves slowly with N, and a search costs several
 # MAPs and a second curvature (N D^2 plus a D^3 eigen-decomposition).
 SEARCH_GROWTH = 1.5
+# With ``defer_search`` a warm refit keeps the previous prior precision up to this growth (or
+# shrinkage) and only marks the search due (``info["search_due"]``): the search then runs off the
+# update's path (``search_prior``, the app's report job) and the next refit takes its result
+# (``searched``). Past this growth the refit searches itself, so a search that never comes
+# (reports always interrupted) cannot leave lambda stale for long.
+DEFERRED_SEARCH_GROWTH = SEARCH_GROWTH**2
 # Label-count ratio (new / previous) within which a warm start also reuses the previous
 # precision factors as the L-BFGS preconditioner; outside it only the previous mean is reused.
 PRECONDITION_RANGE = (0.75, 1.5)
@@ -623,6 +633,41 @@ def _searched_at(posterior: Posterior) -> int:
     return int(posterior.info.get("evidence_n", posterior.n_train))
 
 
+def _within(n: int, searched_at: int, growth: float) -> bool:
+    """The label count ``n`` has grown (or shrunk) by less than ``growth`` since ``searched_at``."""
+    return n < growth * searched_at <= growth**2 * n
+
+
+def _with_searched(warm: Posterior, searched: tuple[float, int], n: int) -> Posterior:
+    """``warm`` with the prior precision searched off the update's path, if that search was made at a label count
+    nearer to ``n`` than the warm start's own (in ratio); else ``warm`` unchanged."""
+    lam, at = float(searched[0]), int(searched[1])
+    if not (np.isfinite(lam) and lam > 0 and at > 0):
+        return warm
+    if abs(math.log(n / at)) >= abs(math.log(n / max(_searched_at(warm), 1))):
+        return warm
+    return replace(warm, prior_precision=lam, info={**warm.info, "evidence_n": at})
+
+
+def search_due(posterior: Posterior) -> bool:
+    """A ``defer_search`` refit kept a prior precision searched at too different a label count: run
+    ``search_prior`` off the update's path and hand its result to the next refit (``searched``)."""
+    return bool(posterior.info.get("search_due", 0))
+
+
+def search_prior(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, multi_label: bool = False,
+                 warm_start: Posterior | None = None) -> tuple[float, int]:
+    """The evidence search a refit would have run on these labels (from the same start: the warm mean, lambda 1),
+    as ``(prior_precision, label count)`` for a later refit's ``searched``. Costs what the search costs in ``fit``."""
+    if multi_label:
+        post = fit_multilabel(X, y, init_prior_precision=1.0, warm_start=warm_start)
+    else:
+        if n_classes is None:
+            raise ModelFitError("search_prior needs n_classes for a single-label model")
+        post = fit(X, y, n_classes=n_classes, init_prior_precision=1.0, warm_start=warm_start)
+    return float(post.prior_precision), int(post.n_train)
+
+
 def _compatible(warm: Posterior | None, dim: int, n_outputs: int, multi_label: bool) -> Posterior | None:
     if warm is None or warm.dim != dim or warm.n_classes != n_outputs or warm.multi_label != multi_label:
         return None
@@ -646,6 +691,8 @@ def _fit(
     max_evidence_iterations: int,
     warm_start: Posterior | None,
     bias_feature: float | None = None,
+    defer_search: bool = False,
+    searched: tuple[float, int] | None = None,
 ) -> Posterior:
     c = BIAS_FEATURE if bias_feature is None else float(bias_feature)
     if not (np.isfinite(c) and c > 0):
@@ -665,6 +712,9 @@ def _fit(
     centred *= 1.0 / scale
     Xb[:, -1] = c
     warm = _compatible(warm_start, X.shape[1], targets.shape[1], multi_label)
+    n = int(X.shape[0])
+    if warm is not None and searched is not None:
+        warm = _with_searched(warm, searched, n)
     # The previous factors precondition only a fit on about as many labels: a cross-validation
     # fold on a subsample has far less curvature than the model it starts from, and there the
     # shared data-bound preconditioner converges faster (trec, 5k labels: 112 steps against 178).
@@ -676,14 +726,17 @@ def _fit(
         W = warm.mean_for(shift, scale, c)
     else:
         W = np.zeros(objective.shape)
-    n = int(X.shape[0])
     searched_at = n
+    due = False
     if prior_precision is not None:
         lam, search = float(prior_precision), False
     elif init_prior_precision is not None:
         lam, search = float(init_prior_precision), True
-    elif warm is not None and n < SEARCH_GROWTH * _searched_at(warm) <= SEARCH_GROWTH**2 * n:
+    elif warm is not None and _within(n, _searched_at(warm), SEARCH_GROWTH):
         lam, search = warm.prior_precision, False
+        searched_at = _searched_at(warm)
+    elif warm is not None and defer_search and _within(n, _searched_at(warm), DEFERRED_SEARCH_GROWTH):
+        lam, search, due = warm.prior_precision, False, True
         searched_at = _searched_at(warm)
     else:
         # Cold, or the labels grew (or shrank) a lot since the last search: the same search a
@@ -729,7 +782,7 @@ def _fit(
         n_train=n,
         bias_feature=c,
         info={"evidence_iterations": maps, "evidence_n": searched_at, "lbfgs_iterations": steps,
-              "warm_start": int(warm is not None)},
+              "warm_start": int(warm is not None), "search_due": int(due)},
     )
 
 
@@ -744,6 +797,8 @@ def fit(
     max_evidence_iterations: int = 6,
     warm_start: Posterior | None = None,
     bias_feature: float | None = None,
+    defer_search: bool = False,
+    searched: tuple[float, int] | None = None,
 ) -> Posterior:
     """Laplace posterior of softmax regression on embeddings ``X`` (N, D) and labels ``y`` in [0, n_classes).
 
@@ -758,6 +813,12 @@ def fit(
 
     ``bias_feature``: the design's bias column (default ``BIAS_FEATURE``); a warm start made with
     another one is re-expressed in this one.
+
+    ``defer_search``: a warm refit whose labels grew past ``SEARCH_GROWTH`` keeps the prior
+    precision anyway (up to ``DEFERRED_SEARCH_GROWTH``) and marks the search due (``search_due``);
+    ``searched``: a ``search_prior`` result made off the path, taken in place of the warm start's
+    prior precision when it was searched at a label count nearer this one. The app's model updates
+    use both, so no update waits for a search.
     """
     X = _check_X(X)
     y = np.asarray(y)
@@ -788,6 +849,8 @@ def fit(
         max_evidence_iterations=max_evidence_iterations,
         warm_start=warm_start,
         bias_feature=bias_feature,
+        defer_search=defer_search,
+        searched=searched,
     )
 
 
@@ -801,10 +864,12 @@ def fit_multilabel(
     max_evidence_iterations: int = 6,
     warm_start: Posterior | None = None,
     bias_feature: float | None = None,
+    defer_search: bool = False,
+    searched: tuple[float, int] | None = None,
 ) -> Posterior:
     """Laplace posterior of independent per-label sigmoid regressions; ``Y`` is a 0/1 (N, L) matrix.
 
-    ``warm_start`` as in ``fit``.
+    ``warm_start``, ``defer_search`` and ``searched`` as in ``fit``.
     """
     X = _check_X(X)
     Y = np.asarray(Y)
@@ -826,4 +891,6 @@ def fit_multilabel(
         max_evidence_iterations=max_evidence_iterations,
         warm_start=warm_start,
         bias_feature=bias_feature,
+        defer_search=defer_search,
+        searched=searched,
     )

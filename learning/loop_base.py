@@ -1,5 +1,6 @@
 """What the classification loop (learning.actions) and the span loop (learning.span_loop) share:
-the encoder in use, the error a run fails with, and the queue's upsert.
+the encoder in use, the error a run fails with, the queue's upsert, and the prior precision the
+report job searched off the update's path (``bayes.search_prior``).
 
 Its own module so that the span loop needs nothing from `learning.actions`, which dispatches to it:
 the two would otherwise import each other.
@@ -13,8 +14,12 @@ from typing import Any
 from django.conf import settings
 
 from annotation.models import ExampleScore
+from learning.models import ModelVersion
 
 UPSERT_BATCH = 5000
+# Key of a version's metrics under which the report job keeps the prior precision it searched for
+# the next model updates (a refit that found the search due marked it: ``bayes.search_due``).
+PRIOR_SEARCH = "prior_search"
 
 
 class TrainingError(Exception):
@@ -94,3 +99,31 @@ def upsert_scores(scores: list[ExampleScore]) -> None:
             update_fields=["model_version_number", "predicted_keys", "confidence", "score", "priority", "is_seed",
                            "suggested_spans", "updated_at"],
         )
+
+
+def searched_prior(project_id: int, encoder_name: str, label_keys: list[str]) -> tuple[float, int] | None:
+    """The newest ``(prior precision, label count)`` the report job searched for this project's model of
+    ``encoder_name`` over ``label_keys``; None if none was (``bayes.fit``'s ``searched``).
+
+    Read from whichever version the report measured, not only the newest: updates go on while it runs."""
+    found = (ModelVersion.objects.filter(project_id=project_id, encoder=encoder_name, label_keys=label_keys,
+                                         metrics__has_key=PRIOR_SEARCH)
+             .order_by("-number").values_list("metrics", flat=True).first())
+    if not found:
+        return None
+    try:
+        record = found[PRIOR_SEARCH]
+        return float(record["prior_precision"]), int(record["n"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def prior_search_record(searched: tuple[float, int]) -> dict[str, float | int]:
+    """What ``searched_prior`` reads back, as stored in a version's metrics."""
+    return {"prior_precision": float(searched[0]), "n": int(searched[1])}
+
+
+def without_prior_search(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A version's metrics as carried to the next version: a search belongs to the version it was made for, so
+    that ``searched_prior`` finds the newest search, not an older one copied forward."""
+    return {k: v for k, v in metrics.items() if k != PRIOR_SEARCH}

@@ -40,20 +40,37 @@ class HeldoutRule:
 
 
 def _update(
-    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None
+    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None,
+    searched: tuple[float, int] | None = None,
 ) -> bayes.Posterior:
     """The model update of ``learning.actions.fit_and_score``, minus the database.
 
     Same calls in the same order: a fit warm-started from the previous model (which keeps its
-    prior precision until the labels have grown enough for a new search) that takes the
-    previous model's calibration until its own report comes (``_report``). A replay that
-    fitted or calibrated any other way would draw a curve no project sees.
+    prior precision until the labels have grown enough for a new search, and then leaves the search
+    to the report: ``_search``, whose result comes back as ``searched``) that takes the previous
+    model's calibration until its own report comes (``_report``). A replay that fitted or
+    calibrated any other way would draw a curve no project sees.
     """
+    if previous is None:
+        searched = None
     if multi_label:
-        posterior = bayes.fit_multilabel(X, y, warm_start=previous)
+        posterior = bayes.fit_multilabel(X, y, warm_start=previous, defer_search=True, searched=searched)
     else:
-        posterior = bayes.fit(X, y, n_classes=n_classes, warm_start=previous)
+        posterior = bayes.fit(X, y, n_classes=n_classes, warm_start=previous, defer_search=True, searched=searched)
     return quality.carry_calibration(posterior, previous)
+
+
+def _search(
+    posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool,
+) -> tuple[float, int] | None:
+    """The report job's first step (``learning.actions._search_prior``): the prior-precision search the update
+    left due, if it did, for the next updates."""
+    if not bayes.search_due(posterior):
+        return None
+    try:
+        return bayes.search_prior(X, y, n_classes=n_classes, multi_label=multi_label, warm_start=posterior)
+    except bayes.ModelFitError:
+        return None
 
 
 def _report(
@@ -171,6 +188,7 @@ def run_strategy(
     order = list(labelled)
     points: list[dict[str, float]] = []
     previous: bayes.Posterior | None = None
+    searched: tuple[float, int] | None = None  # the newest search a report made (as the app's metrics keep it)
     seen: np.ndarray | None = None  # the train rows the features' encoder was fine-tuned on, once one was
     updates = 0
     if trace is not None:
@@ -191,6 +209,7 @@ def run_strategy(
                 X_train, X_test = record.pop("X_train"), record.pop("X_test")
                 seen = trained_rows  # this fine-tune started from the configured encoder: only its rows
                 previous = None  # other features: the layer fits cold, as a fine-tune's candidate does
+                searched = None
                 density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
                            if spec.density else None)
             record.pop("X_train", None)
@@ -203,7 +222,7 @@ def run_strategy(
         report_seed = int(rng.integers(2**31))
         try:
             posterior = _update(X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label,
-                                previous=previous)
+                                previous=previous, searched=searched)
         except bayes.ModelFitError:
             posterior = None
         remaining = budget - len(order)
@@ -238,6 +257,8 @@ def run_strategy(
         report_started = time.perf_counter()
         if posterior is not None:
             if updates % max(1, report_every) == 0 or remaining <= 0:
+                searched = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
+                                   multi_label=multi_label) or searched
                 posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
                                     multi_label=multi_label, seed=report_seed,
                                     unseen=None if seen is None else ~np.isin(idx, seen))
@@ -518,7 +539,8 @@ def run_span_strategy(
     """One span-tagging learning curve, counted in examples (sentences), as ``run_strategy``.
 
     The app's order: a diverse seed (k-means on example vectors; random for ``random``), then per
-    update a warm refit (``SpanModel.fit`` with the previous model, which carries its calibration),
+    update a warm refit (``SpanModel.fit`` with the previous model, which carries its calibration,
+    and leaves a due prior-precision search to the report),
     per-token scores of ``strategy`` aggregated per example by ``aggregation``, weighted by the
     examples' information density and picked as a diverse batch (for the strategies that do so,
     on the examples' mean token vectors), then the report's calibration (folds by example). Each
@@ -542,6 +564,7 @@ def run_span_strategy(
     order = [int(i) for i in labelled]
     points: list[dict[str, float]] = []
     previous: spans.SpanModel | None = None
+    searched: tuple[float, int] | None = None  # the newest prior search a report made (learning.span_loop.measure)
     updates = 0
     if trace is not None:
         trace.append({"n_labels": len(order), "chosen": list(order), "seed_batch": True})
@@ -553,7 +576,8 @@ def run_span_strategy(
         targets = [train_tags[i] for i in order]
         model: spans.SpanModel | None
         try:
-            model = spans.SpanModel.fit(vectors, targets, tagset, warm=previous)
+            model = spans.SpanModel.fit(vectors, targets, tagset, warm=previous, defer_search=True,
+                                        searched=searched if previous is not None else None)
         except bayes.ModelFitError:
             model = None
         remaining = budget - len(order)
@@ -580,6 +604,11 @@ def run_span_strategy(
         report_started = time.perf_counter()
         if model is not None:
             if updates % max(1, report_every) == 0 or remaining <= 0:
+                if bayes.search_due(model.posterior):
+                    try:
+                        searched = model.search_prior(vectors, targets)
+                    except bayes.ModelFitError:
+                        pass
                 model.calibrate(vectors, targets, rng=np.random.default_rng(report_seed))
             previous = model
         updates += 1

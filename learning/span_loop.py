@@ -28,7 +28,7 @@ from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
 from annotation.models import Annotation, ExampleScore
-from learning import acquisition, loop_base, span_quality, store, token_store
+from learning import acquisition, bayes, loop_base, span_quality, store, token_store
 from learning import spans as spanml
 from learning.models import ModelVersion, TrainingRun, unseen_mask
 from projects.models import Example, Label, Project
@@ -314,16 +314,20 @@ def fit(run: TrainingRun, timings: dict[str, float], *, encoder: Any) -> SpanFit
         except (ValueError, KeyError, OSError):
             logger.warning("model version %s: unreadable span artifact, fitting from scratch", previous.pk)
         if previous.metrics:
-            carried = {**previous.metrics, "report_version": previous.report.report_version or previous.number}
+            carried = {**loop_base.without_prior_search(previous.metrics),
+                       "report_version": previous.report.report_version or previous.number}
     timings["load_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
+    # No update waits for a prior-precision search: the report job runs a due one (measure) for later updates.
+    searched = loop_base.searched_prior(project.pk, encoder.name, data.label_keys) if warm is not None else None
     try:
-        model = spanml.SpanModel.fit(vectors, targets, tagset, warm=warm)
+        model = spanml.SpanModel.fit(vectors, targets, tagset, warm=warm, defer_search=True, searched=searched)
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
         raise loop_base.TrainingError(f"The span model could not be fitted: {exc}. The previous model keeps serving."
                                     ) from exc
     timings["fit_s"] = time.perf_counter() - t1
     timings["warm_start"] = float(warm is not None)
+    timings["search_due"] = float(bayes.search_due(model.posterior))
     timings["n_tokens"] = float(data.n_tokens)
     return SpanFitted(data, encoder, tagset, model, vectors, targets, carried)
 
@@ -402,6 +406,21 @@ def record(run: TrainingRun, fitted: SpanFitted, rows: list[ExampleScore], label
 # --- Quality report ----------------------------------------------------------------------------------------------
 
 
+def _search_prior(version: ModelVersion, model: spanml.SpanModel, vectors: list[np.ndarray],
+                  targets: list[np.ndarray]) -> dict[str, Any]:
+    """The prior-precision search ``version``'s update left due, written to its metrics at once (the next update
+    takes it even if the cross-validation that follows gives way); what the report's metrics keep of it."""
+    if not bayes.search_due(model.posterior):
+        return {}
+    try:
+        record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(model.search_prior(vectors, targets))}
+    except bayes.ModelFitError as exc:  # SpanModelError included
+        logger.warning("model version %s: prior precision not searched (%s)", version.pk, exc)
+        return {}
+    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(metrics={**version.metrics, **record})
+    return record
+
+
 def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelVersion | None:
     """Cross-validated entity-level quality of a span model version, written to its metrics; None if interrupted
     or if the labels no longer fit it."""
@@ -422,6 +441,7 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
     unseen = unseen_mask(project.pk, version.encoder, data.example_ids)
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
+        search = _search_prior(version, model, vectors, targets)
         try:
             report = span_quality.evaluate(vectors, targets, tagset, label_names=data.label_names, seed=version.pk,
                                            model=model, should_stop=should_stop, unseen=unseen)
@@ -429,7 +449,7 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
             return None
         # Its own temperature and variance scale (folds by sentence) replace those carried from the previous version.
         model.calibrate(vectors, targets, rng=np.random.default_rng(version.pk))
-    metrics = {**report, "n_tokens": data.n_tokens, "report_version": version.number,
+    metrics = {**report, **search, "n_tokens": data.n_tokens, "report_version": version.number,
                "report_seconds": round(time.perf_counter() - started, 4)}
     updated = ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(
         metrics=metrics, artifact=model.to_npz(), report_at=timezone.now())

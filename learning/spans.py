@@ -364,6 +364,13 @@ class SpanPrediction:
     spans: list[dict[str, Any]]  # [{"start", "end", "label", "confidence"}] (char offsets)
 
 
+def _design(token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All labelled tokens' vectors (N, D) float32 and tag ids (N,), in order."""
+    X, _ = pack(token_vectors, np.float32)
+    y = np.concatenate([np.asarray(t, dtype=np.int64) for t in tag_ids]) if tag_ids else np.zeros(0, np.int64)
+    return X, y
+
+
 @dataclass
 class SpanModel:
     """Bayesian last layer over IOB2 tags (``bayes.Posterior``) and its tag set."""
@@ -382,22 +389,25 @@ class SpanModel:
         warm: SpanModel | None = None,
         *,
         prior_precision: float | None = None,
+        defer_search: bool = False,
+        searched: tuple[float, int] | None = None,
     ) -> SpanModel:
         """Fit on labelled examples: one (n_tokens, dim) vector array and one (n_tokens,) tag id array each.
 
         ``warm``: the previous model (same tag set), whose posterior warm-starts ``bayes.fit`` (same
         optimum, fewer steps; the prior precision is kept until the token count has grown by half)
         and whose calibration is carried over until ``calibrate`` runs. A model of another tag set
-        is ignored. Raises SpanModelError when no token carries an entity tag (every labelled
-        example says "no entity": nothing to learn yet) or the inputs do not match.
+        is ignored. ``defer_search`` and ``searched`` as in ``bayes.fit`` (label counts are token
+        counts here; ``search_prior`` makes ``searched``). Raises SpanModelError when no token carries
+        an entity tag (every labelled example says "no entity": nothing to learn yet) or the inputs do
+        not match.
         """
         if len(token_vectors) != len(tag_ids):
             raise SpanModelError(f"{len(token_vectors)} vector arrays but {len(tag_ids)} tag arrays")
         for i, (v, t) in enumerate(zip(token_vectors, tag_ids, strict=True)):
             if len(v) != len(t):
                 raise SpanModelError(f"example {i}: {len(v)} token vectors but {len(t)} tags")
-        X, _ = pack(token_vectors, np.float32)
-        y = np.concatenate([np.asarray(t, dtype=np.int64) for t in tag_ids]) if tag_ids else np.zeros(0, np.int64)
+        X, y = _design(token_vectors, tag_ids)
         if len(y) == 0:
             raise SpanModelError("no labelled token to fit on")
         if y.min() < 0 or y.max() >= tagset.size:
@@ -410,12 +420,19 @@ class SpanModel:
             raise SpanModelError("every labelled token is inside an entity; label an example with plain text too")
         previous = warm.posterior if warm is not None and warm.tagset == tagset else None
         started = time.process_time()
-        posterior = bayes.fit(X, y, n_classes=tagset.size, warm_start=previous, prior_precision=prior_precision)
+        posterior = bayes.fit(X, y, n_classes=tagset.size, warm_start=previous, prior_precision=prior_precision,
+                              defer_search=defer_search, searched=searched)
         if previous is not None:
             posterior.temperature, posterior.variance_scale = previous.temperature, previous.variance_scale
             posterior.info["calibration_from"] = "previous"
         info = {"n_examples": len(tag_ids), "n_tokens": int(len(y)), "fit_cpu_seconds": time.process_time() - started}
         return cls(posterior=posterior, tagset=tagset, info=info)
+
+    def search_prior(self, token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray]) -> tuple[float, int]:
+        """The prior-precision search a refit on these labels would run (``bayes.search_prior``), warm-started from
+        this model: ``(prior precision, token count)`` for a later ``fit``'s ``searched``."""
+        X, y = _design(token_vectors, tag_ids)
+        return bayes.search_prior(X, y, n_classes=self.tagset.size, warm_start=self.posterior)
 
     def calibrate(
         self, token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray], *, folds: int = 3,

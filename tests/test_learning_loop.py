@@ -6,11 +6,16 @@ import pytest
 from django.urls import reverse
 
 from annotation.models import Annotation, ExampleScore
-from learning import actions, store
+from learning import actions, bayes, store
 from learning.models import ModelVersion, RunStatus, TrainingRun
 
 # Unit tests store their own vectors; the real encoder runs in the worker tests.
 pytestmark = pytest.mark.usefixtures("stored_vectors")
+
+
+def posterior_of(version: ModelVersion) -> bayes.Posterior:
+    version.refresh_from_db()
+    return bayes.Posterior.from_bytes(bytes(version.artifact))
 
 
 def test_it_coalesces_a_burst_of_requests_into_one_queued_run(project, django_capture_on_commit_callbacks):
@@ -190,3 +195,40 @@ def test_density_is_extended_not_recomputed_for_a_few_new_examples(
     np.testing.assert_allclose(second[:200], first)  # old values kept
     assert len(second) == 205 and np.all((second >= 0) & (second <= 1))
     assert calls == [5 + 200]  # only the new rows, against a sample of the old ones
+
+
+def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(project, alice, clustered_examples):
+    examples = clustered_examples(project, alice, 300, labelled=40)
+    keys = [label.key for label in project.current_taxonomy().labels.all()]
+
+    def label(start: int, stop: int) -> None:
+        Annotation.objects.bulk_create(
+            Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
+                       label_keys=[keys[i % 2]]) for i in range(start, stop))
+        actions.request_training(project, reason="labels")
+
+    TrainingRun.objects.create(project=project)
+    actions.run_training(project.pk)
+    first = ModelVersion.objects.get(project=project)
+    assert actions.report_project(project.pk) == first
+    assert posterior_of(first).info["evidence_n"] == 40
+    # The labels grew by 3/4: the update keeps the prior precision and leaves the search due ...
+    label(40, 70)
+    run = actions.run_training(project.pk)
+    assert run.status == RunStatus.SUCCEEDED and run.timings["search_due"] == 1.0
+    second = ModelVersion.objects.get(project=project, number=2)
+    kept = posterior_of(second)
+    assert kept.prior_precision == posterior_of(first).prior_precision and kept.info["evidence_iterations"] == 1
+    assert "prior_search" not in second.metrics  # a search is not carried forward from the previous version
+    # ... the report job runs it on the labels and keeps it on that version ...
+    assert actions.report_project(project.pk) == second
+    second.refresh_from_db()
+    searched = second.metrics["prior_search"]
+    assert searched["n"] == 70 and searched["prior_precision"] > 0
+    # ... and the next update takes it without a search of its own.
+    label(70, 75)
+    run = actions.run_training(project.pk)
+    assert run.timings["search_due"] == 0.0
+    third = posterior_of(ModelVersion.objects.get(project=project, number=3))
+    assert third.prior_precision == searched["prior_precision"] and third.info["evidence_n"] == 70
+    assert third.info["evidence_iterations"] == 1

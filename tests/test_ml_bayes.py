@@ -173,6 +173,44 @@ def test_it_searches_the_prior_precision_again_once_the_labels_grew_by_half() ->
     assert np.isclose(searched.prior_precision, bayes.fit(X[:300], y[:300], n_classes=3).prior_precision, rtol=1e-3)
 
 
+def test_a_deferred_search_is_left_to_search_prior_and_taken_by_the_next_refit() -> None:
+    X, y = blobs(700, seed=11)
+    previous = bayes.fit(X[:200], y[:200], n_classes=3)
+    # Grown by half but not by 2.25x: the refit keeps lambda and marks the search due, instead of searching.
+    deferred = bayes.fit(X[:300], y[:300], n_classes=3, warm_start=previous, defer_search=True)
+    assert deferred.info["evidence_iterations"] == 1 and deferred.info["evidence_n"] == 200
+    assert deferred.prior_precision == previous.prior_precision and bayes.search_due(deferred)
+    # The search off the path finds the lambda the refit would have found itself (the cold one).
+    searched = bayes.search_prior(X[:300], y[:300], n_classes=3, warm_start=deferred)
+    assert searched[1] == 300
+    inline = bayes.fit(X[:300], y[:300], n_classes=3, warm_start=previous)
+    assert inline.info["evidence_iterations"] > 1
+    assert np.isclose(searched[0], inline.prior_precision, rtol=1e-3)
+    # The next refit takes it without a search of its own, and is the refit at that lambda.
+    taken = bayes.fit(X[:320], y[:320], n_classes=3, warm_start=deferred, defer_search=True, searched=searched)
+    assert taken.prior_precision == searched[0] and taken.info["evidence_n"] == 300
+    assert taken.info["evidence_iterations"] == 1 and not bayes.search_due(taken)
+    fixed = bayes.fit(X[:320], y[:320], n_classes=3, prior_precision=searched[0])
+    assert np.abs(taken.predict_proba(X) - fixed.predict_proba(X)).max() < 1e-3
+    # A search made at a count farther from this one than the warm start's own is ignored.
+    stale = bayes.fit(X[:330], y[:330], n_classes=3, warm_start=taken, defer_search=True, searched=(1e3, 200))
+    assert stale.prior_precision == taken.prior_precision and stale.info["evidence_n"] == 300
+    # Past 2.25x the refit searches itself: a search that never comes cannot leave lambda stale for long.
+    grown = bayes.fit(X[:680], y[:680], n_classes=3, warm_start=taken, defer_search=True)
+    assert grown.info["evidence_iterations"] > 1 and grown.info["evidence_n"] == 680 and not bayes.search_due(grown)
+
+
+def test_a_deferred_search_works_for_multilabel_models() -> None:
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((330, 8)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 0] + X[:, 2] > 0], axis=1).astype(int)
+    previous = bayes.fit_multilabel(X[:140], Y[:140])
+    deferred = bayes.fit_multilabel(X[:240], Y[:240], warm_start=previous, defer_search=True)
+    assert bayes.search_due(deferred) and deferred.prior_precision == previous.prior_precision
+    lam, n = bayes.search_prior(X[:240], Y[:240], multi_label=True, warm_start=deferred)
+    assert n == 240 and np.isclose(lam, bayes.fit_multilabel(X[:240], Y[:240]).prior_precision, rtol=1e-3)
+
+
 def test_it_ignores_a_warm_start_with_other_outputs() -> None:
     X, y = blobs(120, k=3, seed=12)
     other = bayes.fit(X, y % 2, n_classes=2)

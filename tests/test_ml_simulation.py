@@ -105,13 +105,22 @@ def test_it_runs_small_text_on_the_same_grid_as_ours() -> None:
 def test_it_updates_the_model_as_the_app_does(monkeypatch: pytest.MonkeyPatch) -> None:
     # learning.actions.fit: fit warm-started from the previous model, then calibrate
     # from quality.evaluate's report. A replay that fits another way draws curves no project sees.
+    # A search the update left due runs in the report (learning.actions._search_prior) and the next update takes it.
     warm: list[bool] = []
+    searched_in_update: list[bool] = []
+    searches: list[int] = []
     reported: list[bool] = []
     fit, calibrate = bayes.fit, quality.calibrate
 
     def spy_fit(X: np.ndarray, y: np.ndarray, **kwargs: Any) -> bayes.Posterior:
-        if kwargs.get("prior_precision") is None:  # cross-validation folds fix it; the update does not
+        if kwargs.get("init_prior_precision") is not None:  # bayes.search_prior
+            searches.append(len(y))
+        elif kwargs.get("prior_precision") is None:  # cross-validation folds fix it; the update does not
             warm.append(kwargs.get("warm_start") is not None)
+            assert kwargs.get("defer_search") is True
+            post = fit(X, y, **kwargs)
+            searched_in_update.append(post.info["evidence_iterations"] > 1)
+            return post
         return fit(X, y, **kwargs)
 
     def spy_calibrate(posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> bayes.Posterior:
@@ -127,6 +136,8 @@ def test_it_updates_the_model_as_the_app_does(monkeypatch: pytest.MonkeyPatch) -
     )  # fmt: skip
     assert [p["n_labels"] for p in points] == [20, 40, 60, 80]
     assert warm == [False, True, True, True]
+    assert searched_in_update == [True, False, False, False]  # only the first, cold fit searches itself
+    assert searches == [40, 60]  # 20 -> 40 and 40 -> 60 labels grew by half: the reports searched
     assert reported == [True, True, True, True]
 
 

@@ -18,6 +18,7 @@ from django.urls import reverse
 from annotation.models import Annotation, AnnotationSource, ExampleScore
 from labelhub.jobs import enqueue
 from learning import actions, loop_base, span_loop, store, token_store
+from learning import spans as spanml
 from learning.models import ModelVersion, RunStatus, TrainingRun
 from projects import taxonomy
 from projects.models import Example, Project
@@ -122,6 +123,11 @@ def conll_project() -> Callable[..., list[Example]]:
         return examples
 
     return make
+
+
+def span_model_of(version: ModelVersion) -> spanml.SpanModel:
+    version.refresh_from_db()
+    return spanml.SpanModel.from_npz(bytes(version.artifact))
 
 
 def train_now(project: Project) -> TrainingRun:
@@ -401,3 +407,31 @@ def test_the_dashboard_draws_the_span_charts(live_server, browser, span_project,
     assert errors == []
     assert {"span-learning-curve", "dashboard-f1", "span-errors", "span-precision"} <= set(drawn["dashboard"])
     assert "learning-curve" not in drawn["dashboard"] and "span-learning-curve" in drawn["model"]
+
+
+def test_no_span_update_waits_for_a_prior_search_the_report_runs_it(span_project, alice, token_encoder,
+                                                                      conll_project):
+    conll_project(span_project, alice, 150, labelled=60)
+    assert train_now(span_project).status == RunStatus.SUCCEEDED
+    first = ModelVersion.objects.get(project=span_project)
+    assert actions.report_project(span_project.pk) == first
+    lam = span_model_of(first).posterior.prior_precision
+    # 60 -> 140 labelled sentences (the token count grows by 1.5-2.25x): the update keeps the prior precision ...
+    conll_project(span_project, alice, 80, labelled=80, skip=400)
+    run = train_now(span_project)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert 1.5 <= run.timings["n_tokens"] / span_model_of(first).posterior.n_train < 2.25
+    assert run.timings["search_due"] == 1.0
+    second = ModelVersion.objects.get(project=span_project, number=2)
+    assert span_model_of(second).posterior.prior_precision == lam
+    # ... the report job searches it on the labels ...
+    assert actions.report_project(span_project.pk) == second
+    second.refresh_from_db()
+    searched = second.metrics["prior_search"]
+    assert searched["n"] == run.timings["n_tokens"] and searched["prior_precision"] != lam
+    # ... and the next update takes it.
+    conll_project(span_project, alice, 5, labelled=5, skip=600)
+    run = train_now(span_project)
+    assert run.status == RunStatus.SUCCEEDED and run.timings["search_due"] == 0.0
+    third = span_model_of(ModelVersion.objects.get(project=span_project, number=3)).posterior
+    assert third.prior_precision == searched["prior_precision"] and third.info["evidence_n"] == searched["n"]
