@@ -256,9 +256,11 @@ def run_strategy(
         update_seconds = time.perf_counter() - started
         report_started = time.perf_counter()
         if posterior is not None:
+            # The report job's first step, after every update that left a search due, whatever ``report_every``:
+            # in the app it runs as soon as the update is done, before the cross-validation that may give way.
+            searched = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
+                               multi_label=multi_label) or searched
             if updates % max(1, report_every) == 0 or remaining <= 0:
-                searched = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
-                                   multi_label=multi_label) or searched
                 posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
                                     multi_label=multi_label, seed=report_seed,
                                     unseen=None if seen is None else ~np.isin(idx, seen))
@@ -603,12 +605,12 @@ def run_span_strategy(
         update_cpu = time.process_time() - cpu_started
         report_started = time.perf_counter()
         if model is not None:
+            if bayes.search_due(model.posterior):  # the report job's first step, whatever report_every (above)
+                try:
+                    searched = model.search_prior(vectors, targets)
+                except bayes.ModelFitError:
+                    pass
             if updates % max(1, report_every) == 0 or remaining <= 0:
-                if bayes.search_due(model.posterior):
-                    try:
-                        searched = model.search_prior(vectors, targets)
-                    except bayes.ModelFitError:
-                        pass
                 model.calibrate(vectors, targets, rng=np.random.default_rng(report_seed))
             previous = model
         updates += 1
