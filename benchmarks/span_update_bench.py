@@ -7,7 +7,7 @@ a chunk at a time from the on-disk float16 token store (learning/token_store.py)
 the 20 sentences the previous one ranked first, as annotators working the queue would. As in the app, an update
 never searches the prior precision itself once a model exists (``defer_search``): when the labels have grown
 enough for a new search it marks it due, the report job runs it (``SpanModel.search_prior``, timed here as
-``search_cpu_s``, off the update's path) and the next update takes the result (``searched``).
+``search_cpu_s``, off the update's path), its refit replaces the deferred one and the next update starts from it.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/span_update_bench.py --pool 10000 --updates 12 --replicate 10
 
@@ -187,9 +187,10 @@ def main() -> None:
                    "rescore_wall_s": w2 - w1, "rescore_cpu_s": c2 - c1, "total_wall_s": w2 - w0,
                    "total_cpu_s": c2 - c0, "peak_anon_mib": peak.peak, "suggested": sum(map(len, scored.spans)),
                    "prior_precision": float(model.posterior.prior_precision), "search_cpu_s": 0.0}
-            if bayes.search_due(model.posterior):  # the report job's search, off the path
+            if bayes.search_due(model.posterior):  # the report job's search, off the path; its refit then serves
                 c3 = time.process_time()
-                searched = model.search_prior(vecs, targets)
+                model = model.search_prior(vecs, targets)
+                searched = bayes.searched_of(model.posterior)
                 row["search_cpu_s"] = time.process_time() - c3
             updates.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

@@ -133,7 +133,7 @@ def grown_refit(X: np.ndarray, y: np.ndarray, k: int, n: int) -> tuple[int, floa
     c1 = time.process_time()
     deferred = bayes.fit(X[:n], y[:n], n_classes=k, warm_start=previous, defer_search=True)
     c2 = time.process_time()
-    lam, _ = bayes.search_prior(X[:n], y[:n], n_classes=k, warm_start=deferred)
+    lam = bayes.search_prior(X[:n], y[:n], n_classes=k, warm_start=deferred).prior_precision
     c3 = time.process_time()
     assert bayes.search_due(deferred) and not bayes.search_due(inline)
     return n_s, c1 - c0, c2 - c1, c3 - c2, abs(lam / inline.prior_precision - 1)

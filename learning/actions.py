@@ -588,20 +588,30 @@ def report_project(project_id: int) -> ModelVersion | None:
             request_report(project_id)
 
 
-def _search_prior(version: ModelVersion, search: Callable[[], tuple[float, int]], *, due: bool
-                  ) -> dict[str, Any]:
-    """The prior-precision search ``version``'s update left due, written to its metrics at once (the next update
-    takes it even if the cross-validation that follows gives way); what the report's metrics keep of it."""
-    if not due:
-        return {}
+def _search_prior(version: ModelVersion, posterior: bayes.Posterior, X: np.ndarray, targets: np.ndarray
+                  ) -> tuple[bayes.Posterior, dict[str, Any]]:
+    """Run the prior-precision search ``version``'s update left due, if it did: (the model the report measures and
+    serves, what the report's metrics keep of the search).
+
+    The search's lambda is written to the version's metrics at once, so the next update takes it even if the
+    cross-validation that follows gives way (``loop_base.searched_prior``). On the version's own labels the
+    searched refit also replaces the deferred one: it is the refit the update would have made."""
+    if not bayes.search_due(posterior):
+        return posterior, {}
     try:
-        record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(search())}
+        searched = quality.carry_calibration(bayes.search_prior(
+            X, targets, n_classes=posterior.n_classes, multi_label=posterior.multi_label, warm_start=posterior),
+            posterior)
     except bayes.ModelFitError as exc:
         logger.warning("model version %s: prior precision not searched (%s)", version.pk, exc)
-        return {}
-    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(
-        metrics={**version.metrics, **record})
-    return record
+        return posterior, {}
+    record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(bayes.searched_of(searched))}
+    same_labels = searched.n_train == version.n_labels
+    changes: dict[str, Any] = {"metrics": {**version.metrics, **record}}
+    if same_labels:
+        changes["artifact"] = searched.to_bytes()
+    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(**changes)
+    return (searched if same_labels else posterior), record
 
 
 def _measure(version: ModelVersion) -> ModelVersion | None:
@@ -624,9 +634,7 @@ def _measure(version: ModelVersion) -> ModelVersion | None:
     # A fine-tuned encoder's model is measured on the labels that encoder was not trained on (quality.evaluate).
     unseen = unseen_mask(project.pk, version.encoder, ids)
     with threadpool_limits(limits=1, user_api="blas"):
-        search = _search_prior(version, lambda: bayes.search_prior(
-            X, targets, n_classes=len(data.label_keys), multi_label=project.is_multi_label, warm_start=posterior),
-            due=bayes.search_due(posterior))
+        posterior, search = _search_prior(version, posterior, X, targets)
         try:
             report = quality.evaluate(X, targets, n_classes=len(data.label_keys), label_names=data.label_names,
                                       multi_label=project.is_multi_label, seed=version.pk, posterior=posterior,

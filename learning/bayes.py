@@ -65,9 +65,9 @@ searched for (``SEARCH_GROWTH``); then it runs the cold search, from the cold st
 two agree. The posterior equals a cold fit's within the optimiser's tolerance whenever lambda
 is the same (tests/test_ml_bayes.py). That search costs several MAPs (3-6 s on a span project of
 300-400 sentences), so the app's updates pass ``defer_search``: the refit keeps lambda and marks
-the search due, the report job runs it (``search_prior``) and the next refit takes its result
-(``searched``): lambda arrives one update later, the same lambda a search in the update would
-have found.
+the search due, the report job runs it (``search_prior``), serves that refit in place of the
+deferred one and hands its lambda to the next refit (``searched``): lambda arrives one report
+later, the same lambda a search in the update would have found.
 
 Predictive
 ----------
@@ -656,16 +656,20 @@ def search_due(posterior: Posterior) -> bool:
 
 
 def search_prior(X: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, multi_label: bool = False,
-                 warm_start: Posterior | None = None) -> tuple[float, int]:
-    """The evidence search a refit would have run on these labels (from the same start: the warm mean, lambda 1),
-    as ``(prior_precision, label count)`` for a later refit's ``searched``. Costs what the search costs in ``fit``."""
+                 warm_start: Posterior | None = None) -> Posterior:
+    """The refit with the evidence search a refit would have run on these labels (from the same start: the warm
+    mean, lambda 1). Costs what the search costs in ``fit``. ``searched_of`` of it is a later refit's
+    ``searched``; the app's report job also serves it in place of the deferred refit (same labels, fresh lambda)."""
     if multi_label:
-        post = fit_multilabel(X, y, init_prior_precision=1.0, warm_start=warm_start)
-    else:
-        if n_classes is None:
-            raise ModelFitError("search_prior needs n_classes for a single-label model")
-        post = fit(X, y, n_classes=n_classes, init_prior_precision=1.0, warm_start=warm_start)
-    return float(post.prior_precision), int(post.n_train)
+        return fit_multilabel(X, y, init_prior_precision=1.0, warm_start=warm_start)
+    if n_classes is None:
+        raise ModelFitError("search_prior needs n_classes for a single-label model")
+    return fit(X, y, n_classes=n_classes, init_prior_precision=1.0, warm_start=warm_start)
+
+
+def searched_of(posterior: Posterior) -> tuple[float, int]:
+    """``(prior precision, label count)`` of a ``search_prior`` result, as ``fit``'s ``searched`` takes it."""
+    return float(posterior.prior_precision), int(posterior.n_train)
 
 
 def _compatible(warm: Posterior | None, dim: int, n_outputs: int, multi_label: bool) -> Posterior | None:

@@ -47,7 +47,8 @@ def _update(
 
     Same calls in the same order: a fit warm-started from the previous model (which keeps its
     prior precision until the labels have grown enough for a new search, and then leaves the search
-    to the report: ``_search``, whose result comes back as ``searched``) that takes the previous
+    to the report: ``_search``, whose refit replaces this one and whose lambda comes back as
+    ``searched``) that takes the previous
     model's calibration until its own report comes (``_report``). A replay that fitted or
     calibrated any other way would draw a curve no project sees.
     """
@@ -62,13 +63,14 @@ def _update(
 
 def _search(
     posterior: bayes.Posterior, X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool,
-) -> tuple[float, int] | None:
-    """The report job's first step (``learning.actions._search_prior``): the prior-precision search the update
-    left due, if it did, for the next updates."""
+) -> bayes.Posterior | None:
+    """The report job's first step (``learning.actions._search_prior``): the refit with the prior-precision search
+    the update left due, if it did; it replaces the deferred refit, and its lambda goes to the next updates."""
     if not bayes.search_due(posterior):
         return None
     try:
-        return bayes.search_prior(X, y, n_classes=n_classes, multi_label=multi_label, warm_start=posterior)
+        return quality.carry_calibration(
+            bayes.search_prior(X, y, n_classes=n_classes, multi_label=multi_label, warm_start=posterior), posterior)
     except bayes.ModelFitError:
         return None
 
@@ -258,8 +260,9 @@ def run_strategy(
         if posterior is not None:
             # The report job's first step, after every update that left a search due, whatever ``report_every``:
             # in the app it runs as soon as the update is done, before the cross-validation that may give way.
-            searched = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
-                               multi_label=multi_label) or searched
+            refit = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label)
+            if refit is not None:
+                posterior, searched = refit, bayes.searched_of(refit)
             if updates % max(1, report_every) == 0 or remaining <= 0:
                 posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
                                     multi_label=multi_label, seed=report_seed,
@@ -607,7 +610,8 @@ def run_span_strategy(
         if model is not None:
             if bayes.search_due(model.posterior):  # the report job's first step, whatever report_every (above)
                 try:
-                    searched = model.search_prior(vectors, targets)
+                    model = model.search_prior(vectors, targets)
+                    searched = bayes.searched_of(model.posterior)
                 except bayes.ModelFitError:
                     pass
             if updates % max(1, report_every) == 0 or remaining <= 0:

@@ -407,18 +407,24 @@ def record(run: TrainingRun, fitted: SpanFitted, rows: list[ExampleScore], label
 
 
 def _search_prior(version: ModelVersion, model: spanml.SpanModel, vectors: list[np.ndarray],
-                  targets: list[np.ndarray]) -> dict[str, Any]:
-    """The prior-precision search ``version``'s update left due, written to its metrics at once (the next update
-    takes it even if the cross-validation that follows gives way); what the report's metrics keep of it."""
+                  targets: list[np.ndarray]) -> tuple[spanml.SpanModel, dict[str, Any]]:
+    """Run the prior-precision search ``version``'s update left due, if it did: (the model the report measures and
+    serves, what the report's metrics keep of the search), as ``learning.actions._search_prior``: its lambda is
+    written to the metrics at once, and on the version's own labels the searched refit replaces the deferred one."""
     if not bayes.search_due(model.posterior):
-        return {}
+        return model, {}
     try:
-        record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(model.search_prior(vectors, targets))}
+        searched = model.search_prior(vectors, targets)
     except bayes.ModelFitError as exc:  # SpanModelError included
         logger.warning("model version %s: prior precision not searched (%s)", version.pk, exc)
-        return {}
-    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(metrics={**version.metrics, **record})
-    return record
+        return model, {}
+    record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(bayes.searched_of(searched.posterior))}
+    same_labels = searched.posterior.n_train == model.posterior.n_train and len(vectors) == version.n_labels
+    changes: dict[str, Any] = {"metrics": {**version.metrics, **record}}
+    if same_labels:
+        changes["artifact"] = searched.to_npz()
+    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(**changes)
+    return (searched if same_labels else model), record
 
 
 def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelVersion | None:
@@ -441,7 +447,7 @@ def measure(version: ModelVersion, *, should_stop: Callable[[], bool]) -> ModelV
     unseen = unseen_mask(project.pk, version.encoder, data.example_ids)
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
-        search = _search_prior(version, model, vectors, targets)
+        model, search = _search_prior(version, model, vectors, targets)
         try:
             report = span_quality.evaluate(vectors, targets, tagset, label_names=data.label_names, seed=version.pk,
                                            model=model, should_stop=should_stop, unseen=unseen)

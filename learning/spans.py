@@ -428,11 +428,17 @@ class SpanModel:
         info = {"n_examples": len(tag_ids), "n_tokens": int(len(y)), "fit_cpu_seconds": time.process_time() - started}
         return cls(posterior=posterior, tagset=tagset, info=info)
 
-    def search_prior(self, token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray]) -> tuple[float, int]:
-        """The prior-precision search a refit on these labels would run (``bayes.search_prior``), warm-started from
-        this model: ``(prior precision, token count)`` for a later ``fit``'s ``searched``."""
+    def search_prior(self, token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray]) -> SpanModel:
+        """The refit on these labels with the prior-precision search (``bayes.search_prior``), warm-started from
+        this model, whose calibration it carries until ``calibrate`` runs. ``bayes.searched_of`` of its posterior
+        is a later ``fit``'s ``searched`` (label counts are token counts)."""
         X, y = _design(token_vectors, tag_ids)
-        return bayes.search_prior(X, y, n_classes=self.tagset.size, warm_start=self.posterior)
+        started = time.process_time()
+        posterior = bayes.search_prior(X, y, n_classes=self.tagset.size, warm_start=self.posterior)
+        posterior.temperature, posterior.variance_scale = self.posterior.temperature, self.posterior.variance_scale
+        posterior.info["calibration_from"] = "previous"
+        info = {"n_examples": len(tag_ids), "n_tokens": int(len(y)), "fit_cpu_seconds": time.process_time() - started}
+        return SpanModel(posterior=posterior, tagset=self.tagset, info=info)
 
     def calibrate(
         self, token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray], *, folds: int = 3,

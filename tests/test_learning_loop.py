@@ -220,11 +220,14 @@ def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(proj
     kept = posterior_of(second)
     assert kept.prior_precision == posterior_of(first).prior_precision and kept.info["evidence_iterations"] == 1
     assert "prior_search" not in second.metrics  # a search is not carried forward from the previous version
-    # ... the report job runs it on the labels and keeps it on that version ...
+    # ... the report job runs it on the labels, keeps it on that version and serves the searched refit ...
     assert actions.report_project(project.pk) == second
     second.refresh_from_db()
     searched = second.metrics["prior_search"]
     assert searched["n"] == 70 and searched["prior_precision"] > 0
+    served = posterior_of(second)
+    assert served.prior_precision == searched["prior_precision"] and served.info["evidence_n"] == 70
+    assert not bayes.search_due(served) and second.report_at is not None
     # ... and the next update takes it without a search of its own.
     label(70, 75)
     run = actions.run_training(project.pk)

@@ -181,11 +181,14 @@ def test_a_deferred_search_is_left_to_search_prior_and_taken_by_the_next_refit()
     assert deferred.info["evidence_iterations"] == 1 and deferred.info["evidence_n"] == 200
     assert deferred.prior_precision == previous.prior_precision and bayes.search_due(deferred)
     # The search off the path finds the lambda the refit would have found itself (the cold one).
-    searched = bayes.search_prior(X[:300], y[:300], n_classes=3, warm_start=deferred)
-    assert searched[1] == 300
+    refit = bayes.search_prior(X[:300], y[:300], n_classes=3, warm_start=deferred)
+    searched = bayes.searched_of(refit)
+    assert searched[1] == 300 and not bayes.search_due(refit)
     inline = bayes.fit(X[:300], y[:300], n_classes=3, warm_start=previous)
     assert inline.info["evidence_iterations"] > 1
     assert np.isclose(searched[0], inline.prior_precision, rtol=1e-3)
+    # ... and its refit is the refit the update would have made.
+    assert np.abs(refit.predict_proba(X) - inline.predict_proba(X)).max() < 1e-3
     # The next refit takes it without a search of its own, and is the refit at that lambda.
     taken = bayes.fit(X[:320], y[:320], n_classes=3, warm_start=deferred, defer_search=True, searched=searched)
     assert taken.prior_precision == searched[0] and taken.info["evidence_n"] == 300
@@ -207,7 +210,7 @@ def test_a_deferred_search_works_for_multilabel_models() -> None:
     previous = bayes.fit_multilabel(X[:140], Y[:140])
     deferred = bayes.fit_multilabel(X[:240], Y[:240], warm_start=previous, defer_search=True)
     assert bayes.search_due(deferred) and deferred.prior_precision == previous.prior_precision
-    lam, n = bayes.search_prior(X[:240], Y[:240], multi_label=True, warm_start=deferred)
+    lam, n = bayes.searched_of(bayes.search_prior(X[:240], Y[:240], multi_label=True, warm_start=deferred))
     assert n == 240 and np.isclose(lam, bayes.fit_multilabel(X[:240], Y[:240]).prior_precision, rtol=1e-3)
 
 

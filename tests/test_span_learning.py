@@ -429,6 +429,8 @@ def test_no_span_update_waits_for_a_prior_search_the_report_runs_it(span_project
     second.refresh_from_db()
     searched = second.metrics["prior_search"]
     assert searched["n"] == run.timings["n_tokens"] and searched["prior_precision"] != lam
+    served = span_model_of(second).posterior  # the searched refit serves, calibrated by the report
+    assert served.prior_precision == searched["prior_precision"] and served.info["evidence_n"] == searched["n"]
     # ... and the next update takes it.
     conll_project(span_project, alice, 5, labelled=5, skip=600)
     run = train_now(span_project)
