@@ -7,7 +7,8 @@ a chunk at a time from the on-disk float16 token store (learning/token_store.py)
 the 20 sentences the previous one ranked first, as annotators working the queue would. As in the app, an update
 never searches the prior precision itself once a model exists (``defer_search``): when the labels have grown
 enough for a new search it marks it due, the report job runs it (``SpanModel.search_prior``, timed here as
-``search_cpu_s``, off the update's path), its refit replaces the deferred one and the next update starts from it.
+``search_cpu_s``, off the update's path) and its refit replaces the deferred one, which the next update
+starts from.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/span_update_bench.py --pool 10000 --updates 12 --replicate 10
 
@@ -168,14 +169,12 @@ def main() -> None:
         rng = np.random.default_rng(0)
         labelled = np.sort(rng.choice(len(ids), args.start, replace=False))
         model = None
-        searched = None
         updates = []
         for _ in range(args.updates):
             w0, c0 = time.perf_counter(), time.process_time()
             vecs = store.get(ids[labelled])
             targets = [tags[i] for i in labelled]
-            model = spanml.SpanModel.fit(vecs, targets, tagset, warm=model, defer_search=True,
-                                         searched=searched if model is not None else None)
+            model = spanml.SpanModel.fit(vecs, targets, tagset, warm=model, defer_search=True)
             w1, c1 = time.perf_counter(), time.process_time()
             pool_mask = np.ones(len(ids), dtype=bool)
             pool_mask[labelled] = False
@@ -190,7 +189,6 @@ def main() -> None:
             if bayes.search_due(model.posterior):  # the report job's search, off the path; its refit then serves
                 c3 = time.process_time()
                 model = model.search_prior(vecs, targets)
-                searched = bayes.searched_of(model.posterior)
                 row["search_cpu_s"] = time.process_time() - c3
             updates.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)

@@ -591,11 +591,8 @@ def report_project(project_id: int) -> ModelVersion | None:
 def _search_prior(version: ModelVersion, posterior: bayes.Posterior, X: np.ndarray, targets: np.ndarray
                   ) -> tuple[bayes.Posterior, dict[str, Any]]:
     """Run the prior-precision search ``version``'s update left due, if it did: (the model the report measures and
-    serves, what the report's metrics keep of the search).
-
-    The search's lambda is written to the version's metrics at once, so the next update takes it even if the
-    cross-validation that follows gives way (``loop_base.searched_prior``). On the version's own labels the
-    searched refit also replaces the deferred one: it is the refit the update would have made."""
+    serves, what the report's metrics keep of the search; ``loop_base.keep_prior_search``). On the version's own
+    labels the searched refit replaces the deferred one: it is the refit the update would have made."""
     if not bayes.search_due(posterior):
         return posterior, {}
     try:
@@ -605,12 +602,9 @@ def _search_prior(version: ModelVersion, posterior: bayes.Posterior, X: np.ndarr
     except bayes.ModelFitError as exc:
         logger.warning("model version %s: prior precision not searched (%s)", version.pk, exc)
         return posterior, {}
-    record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(bayes.searched_of(searched))}
     same_labels = searched.n_train == version.n_labels
-    changes: dict[str, Any] = {"metrics": {**version.metrics, **record}}
-    if same_labels:
-        changes["artifact"] = searched.to_bytes()
-    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(**changes)
+    record = loop_base.keep_prior_search(version, bayes.searched_of(searched),
+                                         searched.to_bytes() if same_labels else None)
     return (searched if same_labels else posterior), record
 
 

@@ -106,21 +106,28 @@ def searched_prior(project_id: int, encoder_name: str, label_keys: list[str]) ->
     ``encoder_name`` over ``label_keys``; None if none was (``bayes.fit``'s ``searched``).
 
     Read from whichever version the report measured, not only the newest: updates go on while it runs."""
-    found = (ModelVersion.objects.filter(project_id=project_id, encoder=encoder_name, label_keys=label_keys,
-                                         metrics__has_key=PRIOR_SEARCH)
-             .order_by("-number").values_list("metrics", flat=True).first())
-    if not found:
+    record = (ModelVersion.objects.filter(project_id=project_id, encoder=encoder_name, label_keys=label_keys,
+                                          metrics__has_key=PRIOR_SEARCH)
+              .order_by("-number").values_list(f"metrics__{PRIOR_SEARCH}", flat=True).first())
+    if not isinstance(record, dict):
         return None
     try:
-        record = found[PRIOR_SEARCH]
         return float(record["prior_precision"]), int(record["n"])
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def prior_search_record(searched: tuple[float, int]) -> dict[str, float | int]:
-    """What ``searched_prior`` reads back, as stored in a version's metrics."""
-    return {"prior_precision": float(searched[0]), "n": int(searched[1])}
+def keep_prior_search(version: ModelVersion, searched: tuple[float, int], artifact: bytes | None
+                      ) -> dict[str, Any]:
+    """Write a search the report job ran for ``version`` to its metrics at once (the next update takes it even if
+    the cross-validation that follows gives way), and ``artifact``, the searched refit, in place of the deferred
+    one when it was made on the version's own labels; what the report's metrics keep of it."""
+    record = {PRIOR_SEARCH: {"prior_precision": float(searched[0]), "n": int(searched[1])}}
+    changes: dict[str, Any] = {"metrics": {**version.metrics, **record}}
+    if artifact is not None:
+        changes["artifact"] = artifact
+    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(**changes)
+    return record
 
 
 def without_prior_search(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -40,24 +40,20 @@ class HeldoutRule:
 
 
 def _update(
-    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None,
-    searched: tuple[float, int] | None = None,
+    X: np.ndarray, y: np.ndarray, *, n_classes: int, multi_label: bool, previous: bayes.Posterior | None
 ) -> bayes.Posterior:
     """The model update of ``learning.actions.fit_and_score``, minus the database.
 
     Same calls in the same order: a fit warm-started from the previous model (which keeps its
     prior precision until the labels have grown enough for a new search, and then leaves the search
-    to the report: ``_search``, whose refit replaces this one and whose lambda comes back as
-    ``searched``) that takes the previous
-    model's calibration until its own report comes (``_report``). A replay that fitted or
-    calibrated any other way would draw a curve no project sees.
+    to the report: ``_search``, whose refit replaces this one and so carries its lambda to the next
+    update) that takes the previous model's calibration until its own report comes (``_report``).
+    A replay that fitted or calibrated any other way would draw a curve no project sees.
     """
-    if previous is None:
-        searched = None
     if multi_label:
-        posterior = bayes.fit_multilabel(X, y, warm_start=previous, defer_search=True, searched=searched)
+        posterior = bayes.fit_multilabel(X, y, warm_start=previous, defer_search=True)
     else:
-        posterior = bayes.fit(X, y, n_classes=n_classes, warm_start=previous, defer_search=True, searched=searched)
+        posterior = bayes.fit(X, y, n_classes=n_classes, warm_start=previous, defer_search=True)
     return quality.carry_calibration(posterior, previous)
 
 
@@ -190,7 +186,6 @@ def run_strategy(
     order = list(labelled)
     points: list[dict[str, float]] = []
     previous: bayes.Posterior | None = None
-    searched: tuple[float, int] | None = None  # the newest search a report made (as the app's metrics keep it)
     seen: np.ndarray | None = None  # the train rows the features' encoder was fine-tuned on, once one was
     updates = 0
     if trace is not None:
@@ -211,7 +206,6 @@ def run_strategy(
                 X_train, X_test = record.pop("X_train"), record.pop("X_test")
                 seen = trained_rows  # this fine-tune started from the configured encoder: only its rows
                 previous = None  # other features: the layer fits cold, as a fine-tune's candidate does
-                searched = None
                 density = (acquisition.information_density(X_train, rng=np.random.default_rng(seed))
                            if spec.density else None)
             record.pop("X_train", None)
@@ -224,7 +218,7 @@ def run_strategy(
         report_seed = int(rng.integers(2**31))
         try:
             posterior = _update(X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label,
-                                previous=previous, searched=searched)
+                                previous=previous)
         except bayes.ModelFitError:
             posterior = None
         remaining = budget - len(order)
@@ -260,9 +254,8 @@ def run_strategy(
         if posterior is not None:
             # The report job's first step, after every update that left a search due, whatever ``report_every``:
             # in the app it runs as soon as the update is done, before the cross-validation that may give way.
-            refit = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes, multi_label=multi_label)
-            if refit is not None:
-                posterior, searched = refit, bayes.searched_of(refit)
+            posterior = _search(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
+                                multi_label=multi_label) or posterior
             if updates % max(1, report_every) == 0 or remaining <= 0:
                 posterior = _report(posterior, X_train[idx], y_train[idx], n_classes=n_classes,
                                     multi_label=multi_label, seed=report_seed,
@@ -569,7 +562,6 @@ def run_span_strategy(
     order = [int(i) for i in labelled]
     points: list[dict[str, float]] = []
     previous: spans.SpanModel | None = None
-    searched: tuple[float, int] | None = None  # the newest prior search a report made (learning.span_loop.measure)
     updates = 0
     if trace is not None:
         trace.append({"n_labels": len(order), "chosen": list(order), "seed_batch": True})
@@ -581,8 +573,7 @@ def run_span_strategy(
         targets = [train_tags[i] for i in order]
         model: spans.SpanModel | None
         try:
-            model = spans.SpanModel.fit(vectors, targets, tagset, warm=previous, defer_search=True,
-                                        searched=searched if previous is not None else None)
+            model = spans.SpanModel.fit(vectors, targets, tagset, warm=previous, defer_search=True)
         except bayes.ModelFitError:
             model = None
         remaining = budget - len(order)
@@ -611,7 +602,6 @@ def run_span_strategy(
             if bayes.search_due(model.posterior):  # the report job's first step, whatever report_every (above)
                 try:
                     model = model.search_prior(vectors, targets)
-                    searched = bayes.searched_of(model.posterior)
                 except bayes.ModelFitError:
                     pass
             if updates % max(1, report_every) == 0 or remaining <= 0:

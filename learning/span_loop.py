@@ -409,8 +409,7 @@ def record(run: TrainingRun, fitted: SpanFitted, rows: list[ExampleScore], label
 def _search_prior(version: ModelVersion, model: spanml.SpanModel, vectors: list[np.ndarray],
                   targets: list[np.ndarray]) -> tuple[spanml.SpanModel, dict[str, Any]]:
     """Run the prior-precision search ``version``'s update left due, if it did: (the model the report measures and
-    serves, what the report's metrics keep of the search), as ``learning.actions._search_prior``: its lambda is
-    written to the metrics at once, and on the version's own labels the searched refit replaces the deferred one."""
+    serves, what the report's metrics keep of the search), as ``learning.actions._search_prior``."""
     if not bayes.search_due(model.posterior):
         return model, {}
     try:
@@ -418,12 +417,9 @@ def _search_prior(version: ModelVersion, model: spanml.SpanModel, vectors: list[
     except bayes.ModelFitError as exc:  # SpanModelError included
         logger.warning("model version %s: prior precision not searched (%s)", version.pk, exc)
         return model, {}
-    record = {loop_base.PRIOR_SEARCH: loop_base.prior_search_record(bayes.searched_of(searched.posterior))}
     same_labels = searched.posterior.n_train == model.posterior.n_train and len(vectors) == version.n_labels
-    changes: dict[str, Any] = {"metrics": {**version.metrics, **record}}
-    if same_labels:
-        changes["artifact"] = searched.to_npz()
-    ModelVersion.objects.filter(pk=version.pk, report_at__isnull=True).update(**changes)
+    record = loop_base.keep_prior_search(version, bayes.searched_of(searched.posterior),
+                                         searched.to_npz() if same_labels else None)
     return (searched if same_labels else model), record
 
 

@@ -364,13 +364,6 @@ class SpanPrediction:
     spans: list[dict[str, Any]]  # [{"start", "end", "label", "confidence"}] (char offsets)
 
 
-def _design(token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """All labelled tokens' vectors (N, D) float32 and tag ids (N,), in order."""
-    X, _ = pack(token_vectors, np.float32)
-    y = np.concatenate([np.asarray(t, dtype=np.int64) for t in tag_ids]) if tag_ids else np.zeros(0, np.int64)
-    return X, y
-
-
 @dataclass
 class SpanModel:
     """Bayesian last layer over IOB2 tags (``bayes.Posterior``) and its tag set."""
@@ -391,6 +384,7 @@ class SpanModel:
         prior_precision: float | None = None,
         defer_search: bool = False,
         searched: tuple[float, int] | None = None,
+        search: bool = False,
     ) -> SpanModel:
         """Fit on labelled examples: one (n_tokens, dim) vector array and one (n_tokens,) tag id array each.
 
@@ -398,7 +392,8 @@ class SpanModel:
         optimum, fewer steps; the prior precision is kept until the token count has grown by half)
         and whose calibration is carried over until ``calibrate`` runs. A model of another tag set
         is ignored. ``defer_search`` and ``searched`` as in ``bayes.fit`` (label counts are token
-        counts here; ``search_prior`` makes ``searched``). Raises SpanModelError when no token carries
+        counts here; ``search_prior`` makes ``searched``); ``search``: run the prior-precision
+        search now (``bayes.search_prior``), whatever the warm start's. Raises SpanModelError when no token carries
         an entity tag (every labelled example says "no entity": nothing to learn yet) or the inputs do
         not match.
         """
@@ -407,7 +402,8 @@ class SpanModel:
         for i, (v, t) in enumerate(zip(token_vectors, tag_ids, strict=True)):
             if len(v) != len(t):
                 raise SpanModelError(f"example {i}: {len(v)} token vectors but {len(t)} tags")
-        X, y = _design(token_vectors, tag_ids)
+        X, _ = pack(token_vectors, np.float32)
+        y = np.concatenate([np.asarray(t, dtype=np.int64) for t in tag_ids]) if tag_ids else np.zeros(0, np.int64)
         if len(y) == 0:
             raise SpanModelError("no labelled token to fit on")
         if y.min() < 0 or y.max() >= tagset.size:
@@ -420,8 +416,11 @@ class SpanModel:
             raise SpanModelError("every labelled token is inside an entity; label an example with plain text too")
         previous = warm.posterior if warm is not None and warm.tagset == tagset else None
         started = time.process_time()
-        posterior = bayes.fit(X, y, n_classes=tagset.size, warm_start=previous, prior_precision=prior_precision,
-                              defer_search=defer_search, searched=searched)
+        if search:
+            posterior = bayes.search_prior(X, y, n_classes=tagset.size, warm_start=previous)
+        else:
+            posterior = bayes.fit(X, y, n_classes=tagset.size, warm_start=previous, prior_precision=prior_precision,
+                                  defer_search=defer_search, searched=searched)
         if previous is not None:
             posterior.temperature, posterior.variance_scale = previous.temperature, previous.variance_scale
             posterior.info["calibration_from"] = "previous"
@@ -432,13 +431,7 @@ class SpanModel:
         """The refit on these labels with the prior-precision search (``bayes.search_prior``), warm-started from
         this model, whose calibration it carries until ``calibrate`` runs. ``bayes.searched_of`` of its posterior
         is a later ``fit``'s ``searched`` (label counts are token counts)."""
-        X, y = _design(token_vectors, tag_ids)
-        started = time.process_time()
-        posterior = bayes.search_prior(X, y, n_classes=self.tagset.size, warm_start=self.posterior)
-        posterior.temperature, posterior.variance_scale = self.posterior.temperature, self.posterior.variance_scale
-        posterior.info["calibration_from"] = "previous"
-        info = {"n_examples": len(tag_ids), "n_tokens": int(len(y)), "fit_cpu_seconds": time.process_time() - started}
-        return SpanModel(posterior=posterior, tagset=self.tagset, info=info)
+        return SpanModel.fit(token_vectors, tag_ids, self.tagset, warm=self, search=True)
 
     def calibrate(
         self, token_vectors: Sequence[np.ndarray], tag_ids: Sequence[np.ndarray], *, folds: int = 3,

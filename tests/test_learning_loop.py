@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from annotation.models import Annotation, ExampleScore
-from learning import actions, bayes, store
+from learning import actions, bayes, loop_base, store
 from learning.models import ModelVersion, RunStatus, TrainingRun
 
 # Unit tests store their own vectors; the real encoder runs in the worker tests.
@@ -235,3 +235,36 @@ def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(proj
     third = posterior_of(ModelVersion.objects.get(project=project, number=3))
     assert third.prior_precision == searched["prior_precision"] and third.info["evidence_n"] == 70
     assert third.info["evidence_iterations"] == 1
+
+
+def test_a_search_made_on_newer_labels_is_kept_apart_and_taken_by_the_next_update(project, alice, clustered_examples):
+    examples = clustered_examples(project, alice, 300, labelled=40)
+    keys = [label.key for label in project.current_taxonomy().labels.all()]
+
+    def label(start: int, stop: int) -> None:
+        Annotation.objects.bulk_create(
+            Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
+                       label_keys=[keys[i % 2]]) for i in range(start, stop))
+        actions.request_training(project, reason="labels")
+
+    TrainingRun.objects.create(project=project)
+    actions.run_training(project.pk)
+    actions.report_project(project.pk)
+    label(40, 70)
+    assert actions.run_training(project.pk).timings["search_due"] == 1.0
+    second = ModelVersion.objects.get(project=project, number=2)
+    deferred = posterior_of(second)
+    # Labels arrive before the report runs: it searches on all 72, so its refit is not the version's (70 labels);
+    # and with their update waiting, the cross-validation gives way after the search.
+    label(70, 72)
+    assert actions.report_project(project.pk) is None
+    kept = posterior_of(second)
+    assert kept.prior_precision == deferred.prior_precision and kept.n_train == 70
+    second.refresh_from_db()
+    searched = loop_base.searched_prior(project.pk, second.encoder, second.label_keys)
+    assert searched == (second.metrics["prior_search"]["prior_precision"], 72)
+    # The next update takes that search although its warm start (version 2) kept the old prior.
+    run = actions.run_training(project.pk)
+    assert run.timings["search_due"] == 0.0
+    third = posterior_of(ModelVersion.objects.get(project=project, number=3))
+    assert third.prior_precision == searched[0] and third.info["evidence_n"] == 72
