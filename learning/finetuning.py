@@ -347,14 +347,15 @@ def run_finetune(run_pk: int) -> FinetuneRun | None:
         except FinetuneCancelled:
             FinetuneRun.objects.filter(pk=run.pk, status=FinetuneStatus.RUNNING).update(
                 status=FinetuneStatus.CANCELLED, finished_at=timezone.now(), seconds_left=None)
-            discard(FinetuneRun.objects.get(pk=run.pk))
+            # The run's row is gone when its project was deleted meanwhile (the tracker then reads it as a
+            # cancel): its files go all the same, with what this worker knows of it.
+            discard(FinetuneRun.objects.filter(pk=run.pk).first() or run)
         except (TrainingError, bayes.ModelFitError, ActionError, ValueError) as exc:
             _failed(run, f"{exc} The serving model is unchanged.")
         except Exception as exc:  # noqa: BLE001 - a failed run must be recorded, never crash-loop the worker
             logger.exception("fine-tune run %s failed", run.pk)
             _failed(run, f"Unexpected error: {exc!r}. The serving model is unchanged.")
-    run.refresh_from_db()
-    return run
+    return FinetuneRun.objects.filter(pk=run.pk).first()
 
 
 def _failed(run: FinetuneRun, error: str) -> None:

@@ -499,6 +499,28 @@ def test_one_fine_tune_at_a_time_and_a_queued_one_cancels_at_once(
 
 
 @pytest.mark.django_db
+def test_a_project_deleted_while_its_fine_tune_runs_ends_the_job_quietly_and_leaves_no_files(
+        enough: Project, alice: Any, tmp_path: Path, settings: Any, monkeypatch: Any) -> None:
+    # Seen in a benchmark: the project went while its fine-tune trained; the job then crashed on the missing run
+    # row instead of ending. The tracker reads a vanished row as a cancel; the job must clean up and return.
+    settings.FINETUNE_DIR = tmp_path / "finetuned"
+    monkeypatch.setattr(finetuning, "PROGRESS_SECONDS", 0.0)
+    run = finetuning.request_finetune(enough, user=alice, reason="a test")
+    folder = Path(settings.FINETUNE_DIR) / finetuning.relative_folder(enough.pk, run.number)
+
+    def training(run: FinetuneRun, tracker: Any) -> None:
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half-written weights")
+        Project.objects.filter(pk=run.project_id).delete()
+        assert tracker.cancelled()
+        raise finetuning.FinetuneCancelled("fine-tuning was cancelled")
+
+    monkeypatch.setattr(finetuning, "_finetune", training)
+    assert finetuning.run_finetune(run.pk) is None
+    assert not FinetuneRun.objects.filter(pk=run.pk).exists() and not folder.exists()
+
+
+@pytest.mark.django_db
 def test_a_lost_job_or_a_silent_worker_marks_the_run_failed(enough: Project, settings: Any) -> None:
     from datetime import timedelta
 
