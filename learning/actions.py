@@ -126,7 +126,9 @@ def embed_project(project_id: int, *, progress: Callable[[int, int], None] | Non
         total += done
         if done == 0:
             break
-    project = Project.objects.get(pk=project_id)
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return total  # deleted meanwhile: nothing to train or seed
     if Annotation.objects.in_project(project).exists():
         request_training(project, reason="new examples embedded")
     elif total:
@@ -171,11 +173,20 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
                 vectors = encoder.encode(texts, progress=lambda done, _n, _at=start: report(_at + done))
             else:
                 vectors = encoder.encode(texts)
-            EmbeddingChunk.objects.create(
-                project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
-                example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
-            )
+            try:
+                EmbeddingChunk.objects.create(
+                    project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
+                    example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
+                )
+            except IntegrityError:
+                if Project.objects.filter(pk=project_id).exists():
+                    raise
+                logger.info("project %s was deleted while it was being embedded: the job stops", project_id)
+                return 0
             report(min(start + settings.EMBED_BATCH, total))
+    except Project.DoesNotExist:  # a span project deleted between two chunks
+        logger.info("project %s was deleted while it was being embedded: the job stops", project_id)
+        return 0
     finally:
         cache.delete(key)
     return total

@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pytest
 from django.core.cache import cache
 from django.urls import reverse
 
@@ -134,3 +135,22 @@ def test_vectors_of_another_encoder_are_made_for_the_items_it_lacks_and_only_tho
     again = actions.embedded_with(project.pk, fake_encoder, ids[:5])  # nothing left to encode
     assert again is store.load(project.pk, fake_encoder.name)
     assert EmbeddingChunk.objects.filter(project=project, encoder=fake_encoder.name).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_project_deleted_while_it_is_embedded_ends_the_job_quietly(project, fake_encoder, monkeypatch):
+    # Seen in a benchmark: the project went while a chunk was being encoded, and the job crashed on the chunk's
+    # foreign key. It must stop, store nothing and raise nothing (there is no one left to tell).
+    Example.objects.bulk_create(Example(project=project, text=f"text {i}", content_hash=f"h{i}") for i in range(5))
+    encode = fake_encoder.encode
+
+    def encode_then_delete(texts, **kwargs):
+        vectors = encode(texts)
+        from projects.models import Project
+
+        Project.objects.filter(pk=project.pk).delete()
+        return vectors
+
+    monkeypatch.setattr(fake_encoder, "encode", encode_then_delete)
+    assert actions.embed_project(project.pk) == 0
+    assert not EmbeddingChunk.objects.exists() and actions.embedding_progress(project) is None
