@@ -482,6 +482,7 @@ class _Objective:
             self.basis = warm.in_basis
             self.scales = 1.0 / np.sqrt(warm.precision_eigenvalues())
         self.prior_precision = 1.0
+        self.last_gradient = math.inf  # largest entry of the last gradient returned (of the mean objective)
 
     def set_prior_precision(self, lam: float) -> None:
         self.prior_precision = lam
@@ -544,6 +545,7 @@ class _Objective:
             # float64 one).
             self.single = False
             value, grad = self._evaluate(v.reshape(self.shape))
+        self.last_gradient = float(np.abs(grad).max())
         return value, grad
 
     def _evaluate(self, V: np.ndarray) -> tuple[float, np.ndarray]:
@@ -566,23 +568,52 @@ LBFGS_OPTIONS = {"maxiter": 1000, "gtol": 1e-7, "ftol": 1e-11, "maxcor": 20}
 SINGLE_UNTIL = 1e-6
 
 
-def _map(objective: _Objective, W0: np.ndarray) -> tuple[np.ndarray, int]:
+# A warm refit runs in the previous posterior's coordinates (``_Objective`` with ``warm``: a unit step there is about
+# one posterior standard deviation of the weights, and the preconditioned Hessian is near the identity). It stops
+# once both the last L-BFGS step and the gradient of the summed objective are below this many standard deviations
+# in every coordinate, instead of creeping on to LBFGS_OPTIONS's tolerance for a change no prediction shows (the
+# step test is for directions where the curvature changed, in which a small gradient can still be far from the
+# optimum). Measured against the tight optimum on 20k-item pools, 8 cases (hwu64 at 1,000 and 8,894 labels, trec's
+# 50 fine labels at 1,000 and 5,000, trec, sms_spam, 64 synthetic classes at 1,000, 150 at 10,000): logit means
+# within 0.0035 posterior sd on average and 0.033 at most, probabilities within 0.003, the same top class for 99.93 %
+# of items or more, BALD scores correlated 0.9987 or more (top 200: 192-200 shared), against 0.30-0.97 (top 200:
+# 0-95 shared) between two draws of BALD's own samples on one model. The refit took 1.09 -> 0.42 s CPU on hwu64 at
+# 8,894 labels, 0.40 -> 0.15 s on trec's fine labels at 5,000, 0.64 -> 0.35 s on the 150 classes. Where the
+# curvature moved a lot (a near-separable multi-label test set at lambda 0.03) it ends up to 0.2 sd away, its
+# probabilities within 0.002. Cold fits and the evidence search keep LBFGS_OPTIONS's tolerance.
+WARM_WITHIN_SD = 0.01
+
+
+def _map(objective: _Objective, W0: np.ndarray, *, within_sd: float | None = None) -> tuple[np.ndarray, int]:
     """MAP weights from ``W0`` and the number of L-BFGS iterations it took.
 
     Steps far from the optimum evaluate in float32 (half the cost); near it (``SINGLE_UNTIL``)
     in float64, to the same tolerance as an all-float64 run, so the optimum is unchanged. If
     L-BFGS stopped before the switch (a float32 line search that could not make progress), a
-    float64 run finishes from there.
+    float64 run finishes from there. ``within_sd`` (warm refits, ``WARM_WITHIN_SD``): also stop once the last
+    step and the summed objective's gradient are both below it in every coordinate.
     """
+    callback = None
+    if within_sd is not None and within_sd > 0:
+        last: list[np.ndarray] = []
+
+        def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
+            x = np.array(intermediate_result.x)
+            step = float(np.abs(x - last[0]).max()) if last else math.inf
+            last[:] = [x]
+            if step < within_sd and objective.n * objective.last_gradient < within_sd:
+                raise StopIteration
+
     objective.single = True
     try:
         result = scipy.optimize.minimize(objective, objective.to_coords(W0).ravel(), jac=True, method="L-BFGS-B",
-                                         options=LBFGS_OPTIONS)
+                                         options=LBFGS_OPTIONS, callback=callback)
         steps = int(result.nit)
-        if objective.single:
+        if objective.single and result.status != 99:  # 99: our callback stopped it, close enough
             objective.single = False
             start = result.x if np.isfinite(result.x).all() else objective.to_coords(W0).ravel()
-            result = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS)
+            result = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B", options=LBFGS_OPTIONS,
+                                             callback=callback)
             steps += int(result.nit)
     finally:
         objective.single = False
@@ -749,7 +780,7 @@ def _fit(
     if not (np.isfinite(lam) and lam > 0):
         raise ModelFitError(f"prior precision must be a positive number, got {lam}")
     objective.set_prior_precision(lam)
-    W, steps = _map(objective, W)
+    W, steps = _map(objective, W, within_sd=WARM_WITHIN_SD if similar and not search else None)
     maps = 1
     if search and max_evidence_iterations > 0:
         # Eigenvalues of the data Hessian at the first MAP; later steps reuse them, which
