@@ -173,18 +173,16 @@ def _embed_missing(project_id: int, progress: Callable[[int, int], None] | None)
                 vectors = encoder.encode(texts, progress=lambda done, _n, _at=start: report(_at + done))
             else:
                 vectors = encoder.encode(texts)
-            try:
-                EmbeddingChunk.objects.create(
-                    project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
-                    example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
-                )
-            except IntegrityError:
-                if Project.objects.filter(pk=project_id).exists():
-                    raise
-                logger.info("project %s was deleted while it was being embedded: the job stops", project_id)
-                return 0
+            EmbeddingChunk.objects.create(
+                project_id=project_id, encoder=encoder.name, dim=vectors.shape[1], count=len(ids),
+                example_ids=ids.tobytes(), vectors=vectors.astype(np.float16).tobytes(),
+            )
             report(min(start + settings.EMBED_BATCH, total))
-    except Project.DoesNotExist:  # a span project deleted between two chunks
+    except (IntegrityError, Project.DoesNotExist):
+        # The chunk's foreign key, or a span project's row, when the project was deleted meanwhile: nothing left
+        # to embed for. Any other cause is an error.
+        if Project.objects.filter(pk=project_id).exists():
+            raise
         logger.info("project %s was deleted while it was being embedded: the job stops", project_id)
         return 0
     finally:

@@ -152,22 +152,20 @@ class TokenStore:
         """(ids, their packed vectors, bounds) as ``get_flat`` gives them, for consecutive slices of ``ids``
         holding about ``tokens_per_chunk`` tokens: what a pass over the pool keeps in memory at once.
 
-        Every slice's vectors are written into one buffer, reused by the next slice: a caller copies what it
-        keeps. (A new 50 MB array per slice costs the page faults of fresh memory each time; on the span update
-        benchmark the reuse took the rescore's CPU p50 from 0.37 to 0.32-0.35 s, two runs each.)"""
+        Every slice's vectors are written into one buffer (replaced by a larger slice's), reused by the next
+        slice: a caller copies what it keeps. (A new 50 MB array per slice costs the page faults of fresh memory
+        each time; on the span update benchmark the reuse took the rescore's CPU p50 from 0.37 to 0.32-0.35 s,
+        two runs each.)"""
         ids = np.asarray(ids, dtype=np.int64)
         if not len(ids):
             return
-        index = self._load_index()
-        counts = index.length[self._positions(index, ids)]
-        ends = np.cumsum(np.maximum(counts, 1))
-        cuts = np.searchsorted(ends, np.arange(tokens_per_chunk, ends[-1], tokens_per_chunk))
-        starts = np.unique(np.concatenate([[0], cuts + 1]))
-        starts = starts[starts < len(ids)]
-        dim = int(self._map(index.files[int(index.chunk[self._positions(index, ids[:1])[0]])]).shape[1])
-        buffer = np.empty((int(np.add.reduceat(counts, starts).max()), dim), dtype=np.float32)
+        counts = np.maximum(self.token_counts(ids), 1)
+        cuts = np.searchsorted(np.cumsum(counts), np.arange(tokens_per_chunk, counts.sum(), tokens_per_chunk))
+        buffer: np.ndarray | None = None
         for part in _slices(ids, cuts):
             flat, bounds = self.get_flat(part, buffer=buffer)
+            if buffer is None or len(flat) > len(buffer):
+                buffer = flat  # new memory (the first slice, or one larger than all before): reused from here on
             yield part, flat, bounds
             # Unmap what this slice touched: a pass over a 100k pool would otherwise leave ~1 GB of token pages
             # mapped in the worker (file-backed and reclaimable, but counted in its RSS).

@@ -197,8 +197,8 @@ def test_density_is_extended_not_recomputed_for_a_few_new_examples(
     assert calls == [5 + 200]  # only the new rows, against a sample of the old ones
 
 
-def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(project, alice, clustered_examples):
-    examples = clustered_examples(project, alice, 300, labelled=40)
+def _labeller(project, alice, examples):
+    """``label(start, stop)``: alice labels examples[start:stop] (alternating labels) and asks for an update."""
     keys = [label.key for label in project.current_taxonomy().labels.all()]
 
     def label(start: int, stop: int) -> None:
@@ -207,6 +207,12 @@ def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(proj
                        label_keys=[keys[i % 2]]) for i in range(start, stop))
         actions.request_training(project, reason="labels")
 
+    return label
+
+
+def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(project, alice, clustered_examples):
+    examples = clustered_examples(project, alice, 300, labelled=40)
+    label = _labeller(project, alice, examples)
     TrainingRun.objects.create(project=project)
     actions.run_training(project.pk)
     first = ModelVersion.objects.get(project=project)
@@ -239,14 +245,7 @@ def test_no_update_waits_for_a_prior_search_the_report_runs_it_for_the_next(proj
 
 def test_a_search_made_on_newer_labels_is_kept_apart_and_taken_by_the_next_update(project, alice, clustered_examples):
     examples = clustered_examples(project, alice, 300, labelled=40)
-    keys = [label.key for label in project.current_taxonomy().labels.all()]
-
-    def label(start: int, stop: int) -> None:
-        Annotation.objects.bulk_create(
-            Annotation(example=examples[i], annotator=alice, taxonomy_version=project.current_taxonomy(),
-                       label_keys=[keys[i % 2]]) for i in range(start, stop))
-        actions.request_training(project, reason="labels")
-
+    label = _labeller(project, alice, examples)
     TrainingRun.objects.create(project=project)
     actions.run_training(project.pk)
     actions.report_project(project.pk)
