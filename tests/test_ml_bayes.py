@@ -394,12 +394,48 @@ def test_float32_steps_reach_the_float64_optimum(seed: int, k: int, multi_label:
 
     previous = fitted(260) if warm else None
     mixed = fitted(300, previous)
+    original = bayes._Objective._evaluate
+
+    def float64_only(objective: bayes._Objective, V: np.ndarray) -> tuple[float, np.ndarray]:
+        objective.single = False
+        return original(objective, V)
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bayes, "SINGLE_UNTIL", np.inf)  # switches to float64 at the first evaluation
+        patch.setattr(bayes._Objective, "_evaluate", float64_only)  # every evaluation in float64, warm refits too
         double = fitted(300, previous)
     assert mixed.prior_precision == pytest.approx(double.prior_precision, rel=1e-3)
     assert np.abs(mixed.mean - double.mean).max() < 1e-3 * max(1.0, np.abs(double.mean).max())
     assert np.abs(mixed.predict_proba(X) - double.predict_proba(X)).max() < 1e-3
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 30), multi_label=st.booleans())
+def test_a_warm_refit_evaluates_in_float32_and_reads_its_curvature_off_its_last_evaluation(
+        seed: int, k: int, multi_label: bool) -> None:
+    X, y = blobs(400, k=k, d=12, spread=1.0, seed=seed)
+    Y = (np.random.default_rng(seed).random((400, k)) < 0.3).astype(int) | np.eye(k, dtype=int)[y]
+
+    def fitted(n: int, previous: bayes.Posterior | None = None) -> bayes.Posterior:
+        if multi_label:
+            return bayes.fit_multilabel(X[:n], Y[:n], warm_start=previous)
+        return bayes.fit(X[:n], y[:n], n_classes=k, warm_start=previous)
+
+    previous = fitted(380)
+    calls: list[str] = []
+    evaluate, nll_and_probs = bayes._Objective._evaluate, bayes._Objective.nll_and_probs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bayes._Objective, "_evaluate",
+                      lambda self, V: calls.append("single" if self.single else "double") or evaluate(self, V))
+        patch.setattr(bayes._Objective, "nll_and_probs",
+                      lambda self, W: calls.append("product") or nll_and_probs(self, W))
+        warm = fitted(400, previous)
+    assert warm.info["warm_start"] == 1 and warm.info["evidence_iterations"] == 1
+    # No float64 evaluation and no product after the optimiser: the curvature comes from its last evaluation ...
+    assert calls and set(calls) == {"single"}
+    # ... and is the curvature at the returned mean, as the product would give it (float32 rounding apart).
+    F = warm.design(X[:400]) @ warm.mean
+    _, a, g = bayes._kronecker_factors(warm.design(X[:400]), bayes.sigmoid(F) if multi_label else bayes.softmax(F))
+    assert np.allclose(np.outer(a, g), np.outer(warm.in_eig, warm.out_eig), rtol=1e-3, atol=1e-6 * a.max() * g.max())
 
 
 @settings(max_examples=20, deadline=None)
