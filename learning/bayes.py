@@ -486,7 +486,7 @@ class _Objective:
         self.prior_precision = 1.0
         self.last_gradient = math.inf  # largest entry of the last gradient returned (of the mean objective)
         # The last evaluation's point (coordinates), negative log likelihood and probabilities minus targets
-        # (``at_last``): a warm refit's final point is its last evaluation, so its curvature needs no further product.
+        # (``final_nll_and_probs``): a warm refit ends at its last evaluation, so its curvature needs no more products.
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None
 
     def set_prior_precision(self, lam: float) -> None:
@@ -527,12 +527,12 @@ class _Objective:
     def nll_and_probs(self, W: np.ndarray) -> tuple[float, np.ndarray]:
         return self._nll(self.Xb @ W)
 
-    def at_last(self, v: np.ndarray) -> tuple[float, np.ndarray] | None:
-        """(nll, probabilities) of the last evaluation if it was at coordinates ``v``, else None (once: the
-        probabilities are the evaluation's own array, handed over)."""
+    def final_nll_and_probs(self, W: np.ndarray) -> tuple[float, np.ndarray]:
+        """``nll_and_probs`` at ``W``, the weights ``_map`` returned: the last evaluation's own (handed over, once)
+        when it was at that point, as a warm refit's is, else one product."""
         last, self._last = self._last, None
-        if last is None or not np.array_equal(last[0], v):
-            return None
+        if last is None or self.final is None or not np.array_equal(last[0], self.final):
+            return self.nll_and_probs(W)
         _, nll, residual = last
         residual += self._operand("targets")
         return nll, residual
@@ -820,8 +820,7 @@ def _fit(
             maps += 1
             if converged:
                 break
-    last = objective.at_last(objective.final) if objective.final is not None else None
-    nll, P = last if last is not None else objective.nll_and_probs(W)
+    nll, P = objective.final_nll_and_probs(W)
     U, a, g = _kronecker_factors(Xb, P)
     if not (np.isfinite(U).all() and np.isfinite(a).all() and np.isfinite(g).all() and np.isfinite(W).all()):
         raise ModelFitError("fit produced non-finite values")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -379,18 +381,27 @@ def test_an_artifact_keeps_its_bias_feature() -> None:
     assert np.allclose(X @ raw[:-1] + raw[-1], post.design(X) @ post.mean, atol=1e-8)
 
 
+def _refits(X: np.ndarray, y: np.ndarray, k: int, multi_label: bool,
+            seed: int) -> Callable[[int, bayes.Posterior | None], bayes.Posterior]:
+    """fitted(n, previous): the model on the first n rows, single-label on y or multi-label on y's class plus a
+    random 30 % of the others, warm-started from ``previous``."""
+    Y = (np.random.default_rng(seed).random((len(y), k)) < 0.3).astype(int) | np.eye(k, dtype=int)[y]
+
+    def fitted(n: int, previous: bayes.Posterior | None = None) -> bayes.Posterior:
+        if multi_label:
+            return bayes.fit_multilabel(X[:n], Y[:n], warm_start=previous)
+        return bayes.fit(X[:n], y[:n], n_classes=k, warm_start=previous)
+
+    return fitted
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(2, 40), multi_label=st.booleans(), warm=st.booleans())
 def test_float32_steps_reach_the_float64_optimum(seed: int, k: int, multi_label: bool, warm: bool) -> None:
     # L-BFGS evaluates in float32 far from the optimum and in float64 near it: the MAP is the one an
     # all-float64 optimisation finds, warm or cold, softmax or sigmoids.
     X, y = blobs(300, k=k, d=12, spread=1.0, seed=seed)
-    Y = (np.random.default_rng(seed).random((300, k)) < 0.3).astype(int) | np.eye(k, dtype=int)[y]
-
-    def fitted(n: int, previous: bayes.Posterior | None = None) -> bayes.Posterior:
-        if multi_label:
-            return bayes.fit_multilabel(X[:n], Y[:n], warm_start=previous)
-        return bayes.fit(X[:n], y[:n], n_classes=k, warm_start=previous)
+    fitted = _refits(X, y, k, multi_label, seed)
 
     previous = fitted(260) if warm else None
     mixed = fitted(300, previous)
@@ -413,12 +424,7 @@ def test_float32_steps_reach_the_float64_optimum(seed: int, k: int, multi_label:
 def test_a_warm_refit_evaluates_in_float32_and_reads_its_curvature_off_its_last_evaluation(
         seed: int, k: int, multi_label: bool) -> None:
     X, y = blobs(400, k=k, d=12, spread=1.0, seed=seed)
-    Y = (np.random.default_rng(seed).random((400, k)) < 0.3).astype(int) | np.eye(k, dtype=int)[y]
-
-    def fitted(n: int, previous: bayes.Posterior | None = None) -> bayes.Posterior:
-        if multi_label:
-            return bayes.fit_multilabel(X[:n], Y[:n], warm_start=previous)
-        return bayes.fit(X[:n], y[:n], n_classes=k, warm_start=previous)
+    fitted = _refits(X, y, k, multi_label, seed)
 
     previous = fitted(380)
     calls: list[str] = []
