@@ -61,9 +61,10 @@ def main(paths: list[str]) -> None:
         return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
     settings = sorted({k[:4] for k in groups}, key=lambda s: (SETS.index(s[0]) if s[0] in SETS else 99, *s[1:]))
+
     def paired(s: tuple) -> tuple[float, float]:
-        """(mean, standard error) over repeats of ours minus the better cleanlab pipeline on that repeat's rows:
-        the closer of the two, by mean, is the one compared."""
+        """(mean, standard error) over the shared repeats of ours minus a cleanlab pipeline's precision@k, for the
+        pipeline whose mean difference is the smaller (the one ours is closest to beating, or furthest behind)."""
         per_repeat = {m: {g["repeat"]: g["precision_at_k"] for g in groups.get((*s, m), [])} for m in MAIN}
         best: tuple[float, float] | None = None
         for other in MAIN[1:]:
