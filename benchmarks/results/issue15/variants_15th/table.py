@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-VARIANTS = ["two", "one", "avgproba", "avgscore", "avgunion", "foldsx", "cell", "cellfirst", "cellunion"]
+VARIANTS = ["two", "one", "avgproba", "avgscore", "avgunion", "foldsx", "cell", "cellfirst", "cellunion", "cellrow"]
 rows = [row for path in sys.argv[1:] for row in json.load(open(path))]
 groups = collections.defaultdict(list)
 for row in rows:

@@ -19,6 +19,8 @@ Variants (precision@k, k = number of flips):
   off-diagonal total by self-confidence); ranked by self-confidence.
 - ``cellunion``: the union of the product's flags and ``cell``'s, in both passes; ``cellfirst``: ``cell``'s flags
   choose the first pass's left-out items, the product's selection the final flags.
+- ``cellrow``: per given class, ``cell``'s selection where one cell holds at least half of the class's expected
+  issues (noise concentrated on one other class), the product's otherwise; both passes.
 """
 import json
 import sys
@@ -56,8 +58,9 @@ def second_pass_folds(X, y, excl, n_classes, posterior, seed):
     return full.proba(*metrics.fit_out_of_fold_calibration(oof, y[keep]))
 
 
-def analyse_cell(proba, given, union=False):
-    """``mislabels.analyse`` with cleanlab's per-cell, by-margin selection (``union``: or the product's flags)."""
+def analyse_cell(proba, given, union=False, by_row=False):
+    """``mislabels.analyse`` with cleanlab's per-cell, by-margin selection (``union``: or the product's flags;
+    ``by_row``: only in the classes whose expected issues are mostly in one cell, the product's flags elsewhere)."""
     base = mislabels.analyse(proba, given)
     proba = np.clip(np.asarray(proba, dtype=np.float64), mislabels.EPS, 1.0)
     k = proba.shape[1]
@@ -67,7 +70,11 @@ def analyse_cell(proba, given, union=False):
     expected = np.rint(joint * np.divide(counts, row_sums, out=np.zeros(k), where=row_sums > 0)[:, None]).astype(int)
     np.fill_diagonal(expected, 0)
     flagged = np.zeros(len(given), dtype=bool)
-    for cls, other in zip(*np.nonzero(expected), strict=True):
+    rows = np.ones(k, dtype=bool)
+    if by_row:
+        rows = (expected.max(axis=1) * 2 >= expected.sum(axis=1)) & (expected.sum(axis=1) > 0)
+        flagged |= base.flagged & ~rows[given]
+    for cls, other in zip(*np.nonzero(expected * rows[:, None]), strict=True):
         members = np.flatnonzero(given == cls)
         margin = proba[members, other] - proba[members, cls]
         flagged[members[np.argsort(-margin, kind="stable")[: expected[cls, other]]]] = True
@@ -129,6 +136,11 @@ def main(name: str, n: int, repeat: int, variants: list[str], out: Path) -> None
                 again = mislabels.second_pass_proba(x, noisy, cell_excl, n_classes=k, posterior=finder, seed=seed + 1)
                 results["cell"] = analyse_cell(again, noisy)
                 results["cellfirst"] = mislabels.analyse(again, noisy)
+            if "cellrow" in variants:
+                row_first = analyse_cell(proba, noisy, by_row=True)
+                row_excl = mislabels.second_pass_exclusions(row_first.flagged, row_first.scores)
+                again = mislabels.second_pass_proba(x, noisy, row_excl, n_classes=k, posterior=finder, seed=seed + 1)
+                results["cellrow"] = analyse_cell(again, noisy, by_row=True)
             if "cellunion" in variants:
                 union_first = analyse_cell(proba, noisy, union=True)
                 union_excl = mislabels.second_pass_exclusions(union_first.flagged, union_first.scores)
