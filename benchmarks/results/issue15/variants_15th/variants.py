@@ -23,6 +23,7 @@ Variants (precision@k, k = number of flips):
   issues (noise concentrated on one other class), the product's otherwise; both passes.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,8 +86,17 @@ def analyse_cell(proba, given, union=False, by_row=False):
                               thresholds=base.thresholds, confident_joint=joint)
 
 
+def two_passes(x, noisy, proba, k, finder, seed, select):
+    """The finder's two passes with ``select`` (an ``analyse``-like function) in both: (second-pass probabilities,
+    the second pass's analysis)."""
+    excluded = select(proba, noisy)
+    excluded = mislabels.second_pass_exclusions(excluded.flagged, excluded.scores)
+    again = mislabels.second_pass_proba(x, noisy, excluded, n_classes=k, posterior=finder, seed=seed + 1)
+    return again, select(again, noisy)
+
+
 def main(name: str, n: int, repeat: int, variants: list[str], out: Path) -> None:
-    data = Path(mb.os.environ.get("LABELHUB_DATA_DIR", ROOT.parent / "shared" / "data")) / name
+    data = Path(os.environ.get("LABELHUB_DATA_DIR", ROOT.parent / "shared" / "data")) / name
     stored = json.loads((ROOT / f"benchmarks/results/issue15/{name}-{n}-r{repeat}.json").read_text())["results"]
     texts, labels = mb.capped(*mb.read_csv(data / "train.csv"), mb.MAX_TRAIN, seed=0)
     test_texts, test_labels = mb.capped(*mb.read_csv(data / "test.csv"), mb.MAX_TEST, seed=1)
@@ -131,21 +141,14 @@ def main(name: str, n: int, repeat: int, variants: list[str], out: Path) -> None
             if "foldsx" in variants:
                 results["foldsx"] = mislabels.analyse(second_pass_folds(x, noisy, excl, k, finder, seed + 1), noisy)
             if {"cell", "cellfirst"} & set(variants):
-                cell_first = analyse_cell(proba, noisy)
-                cell_excl = mislabels.second_pass_exclusions(cell_first.flagged, cell_first.scores)
-                again = mislabels.second_pass_proba(x, noisy, cell_excl, n_classes=k, posterior=finder, seed=seed + 1)
-                results["cell"] = analyse_cell(again, noisy)
+                again, results["cell"] = two_passes(x, noisy, proba, k, finder, seed, analyse_cell)
                 results["cellfirst"] = mislabels.analyse(again, noisy)
             if "cellrow" in variants:
-                row_first = analyse_cell(proba, noisy, by_row=True)
-                row_excl = mislabels.second_pass_exclusions(row_first.flagged, row_first.scores)
-                again = mislabels.second_pass_proba(x, noisy, row_excl, n_classes=k, posterior=finder, seed=seed + 1)
-                results["cellrow"] = analyse_cell(again, noisy, by_row=True)
+                results["cellrow"] = two_passes(x, noisy, proba, k, finder, seed,
+                                                lambda p, g: analyse_cell(p, g, by_row=True))[1]
             if "cellunion" in variants:
-                union_first = analyse_cell(proba, noisy, union=True)
-                union_excl = mislabels.second_pass_exclusions(union_first.flagged, union_first.scores)
-                again = mislabels.second_pass_proba(x, noisy, union_excl, n_classes=k, posterior=finder, seed=seed + 1)
-                results["cellunion"] = analyse_cell(again, noisy, union=True)
+                results["cellunion"] = two_passes(x, noisy, proba, k, finder, seed,
+                                                  lambda p, g: analyse_cell(p, g, union=True))[1]
             for variant in variants:
                 analysis = results[variant]
                 row[variant] = mb.score_ranking(analysis.ranking(), analysis.flagged, flipped)["precision_at_k"]
@@ -153,8 +156,7 @@ def main(name: str, n: int, repeat: int, variants: list[str], out: Path) -> None
             rows.append(row)
             print(json.dumps(row), flush=True)
     if out.exists():  # a later run of other variants on the same rows: add its columns
-        for old, new in zip(json.loads(out.read_text()), rows, strict=True):
-            rows[rows.index(new)] = {**old, **new}
+        rows = [{**old, **new} for old, new in zip(json.loads(out.read_text()), rows, strict=True)]
     out.write_text(json.dumps(rows, indent=0) + "\n")
 
 
