@@ -19,6 +19,7 @@ one (benchmarks/README.md, *Encoder backends*).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -276,7 +277,7 @@ def export_onnx(model_path: str | os.PathLike[str], folder: str | os.PathLike[st
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     fp32, int8 = target / "model.onnx", target / "model.int8.onnx"
-    with open(target / ".lock", "w") as lock:
+    with open(target / ".lock", "w") as lock, _quiet_onnxruntime():
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not fp32.exists():
             _export_fp32(path, fp32)
@@ -292,6 +293,38 @@ def export_onnx(model_path: str | os.PathLike[str], folder: str | os.PathLike[st
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             os.replace(tmp, int8)
     return fp32, int8
+
+
+class _OnnxRuntimeChatter(logging.Filter):
+    """Drops ONNX Runtime's records below ERROR (see ``_quiet_onnxruntime``)."""
+
+    _package = f"{os.sep}onnxruntime{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or self._package not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """Silence ONNX Runtime's graph optimiser and quantiser while the export runs.
+
+    They log every fusion and every tensor (about 1,500 records, some 130 lines at INFO on the
+    first `make run`, through the root logger and bare module-named loggers such as
+    ``onnx_model``), which buried the login the first look prints. Their loggers have no
+    namespace to turn down, so a filter on the root logger's handlers (and on logging's last
+    resort) drops records from the onnxruntime package below ERROR; errors still show.
+    """
+    quiet = _OnnxRuntimeChatter()
+    handlers = [*logging.getLogger().handlers, logging.lastResort]
+    for handler in handlers:
+        if handler is not None:
+            handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            if handler is not None:
+                handler.removeFilter(quiet)
 
 
 def _export_fp32(path: Path, out: Path) -> None:

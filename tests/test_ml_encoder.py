@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +95,13 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_the_onnx_backend_agrees_with_pytorch_and_shares_its_name(encoder: Encoder, onnx_dir: Path) -> None:
+def test_the_onnx_backend_agrees_with_pytorch_and_shares_its_name(
+    encoder: Encoder, onnx_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     onnx = Encoder(backend="onnx", threads=1, onnx_dir=onnx_dir)  # exported here, from the packaged weights
+    # The optimiser and quantiser log ~1,500 records (every fusion, every tensor); none reaches a handler.
+    assert [r.getMessage() for r in caplog.records if f"{os.sep}onnxruntime{os.sep}" in r.pathname] == []
     reference, vectors = encoder.encode(TEXTS), onnx.encode(TEXTS)
     assert vectors.shape == reference.shape and vectors.dtype == np.float32
     assert (reference * vectors).sum(axis=1).min() >= 0.99  # 0.9999+ in practice
@@ -148,3 +155,24 @@ def test_predicting_with_onnx_never_imports_torch(encoder: Encoder, onnx_dir: Pa
                          cwd=Path(__file__).resolve().parents[1])
     # A web process that only predicts stays small: torch costs seconds and ~200 MB per process.
     assert out.stdout.split() == ["onnx", "False"]
+
+
+def test_onnxruntime_chatter_is_dropped_during_the_export_only_and_its_errors_still_show() -> None:
+    from learning.encoder import _quiet_onnxruntime
+
+    def record(path: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord("onnx_model", level, path, 1, "fused", None, None)
+
+    ort = os.path.join("site-packages", "onnxruntime", "transformers", "onnx_model.py")
+    ours = os.path.join("learning", "encoder.py")
+    handler = logging.NullHandler()
+    logging.getLogger().addHandler(handler)
+    try:
+        with _quiet_onnxruntime():
+            assert not handler.filter(record(ort, logging.INFO))
+            assert not handler.filter(record(ort, logging.WARNING))
+            assert handler.filter(record(ort, logging.ERROR))
+            assert handler.filter(record(ours, logging.INFO))
+        assert handler.filter(record(ort, logging.INFO)) and handler.filters == []
+    finally:
+        logging.getLogger().removeHandler(handler)
