@@ -6,7 +6,8 @@ from typing import Any
 from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.templatetags.static import static
 from django.urls import include, path
 from django_rq import urls as rq_urls
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
@@ -36,7 +37,15 @@ def rq_page(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponse
     return page
 
 
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """/favicon.ico, which browsers ask for on pages that name no icon (the admin's, django-rq's, the
+    browsable API's): the one our pages name. Public like the static files; a temporary redirect, since
+    the static file's name carries its hash in production."""
+    return HttpResponseRedirect(static("img/favicon.svg"))
+
+
 urlpatterns = [
+    path("favicon.ico", favicon),
     # Before admin/: the admin answers 404 for every path under it that it does not know.
     path("admin/jobs/", include((rq_urls.get_api_urlpatterns() + rq_urls.get_admin_urlpatterns(view_wrapper=rq_page),
                                  "django_rq"))),

@@ -40,6 +40,10 @@ def test_the_main_pages_run_under_the_policy_without_a_violation(live_server: An
     console: list[str] = []
     page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    # Every request a page makes succeeds, the browser's own favicon request included (which Playwright
+    # reports only as a console error).
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
 
     page.goto(f"{live_server.url}/accounts/login/")
     page.fill("input[name=username]", "alice")
@@ -75,6 +79,7 @@ def test_the_main_pages_run_under_the_policy_without_a_violation(live_server: An
         page.screenshot(path=str(_screenshots() / f"csp-{name}.png"), full_page=True)
 
     assert violations == {}
+    assert failed == [] and [line for line in console if "Failed to load resource" in line] == []
     assert [line for line in console if "pageerror" in line] == []
     # The scripts really ran: charts on the pages that have them, htmx filled the model panel.
     assert charts["dashboard"] >= 1 and charts["project"] >= 1 and charts["serving"] >= 1 and charts["model"] >= 1, (

@@ -72,3 +72,12 @@ def test_a_bad_request_gets_a_styled_400(production, db):
     assert response.status_code == 400
     assert "This request could not be understood" in response.content.decode()
     assert "evil.example" not in response.content.decode()
+
+
+def test_favicon_ico_points_anyone_at_the_icon_our_pages_name(client):
+    # Browsers ask for /favicon.ico on pages that name no icon (the admin's, the browsable API's); before,
+    # every such page logged a 404 in the browser's console and the server's log.
+    response = client.get("/favicon.ico")
+    assert response.status_code == 302 and response["Location"] == "/static/img/favicon.svg"
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200 and b"<svg" in b"".join(icon.streaming_content)
