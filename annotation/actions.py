@@ -71,7 +71,12 @@ def _lease_until() -> Any:
 
 
 def next_item(project: Project, *, user: Any) -> Item | None:
-    """The item this annotator should label now: their open lease, else a re-review, else a new claim."""
+    """The item this annotator should label now: their open lease, else a re-review, else a new claim.
+
+    Only queue leases are resumed: an item a manager opened by hand (``pick``, no slot) is answered from
+    the page it was opened on or not at all. Resuming those served every item a manager had looked at
+    from the Examples page back to them, one by one, labelled or not, before the queue's own items.
+    """
     now = timezone.now()
     # One round trip for the two questions asked before every claim (plain SQL: this runs for every item).
     with connection.cursor() as cursor:
@@ -93,7 +98,7 @@ def next_item(project: Project, *, user: Any) -> Item | None:
 
 _MINE_AND_RELABELS = f"""
 SELECT (SELECT id FROM {Assignment._meta.db_table} WHERE project_id = %(project)s AND annotator_id = %(user)s
-        AND status = 'leased' ORDER BY leased_at, id LIMIT 1),
+        AND status = 'leased' AND slot IS NOT NULL ORDER BY leased_at, id LIMIT 1),
        (SELECT 1 FROM {Relabel._meta.db_table} WHERE project_id = %(project)s AND done_at IS NULL LIMIT 1)
 """
 

@@ -69,11 +69,23 @@ class Annotation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # One answer per person, item and taxonomy version (a second submit replaces the first: the
+        # insert says ON CONFLICT DO NOTHING and then updates). Partial unique indexes, which SQLite and
+        # every PostgreSQL create, where NULLS NOT DISTINCT was silently left out on SQLite (the first
+        # look) and on PostgreSQL before 15, so there a second submit added a duplicate answer. Rows
+        # without an annotator: an import without a user (one per item and version, so a re-import adds
+        # nothing), and the answers of people since deleted, which stay as they were (several deleted
+        # annotators' answers on one item no longer block deleting the second of them).
         constraints = [
             models.UniqueConstraint(
                 fields=["example", "annotator", "taxonomy_version"],
+                condition=models.Q(annotator__isnull=False),
                 name="one_annotation_per_annotator_per_example_per_version",
-                nulls_distinct=False,
+            ),
+            models.UniqueConstraint(
+                fields=["example", "taxonomy_version"],
+                condition=models.Q(annotator__isnull=True, source=AnnotationSource.IMPORT),
+                name="one_unattributed_import_per_example_per_version",
             ),
         ]
         indexes = [models.Index(fields=["example", "-created_at"], name="annotation_example_recent")]

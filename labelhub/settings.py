@@ -123,9 +123,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# SQLite (first look only) cannot enforce NULLS NOT DISTINCT; PostgreSQL, the
-# production store, does, and the tests run there.
-SILENCED_SYSTEM_CHECKS = ["models.W047"]
 
 # Jobs: RQ on Redis when REDIS_URL is set (`make run` starts a private Redis and a
 # worker when none is given, see labelhub/firstlook.py); a process started without

@@ -140,6 +140,50 @@ def test_a_manager_searches_and_opens_any_item(project, alice, active_keys, htmx
     assert Assignment.objects.get(annotator__username="alice").slot is None
 
 
+def test_items_opened_by_hand_are_not_served_back_by_the_queue(project, alice, active_keys, htmx, login, make_pool):
+    examples = make_pool(project, 6)  # queued highest last: the queue serves examples[5] first
+    client = login(alice)
+    key = active_keys(project)[0]
+    page = client.get(url("label", project), {"example": examples[0].pk})
+    client.post(url("submit", project), {"ticket": ticket_of(page), "label": key})
+    # Browsing: two items opened from the Examples page (one of them labelled already) and left unanswered.
+    for example in (examples[0], examples[1]):
+        opened = client.get(url("label", project), {"example": example.pk})
+        assert f'data-example="{example.pk}"' in opened.content.decode()
+    served = client.get(url("label", project))
+    assert f'data-example="{examples[5].pk}"' in served.content.decode()  # the queue's first, not one opened by hand
+    client.post(url("submit", project), {"ticket": ticket_of(served), "label": key}, **htmx)
+    assert f'data-example="{examples[4].pk}"' in client.get(url("label", project)).content.decode()
+
+
+def test_a_second_answer_from_the_same_person_replaces_the_first(project, alice, active_keys, login, make_pool):
+    example = make_pool(project, 1)[0]
+    client = login(alice)
+    first, second = active_keys(project)[:2]
+    for key in (first, second):
+        page = client.get(url("label", project), {"example": example.pk})
+        client.post(url("submit", project), {"ticket": ticket_of(page), "label": key})
+    assert list(Annotation.objects.values_list("annotator__username", "label_keys")) == [("alice", [second])]
+
+
+def test_deleting_people_keeps_their_answers(project, alice, bob, active_keys, login, make_pool):
+    # Each deleted person's answers stay, unattributed; before, deleting the second of two people who had
+    # answered the same item failed on the unique constraint (NULLS NOT DISTINCT).
+    project.overlap = 2
+    project.save(update_fields=["overlap"])
+    example = make_pool(project, 1)[0]
+    carol = User.objects.create_user(username="carol")
+    Membership.objects.create(team=project.team, user=carol, role=Role.ANNOTATOR)
+    for person in (bob, carol):
+        client = login(person)
+        page = client.get(url("label", project))
+        assert f'data-example="{example.pk}"' in page.content.decode()
+        client.post(url("submit", project), {"ticket": ticket_of(page), "label": active_keys(project)[0]})
+    bob.delete()
+    carol.delete()
+    assert list(Annotation.objects.filter(example=example).values_list("annotator", flat=True)) == [None, None]
+
+
 def test_roles_and_outsiders(project, bob, charlie, team, login, make_pool):
     example = make_pool(project, 1)[0]
     viewer = User.objects.create_user(username="vera")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,29 @@ def test_seed_demo_prints_the_url_it_is_given_and_why_the_demo_has_fewer_example
     call_command("seed_demo", url="http://127.0.0.1:9124/", stdout=again, stderr=io.StringIO())
     assert " LabelHub is at http://127.0.0.1:9124/" in again.getvalue()
     assert Example.objects.filter(project=project).count() == distinct
+
+
+def test_the_first_looks_sqlite_keeps_one_answer_per_person(tmp_path: Path) -> None:
+    # SQLite cannot say NULLS NOT DISTINCT, and Django left that constraint out there: on the first look a
+    # second submit for an item added a second answer from the same person. The partial unique indexes that
+    # replace it exist on SQLite too, and the submit's ON CONFLICT DO NOTHING then sees them.
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'first.sqlite3'}", "DEBUG": "1"}
+    env.pop("REDIS_URL", None)
+    manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True, cwd=settings.BASE_DIR)
+    script = (
+        "from django.contrib.auth.models import User; from django.db import connection;"
+        "from projects.models import Team, Example; from projects import taxonomy;"
+        "from annotation import actions;"
+        "u = User.objects.create_user('ann'); t = Team.objects.create(name='t');"
+        "p = taxonomy.create_project(t, name='p', task_type='single_label', created_by=u,"
+        " labels=[taxonomy.LabelSpec('Yes')]); tv = p.current_taxonomy();"
+        "e = Example.objects.create(project=p, text='x', content_hash='x');"
+        "c = connection.cursor();"
+        "row = [e.pk, u.pk, tv.pk, '[]', '[]', 'ui', '2026-01-01'];"
+        "[c.execute(actions._INSERT_ANNOTATION, row) for _ in range(2)];"
+        "print(e.annotations.count())"
+    )
+    out = subprocess.run([*manage, "shell", "-c", script], env=env, check=True, capture_output=True, text=True,
+                         cwd=settings.BASE_DIR)
+    assert out.stdout.split()[-1] == "1"
