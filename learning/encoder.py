@@ -308,7 +308,7 @@ class _OnnxRuntimeChatter(logging.Filter):
 def _quiet_onnxruntime() -> Iterator[None]:
     """Silence ONNX Runtime's graph optimiser and quantiser while the export runs.
 
-    They log every fusion and every tensor (about 1,500 records, some 130 lines at INFO on the
+    They log every fusion and every tensor (about 1,500 records; 55 lines at INFO on the
     first `make run`, through the root logger and bare module-named loggers such as
     ``onnx_model``), which buried the login the first look prints. Their loggers have no
     namespace to turn down, so a filter on the root logger's handlers (and on logging's last
