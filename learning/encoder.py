@@ -315,16 +315,14 @@ def _quiet_onnxruntime() -> Iterator[None]:
     resort) drops records from the onnxruntime package below ERROR; errors still show.
     """
     quiet = _OnnxRuntimeChatter()
-    handlers = [*logging.getLogger().handlers, logging.lastResort]
+    handlers = [h for h in (*logging.getLogger().handlers, logging.lastResort) if h is not None]
     for handler in handlers:
-        if handler is not None:
-            handler.addFilter(quiet)
+        handler.addFilter(quiet)
     try:
         yield
     finally:
         for handler in handlers:
-            if handler is not None:
-                handler.removeFilter(quiet)
+            handler.removeFilter(quiet)
 
 
 def _export_fp32(path: Path, out: Path) -> None:

@@ -7,22 +7,23 @@ a second submit would have done with the constraint in place.
 """
 from django.conf import settings
 from django.db import migrations, models
-from django.db.models import Count, Q
+from django.db.models import Exists, OuterRef, Q
 
 
 def keep_the_newest_answer(apps, schema_editor):
+    """Delete every answer that has a newer one in its group: one statement per kind of group."""
     Annotation = apps.get_model("annotation", "Annotation")
     groups = (
-        ("example", "annotator", "taxonomy_version", Q(annotator__isnull=False)),
-        ("example", "taxonomy_version", Q(annotator__isnull=True, source="import")),
+        (("example", "annotator", "taxonomy_version"), Q(annotator__isnull=False)),
+        (("example", "taxonomy_version"), Q(annotator__isnull=True, source="import")),
     )
-    for *fields, condition in groups:
-        rows = Annotation.objects.filter(condition)
-        repeated = rows.values(*fields).annotate(n=Count("id")).filter(n__gt=1)
-        for group in repeated.iterator():
-            del group["n"]
-            same = rows.filter(**group).order_by("-created_at", "-id")
-            Annotation.objects.filter(pk__in=list(same.values_list("pk", flat=True)[1:])).delete()
+    for fields, condition in groups:
+        newer = Annotation.objects.filter(
+            condition,
+            Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), id__gt=OuterRef("id")),
+            **{field: OuterRef(field) for field in fields},
+        )
+        Annotation.objects.filter(condition).filter(Exists(newer)).delete()
 
 
 class Migration(migrations.Migration):
